@@ -1,0 +1,1 @@
+"""From model files to artifacts: graph, frontends, passes, backends, artifact."""

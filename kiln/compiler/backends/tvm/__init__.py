@@ -1,0 +1,1 @@
+"""Apache TVM (Relax) backend for neural graphs."""

@@ -1,0 +1,55 @@
+"""Compile a neural Graph with TVM Relax into a shared library for a target preset."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kiln.compiler.backends.tvm.ops import unsupported_ops
+from kiln.compiler.graph import Graph
+from kiln.errors import InputError, TargetError, UnsupportedOpError
+from kiln.targets.presets import Family, Preset, Toolchain
+
+_NVCC = Toolchain("nvcc", "nvidia-cuda-toolkit")
+
+
+def check_compilable(graph: Graph) -> None:
+    """Fail before any work on what TVM cannot take: unsupported ops, unpinned dims."""
+    unsupported = unsupported_ops(graph.body)
+    if unsupported:
+        raise UnsupportedOpError("ONNX", unsupported)
+    dynamic = [spec.describe() for spec in graph.signature.inputs if not spec.is_static]
+    if dynamic:
+        names = ", ".join(dynamic)
+        example = graph.signature.inputs[0]
+        pinned = "x".join(str(d if isinstance(d, int) else 1) for d in example.shape)
+        raise InputError(f"inputs with symbolic dims: {names}. Pin them with --input-shape, "
+                         f"e.g. --input-shape {example.name}:{pinned}")
+
+
+def check_toolchain(preset: Preset) -> None:
+    tools = [preset.toolchain] + ([_NVCC] if preset.family is Family.CUDA else [])
+    for tool in tools:
+        if shutil.which(tool.compiler) is None:
+            raise TargetError(f"target {preset.name} needs {tool.compiler}, which is not on PATH; "
+                              f"install it with `apt-get install {tool.debian_package}`")
+
+
+
+
+def build_library(graph: Graph, preset: Preset, library: Path) -> None:
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(graph.body, keep_params_in_input=False)
+    target = tvm.target.Target(preset.tvm_target)
+    executable = tvm.compile(mod, target=target)
+    executable.export_library(str(library), fcompile=_linker(preset))
+
+
+def _linker(preset: Preset):
+    if preset.family is not Family.AARCH64:
+        return None
+    from tvm.contrib import cc
+
+    return cc.cross_compiler(preset.toolchain.compiler)

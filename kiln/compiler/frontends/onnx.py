@@ -1,0 +1,143 @@
+"""ONNX frontend: load, validate, pin shapes, infer shapes, and describe the signature."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kiln.compiler.graph import Graph, Provenance, Signature, SourceFile, TensorSpec
+from kiln.errors import InputError
+
+if TYPE_CHECKING:
+    import onnx
+
+# Below this opset the model is upgraded with onnx.version_converter before anything else.
+MIN_OPSET = 11
+UPGRADE_OPSET = 13
+
+
+def load(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    import onnx
+
+    model = _read(path)
+    _load_external_data(model, path)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise InputError(f"{path}: not a valid ONNX model: {_first_line(exc)}") from exc
+    model = _upgrade_opset(model, path)
+    if input_shapes:
+        pin_input_shapes(model, input_shapes)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError or plain RuntimeError from C++
+        raise InputError(f"{path}: ONNX shape inference failed: {_first_line(exc)}") from exc
+    return Graph(model, signature(model), Provenance("onnx", (SourceFile.of(path),)))
+
+
+def _read(path: Path) -> "onnx.ModelProto":
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise InputError(f"{path}: not an ONNX model (protobuf decoding failed: {_first_line(exc)}); "
+                         "is the file truncated or of another format?") from exc
+    if not model.graph.node and not model.graph.output:
+        raise InputError(f"{path}: not an ONNX model (no graph inside); is it of another format?")
+    return model
+
+
+def _load_external_data(model: "onnx.ModelProto", path: Path) -> None:
+    """Load tensors stored beside the model; refuse any that resolve outside the model's folder."""
+    from onnx import external_data_helper
+
+    folder = path.resolve().parent
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        resolved = (folder / location).resolve()
+        if os.path.isabs(location) or not resolved.is_relative_to(folder):
+            raise InputError(f"{path}: tensor {tensor.name!r} stores its data at {location!r}, outside the "
+                             f"model's folder {folder}; kiln reads external data only from beside the model. "
+                             "Move the data file next to the model and re-save it.")
+        if not resolved.is_file():
+            raise InputError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read external data: {exc}") from exc
+
+
+def _upgrade_opset(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
+    from onnx import version_converter
+
+    if opset_of(model) >= MIN_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        raise InputError(f"{path}: opset {opset_of(model)} is older than {MIN_OPSET} and could not be "
+                         f"upgraded to {UPGRADE_OPSET}: {_first_line(exc)}. Re-export with a newer opset.") from exc
+
+
+def opset_of(model: "onnx.ModelProto") -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def graph_inputs(model: "onnx.ModelProto") -> list:
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Overwrite the declared dims of the named inputs (in place)."""
+    inputs = {v.name: v for v in graph_inputs(model)}
+    unknown = sorted(set(input_shapes) - set(inputs))
+    if unknown:
+        raise InputError(f"--input-shape names {', '.join(unknown)}, but the model's inputs are "
+                         f"{', '.join(inputs)}")
+    for name, shape in input_shapes.items():
+        dims = inputs[name].type.tensor_type.shape.dim
+        if len(dims) and len(dims) != len(shape):
+            raise InputError(f"--input-shape {name}: gives {len(shape)} dims, the model declares {len(dims)} "
+                             f"({_dims_text(dims)})")
+        for dim, expected in zip(dims, shape):
+            if dim.HasField("dim_value") and dim.dim_value != expected:
+                raise InputError(f"--input-shape {name}: dim {dim.dim_value} is fixed in the model; "
+                                 f"cannot set it to {expected}")
+        del dims[:]
+        for size in shape:
+            dims.add().dim_value = size
+
+
+def signature(model: "onnx.ModelProto") -> Signature:
+    return Signature(tuple(_spec(v) for v in graph_inputs(model)), tuple(_spec(v) for v in model.graph.output))
+
+
+def _spec(value) -> TensorSpec:
+    from onnx import helper
+
+    tensor_type = value.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else "unknown"
+    return TensorSpec(value.name, tuple(_dim(d) for d in tensor_type.shape.dim), dtype)
+
+
+def _dim(dim) -> int | str:
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    return dim.dim_param or "?"
+
+
+def _dims_text(dims) -> str:
+    return "x".join(str(_dim(d)) for d in dims)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,93 @@
+"""The common graph: what every frontend returns and every backend takes.
+
+A neural graph's body is an ONNX ``ModelProto``; a tree graph's body is a ``treelite.Model``.
+Both carry a signature (names, shapes, dtypes) and the provenance of the files they came from.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    import onnx
+    import treelite
+
+Dim = Union[int, str]
+
+
+class GraphKind(str, enum.Enum):
+    NEURAL = "neural"
+    TREE = "tree"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TensorSpec":
+        return cls(data["name"], tuple(data["shape"]), data["dtype"])
+
+    def describe(self) -> str:
+        dims = "x".join(str(d) for d in self.shape) or "scalar"
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    name: str
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> "SourceFile":
+        return cls(path.name, sha256_file(path))
+
+
+@dataclass(frozen=True)
+class Provenance:
+    source_format: str
+    files: tuple[SourceFile, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.source_format,
+            "files": [{"name": f.name, "sha256": f.sha256} for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class Graph:
+    body: "onnx.ModelProto | treelite.Model" = field(repr=False)
+    signature: Signature
+    provenance: Provenance
+
+    @property
+    def kind(self) -> GraphKind:
+        return GraphKind.TREE if type(self.body).__module__.startswith("treelite") else GraphKind.NEURAL
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,62 @@
+"""What `kiln.load` returns: a predictor over a compiled library, with its inputs checked."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from kiln.compiler.graph import TensorSpec
+from kiln.errors import InputError
+
+
+class Predictor:
+    """Runs a compiled artifact. Subclasses implement `_execute` on validated arrays, in input order."""
+
+    def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
+        self.inputs = inputs
+        self.outputs = outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by name, for inputs given by name (or as one array for single-input models)."""
+        arrays = self._validate(inputs)
+        return dict(zip((spec.name for spec in self.outputs), self._execute(arrays)))
+
+    def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """Like `run`, but a single-output model returns its array directly."""
+        outputs = self.run(inputs)
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _validate(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        if not isinstance(inputs, Mapping):
+            if len(self.inputs) != 1:
+                raise InputError(f"this model has {len(self.inputs)} inputs "
+                                 f"({', '.join(s.name for s in self.inputs)}); pass a dict by input name")
+            inputs = {self.inputs[0].name: inputs}
+        expected = [spec.name for spec in self.inputs]
+        unknown, missing = sorted(set(inputs) - set(expected)), [n for n in expected if n not in inputs]
+        if unknown or missing:
+            raise InputError(f"input names do not match the model: expected {', '.join(expected)}"
+                             + (f"; missing {', '.join(missing)}" if missing else "")
+                             + (f"; unknown {', '.join(unknown)}" if unknown else ""))
+        return [check_array(spec, inputs[spec.name]) for spec in self.inputs]
+
+
+def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] = ()) -> np.ndarray:
+    """The value as an array matching `spec` (string dims match any size), or an InputError saying how not."""
+    array = np.asarray(value)
+    dtypes = accepted_dtypes or (spec.dtype,)
+    if array.dtype.name not in dtypes:
+        raise InputError(f"input {spec.name!r} has dtype {array.dtype.name}; the model takes "
+                         f"{' or '.join(dtypes)} (convert with .astype(np.{dtypes[0]}))")
+    shape_ok = len(array.shape) == len(spec.shape) and all(
+        isinstance(want, str) or want == got for want, got in zip(spec.shape, array.shape))
+    if not shape_ok:
+        got = "x".join(map(str, array.shape)) or "scalar"
+        raise InputError(f"input {spec.name!r} has shape {got}; the model takes "
+                         f"{'x'.join(map(str, spec.shape))}. To run another batch size, recompile with "
+                         f"--input-shape {spec.name}:<dims>")
+    return np.ascontiguousarray(array)

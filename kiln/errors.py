@@ -1,0 +1,56 @@
+"""One exception tree for kiln; each class carries the CLI exit code it maps to.
+
+Messages name the fix: what was wrong, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base of every error kiln raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(KilnError):
+    """A model, data or artifact file that is missing, malformed or inconsistent."""
+
+    exit_code = 3
+
+
+class UnsupportedOpError(KilnError):
+    """The model uses operators that kiln cannot convert or compile."""
+
+    exit_code = 4
+
+    def __init__(self, source: str, unsupported: dict[str, list[str]], hint: str = ""):
+        self.unsupported = unsupported
+        parts = []
+        for op, nodes in sorted(unsupported.items()):
+            shown = ", ".join(nodes[:5]) + (", ..." if len(nodes) > 5 else "")
+            parts.append(f"{op} \u00d7{len(nodes)} (nodes {shown})")
+        hint = hint or "file an issue with the model attached, or replace these ops before export"
+        super().__init__(f"unsupported {source} ops: " + "; ".join(parts) + f". {hint}")
+
+
+class TargetError(KilnError):
+    """An unknown target, a missing toolchain, or a host that cannot run the artifact."""
+
+    exit_code = 5
+
+
+class AccuracyGateError(KilnError):
+    """Quantization lost more accuracy than the gate allows."""
+
+    exit_code = 6
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "internal error (a bug in kiln: please report it)",
+    2: "usage error (bad command-line option or argument)",
+    InputError.exit_code: "bad model, input data or artifact",
+    UnsupportedOpError.exit_code: "the model uses unsupported operators",
+    TargetError.exit_code: "unknown target, missing toolchain, or host lacks the target's instruction set",
+    AccuracyGateError.exit_code: "accuracy gate failed",
+}

@@ -1,0 +1,69 @@
+"""What the machine kiln runs on can execute."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+from kiln.errors import TargetError
+from kiln.targets.presets import AVX2, PRESETS, Family, Preset
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def host_preset() -> Preset:
+    """The most capable x86 preset this CPU runs, tuned for this exact CPU model."""
+    machine = platform.machine()
+    if machine != "x86_64":
+        raise TargetError(f"--target host is supported on x86_64 hosts; this one is {machine}. "
+                          "Name a preset instead (`kiln targets`).")
+    from tvm.target import codegen
+
+    flags = cpu_flags()
+    best = next((p for name in ("x86-vnni", "x86-avx512", "x86-64") if set((p := PRESETS[name]).requires) <= flags),
+                None)
+    if best is None:
+        raise TargetError(f"this CPU lacks {', '.join(sorted(set(AVX2) - flags))}; kiln's x86 code needs AVX2 + FMA")
+    target = dict(best.tvm_target, mcpu=codegen.llvm_get_system_cpu())
+    return Preset("host", Family.X86, target, f"this machine ({target['mcpu']})", best.int8_isa, best.toolchain,
+                  best.requires)
+
+
+def check_can_run(preset: Preset) -> None:
+    """Raise a TargetError naming what this host lacks to run artifacts built for `preset`."""
+    machine = platform.machine()
+    if preset.family is Family.CUDA:
+        _check_gpu(preset)
+        return
+    if machine != preset.machine:
+        raise TargetError(f"artifact is built for {preset.name} ({preset.machine}); this host is {machine}. "
+                          "Run it on a matching machine, or rebuild with --target host.")
+    missing = sorted(set(preset.requires) - cpu_flags())
+    if missing:
+        raise TargetError(f"artifact is built for {preset.name}, which needs the {', '.join(missing)} "
+                          f"instruction set{'s' if len(missing) > 1 else ''}; this CPU lacks "
+                          f"{'them' if len(missing) > 1 else 'it'}. Rebuild with --target host or x86-64.")
+
+
+def _check_gpu(preset: Preset) -> None:
+    import tvm
+
+    device = tvm.cuda(0)
+    if not device.exist:
+        raise TargetError(f"artifact is built for {preset.name} and needs an NVIDIA GPU; none is visible here")
+    have = device.compute_version
+    need = preset.requires[0] if preset.requires else have
+    if tuple(map(int, have.split("."))) < tuple(map(int, need.split("."))):
+        raise TargetError(f"artifact is built for {preset.name} (compute capability {need}); "
+                          f"this GPU has {have}")
