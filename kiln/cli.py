@@ -98,10 +98,15 @@ def cli() -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Artifact directory to write [default: MODEL's name + .kiln in the current folder].")
 @input_shape_option
+@click.option("--int8", is_flag=True,
+              help="Quantize to INT8 (neural graphs: calibrated QDQ; trees: threshold quantization).")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration data (.npz, .npy, CSV or a folder of them): INT8 ranges, tree branch statistics.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
 @_handles_errors
-def compile_command(model: Path, target: str, output: Path | None, input_shapes, quiet: bool, as_json: bool):
+def compile_command(model: Path, target: str, output: Path | None, input_shapes, int8: bool, calib: Path | None,
+                    quiet: bool, as_json: bool):
     """Compile MODEL (ONNX) for a target into an artifact directory.
 
     The artifact holds manifest.json, the compiled library and the source model; it is written
@@ -112,11 +117,12 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
       kiln compile examples/digits_cnn/digits_cnn.onnx --input-shape input:1x1x8x8 -o digits.kiln
     """
     from kiln.compiler.frontends import ImportOptions
-    from kiln.compiler.pipeline import CompileOptions, compile_model
+    from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
     from kiln.targets import resolve
 
     options = CompileOptions(resolve(target), output or Path(model.stem + ".kiln"),
-                             ImportOptions(_input_shapes(input_shapes)))
+                             ImportOptions(_input_shapes(input_shapes)),
+                             precision=Precision.INT8 if int8 else Precision.FP32, calib=calib)
     path = compile_model(model, options, _progress(quiet or as_json))
     if as_json:
         _echo_json({"artifact": str(path), "target": options.target.name})

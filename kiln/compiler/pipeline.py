@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,11 +15,19 @@ from kiln.targets.presets import Preset
 Progress = Callable[[str], None]
 
 
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    INT8 = "int8"
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     target: Preset
     output: Path
     imports: ImportOptions = ImportOptions()
+    precision: Precision = Precision.FP32
+    # Calibration data (.npz/.npy/CSV/folder): drives INT8 ranges, and branch annotation for trees.
+    calib: Path | None = None
 
 
 def _quiet(_: str) -> None:
