@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages kiln's tests need beyond Python: the aarch64 cross compiler and qemu-user
+# (to build and run aarch64 artifacts on x86). Installs only what is missing.
+set -euo pipefail
+need=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
+command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${need[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
