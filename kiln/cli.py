@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from kiln.errors import EXIT_CODES, KilnError
+from kiln.errors import EXIT_CODES, OUT_OF_DATE_EXIT_CODE, KilnError
 
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -25,12 +25,11 @@ class InputShape(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
+        from kiln.compiler.graph import parse_dims
+
         name, sep, dims = value.rpartition(":")
-        try:
-            shape = tuple(int(d) for d in dims.split("x"))
-        except ValueError:
-            shape = ()
-        if not sep or not name or not shape or any(d <= 0 for d in shape):
+        shape = parse_dims(dims)
+        if not sep or not name or shape is None:
             self.fail(f"{value!r} is not NAME:DIMS with positive integer dims, e.g. input:1x3x224x224", param, ctx)
         return name, shape
 
@@ -46,6 +45,76 @@ input_shape_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for CI).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="CPU threads to use [default: all cores].")
+trust_pickle_option = click.option(
+    "--trust-pickle", is_flag=True,
+    help="Load pickle/joblib models (they run code while loading: only for files you trust), and skops files "
+         "holding types kiln does not trust by default.")
+
+
+_QUANTIZE_OPTIONS = (
+    click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="entropy",
+                 show_default=True, help="How activation ranges are chosen from the calibration data."),
+    click.option("--percentile", type=float, default=99.99, show_default=True,
+                 help="For --calib-method percentile: the share of |activation| values kept in range, in percent."),
+    click.option("--calib-samples", type=click.IntRange(min=1), default=None,
+                 help="Use this many calibration samples, chosen with --calib-seed [default: all]."),
+    click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed for choosing --calib-samples."),
+    click.option("--image-spec", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                 help="TOML preprocessing for a --calib folder of images: resize, crop, scale, mean, std, "
+                      "layout (NCHW/NHWC), channels (RGB/BGR/L)."),
+    click.option("--exclude", multiple=True,
+                 help="Keep nodes in float: a node name, an op type (e.g. Add), or a regex over node names. "
+                      "Repeat for several."),
+    click.option("--keep-float", default="", help="Keep the first and/or last layer in float: first, last or first,last."),
+    click.option("--eval", "eval_data", type=click.Path(path_type=Path), default=None,
+                 help="Evaluation data (.npz: the inputs plus a `labels` array): float vs INT8 top-1 "
+                      "(classification) or RMSE (regression) in the report."),
+    click.option("--max-accuracy-drop", type=float, default=None,
+                 help="Fail (exit 6, nothing written) when INT8 loses more than this: top-1 points, or RMSE "
+                      "increase in percent. Needs --eval."),
+    click.option("--auto-exclude", is_flag=True,
+                 help="When the gate fails, keep the most sensitive layers in float, one at a time, until it "
+                      "passes (at most 8); the manifest lists them."),
+    click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=".kiln-cache",
+                 show_default=True, help="Calibration cache folder: ranges by hash of model, data and settings; "
+                                         "a rerun with the same key skips calibration."),
+)
+
+
+def neural_quantize_options(command: Callable) -> Callable:
+    """Add the neural INT8 options; the command receives them as one `quantize_args` dict."""
+    names = ("calib_method", "percentile", "calib_samples", "calib_seed", "image_spec", "exclude", "keep_float",
+             "eval_data", "max_accuracy_drop", "auto_exclude", "cache_dir")
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        kwargs["quantize_args"] = {name: kwargs.pop(name) for name in names}
+        return command(*args, **kwargs)
+
+    for option in reversed(_QUANTIZE_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _quantize_options(args: dict[str, Any], quiet: bool):
+    """The typed QuantizeOptions for the raw values of the neural INT8 options."""
+    from kiln.calibration.images import ImageSpec
+    from kiln.calibration.observers import CalibMethod, ObserverSettings
+    from kiln.errors import InputError
+    from kiln.quantize.config import KeepFloat, QuantizeOptions
+
+    keep = [part.strip() for part in args["keep_float"].split(",") if part.strip()]
+    unknown = [part for part in keep if part not in {k.value for k in KeepFloat}]
+    if unknown:
+        raise InputError(f"--keep-float {args['keep_float']!r}: use first, last or first,last")
+    return QuantizeOptions(
+        observers=ObserverSettings(CalibMethod(args["calib_method"]), args["percentile"]),
+        samples=args["calib_samples"], seed=args["calib_seed"],
+        images=ImageSpec.from_toml(args["image_spec"]) if args["image_spec"] else None,
+        exclude=tuple(args["exclude"]), keep_float=frozenset(KeepFloat(k) for k in keep),
+        eval=args["eval_data"], max_accuracy_drop=args["max_accuracy_drop"], auto_exclude=args["auto_exclude"],
+        cache_dir=str(args["cache_dir"]), progress_bar=not quiet and sys.stderr.isatty())
+
 
 
 def _echo_json(data: Any) -> None:
@@ -60,6 +129,8 @@ def _handles_errors(command: Callable) -> Callable:
         as_json = kwargs.get("as_json", False)
         try:
             return command(*args, **kwargs)
+        except click.ClickException:
+            raise
         except KilnError as exc:
             code, message = exc.exit_code, str(exc)
         except Exception as exc:  # anything else is a bug: show the traceback for the report
@@ -98,16 +169,18 @@ def cli() -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Artifact directory to write [default: MODEL's name + .kiln in the current folder].")
 @input_shape_option
+@trust_pickle_option
 @click.option("--int8", is_flag=True,
               help="Quantize to INT8 (neural graphs: calibrated QDQ; trees: threshold quantization).")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Calibration data (.npz, .npy, CSV or a folder of them): INT8 ranges, tree branch statistics.")
+@neural_quantize_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
 @_handles_errors
 def compile_command(model: Path, target: str, output: Path | None, input_shapes, int8: bool, calib: Path | None,
-                    quiet: bool, as_json: bool):
-    """Compile MODEL (ONNX) for a target into an artifact directory.
+                    quiet: bool, as_json: bool, trust_pickle: bool, quantize_args: dict[str, Any]):
+    """Compile MODEL (ONNX, MXNet, or a tree ensemble) for a target into an artifact directory.
 
     The artifact holds manifest.json, the compiled library and the source model; it is written
     completely or not at all, and replaces an existing artifact only on success.
@@ -121,13 +194,74 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
     from kiln.targets import resolve
 
     options = CompileOptions(resolve(target), output or Path(model.stem + ".kiln"),
-                             ImportOptions(_input_shapes(input_shapes)),
-                             precision=Precision.INT8 if int8 else Precision.FP32, calib=calib)
+                             ImportOptions(_input_shapes(input_shapes), trust_pickle=trust_pickle),
+                             precision=Precision.INT8 if int8 else Precision.FP32, calib=calib,
+                             quantize=_quantize_options(quantize_args, quiet or as_json))
     path = compile_model(model, options, _progress(quiet or as_json))
+    quantization = _quantization_summary(path)
     if as_json:
-        _echo_json({"artifact": str(path), "target": options.target.name})
+        _echo_json({"artifact": str(path), "target": options.target.name,
+                    **({"quantization": quantization} if quantization else {})})
     else:
+        if quantization:
+            from kiln.quantize.report import table
+
+            click.echo(table(quantization["report"]))
         click.echo(f"compiled {model} for {options.target.name} -> {path}")
+
+
+def _quantization_summary(path: Path) -> dict[str, Any] | None:
+    """A neural INT8 artifact's manifest quantization section, with its report."""
+    from kiln.compiler import artifact
+
+    manifest = artifact.read_manifest(path)
+    if "quantization" not in manifest:
+        return None
+    report = json.loads(artifact.verified_file(path, manifest["files"]["report"]).read_text())
+    return {**manifest["quantization"], "report": report}
+
+
+@cli.command("quantize", epilog=EXIT_CODE_HELP)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", type=click.Path(path_type=Path), required=True,
+              help="Calibration data: .npz/.npy keyed by input name, a folder of them, a folder of images "
+                   "(with --image-spec), or CSV.")
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The QDQ ONNX model to write, e.g. model.int8.onnx.")
+@click.option("--target", "-t", default="x86-64", show_default=True,
+              help="Where the model will run: picks uint8 (x86) or int8 (ARM, CUDA) activations and 7-bit "
+                   "weights on x86 without VNNI.")
+@input_shape_option
+@neural_quantize_options
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages or progress bar.")
+@json_option
+@_handles_errors
+def quantize_command(model: Path, calib: Path, output: Path, target: str, input_shapes, quiet: bool, as_json: bool,
+                     quantize_args: dict[str, Any]):
+    """Quantize a neural MODEL to a QDQ ONNX model (INT8) that ONNX Runtime and kiln compile run.
+
+    Prints per-layer SQNR and, with --eval, float vs INT8 accuracy; with --max-accuracy-drop,
+    fails with exit code 6 and writes nothing when INT8 loses more.
+
+    \b
+    Example:
+      kiln quantize examples/digits_cnn/digits_cnn.onnx --calib examples/digits_cnn/digits_calib.npz \\
+        --eval examples/digits_cnn/digits_test.npz --max-accuracy-drop 0.5 -o digits.int8.onnx
+    """
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.quantize.quantizer import quantize_model
+    from kiln.quantize.report import table
+    from kiln.targets import resolve
+
+    options = _quantize_options(quantize_args, quiet or as_json).for_target(resolve(target))
+    quantized = quantize_model(model, calib, options, ImportOptions(_input_shapes(input_shapes)), output,
+                               _progress(quiet or as_json))
+    if as_json:
+        _echo_json({"output": str(output), "quantization": quantized.manifest_section(),
+                    "report": quantized.report.to_json()})
+        return
+    click.echo(table(quantized.report.to_json()))
+    click.echo(f"quantized {model} -> {output}")
 
 
 @cli.command("run", epilog=EXIT_CODE_HELP)
@@ -171,9 +305,10 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
 @cli.command("inspect", epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(path_type=Path))
 @input_shape_option
+@trust_pickle_option
 @json_option
 @_handles_errors
-def inspect_command(model: Path, input_shapes, as_json: bool):
+def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool):
     """Show a model's inputs, outputs, ops and anything kiln cannot compile; or an artifact's manifest.
 
     \b
@@ -183,7 +318,7 @@ def inspect_command(model: Path, input_shapes, as_json: bool):
     from kiln.compiler.frontends import ImportOptions
     from kiln.inspection import inspect_path
 
-    report = inspect_path(model, ImportOptions(_input_shapes(input_shapes)))
+    report = inspect_path(model, ImportOptions(_input_shapes(input_shapes), trust_pickle=trust_pickle))
     if as_json:
         _echo_json(report)
         return
@@ -198,6 +333,12 @@ def inspect_command(model: Path, input_shapes, as_json: bool):
         if key in report:
             value = report[key]["name"] if isinstance(report[key], dict) else report[key]
             click.echo(f"  {key}: {value}")
+    if "tree" in report:
+        tree = report["tree"]
+        click.echo(f"  trees: {tree['num_trees']}, max depth {tree['max_depth']}, {tree['num_feature']} features, "
+                   f"{tree['num_class']} class{'es' if tree['num_class'] > 1 else ''} ({tree['task']}, "
+                   f"output {tree['output']}, {tree['postprocessor']}), categorical splits: "
+                   f"{'yes' if tree['categorical'] else 'no'}")
     if "ops" in report:
         click.echo("  ops: " + ", ".join(f"{op} \u00d7{n}" for op, n in report["ops"].items()))
         unsupported = report["unsupported"]
@@ -223,8 +364,9 @@ def targets_command(as_json: bool):
 
 @cli.command("bench", epilog=EXIT_CODE_HELP)
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--vs", type=click.Choice(["onnxruntime"]), default=None,
-              help="Also time this reference engine on the same inputs and threads, and print the ratio.")
+@click.option("--vs", type=click.Choice(["onnxruntime", "native"]), default=None,
+              help="Also time this reference engine on the same inputs and threads, and print the ratio "
+                   "(native: the tree model's own library, XGBoost, LightGBM or scikit-learn).")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Rows per call [default: the artifact's compiled batch].")
 @threads_option
@@ -263,6 +405,63 @@ def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: in
                    f"{t['throughput']:12.1f}")
     if vs:
         click.echo(f"  speedup vs {vs}: {result['speedup']:.2f}x (max |diff| {result['max_abs_diff']:.2e})")
+
+
+@cli.command("build", epilog=EXIT_CODE_HELP)
+@click.argument("names", nargs=-1)
+@click.option("--config", "-c", "config_path", type=click.Path(path_type=Path), default=Path("kiln.toml"),
+              show_default=True, help="The build file declaring the artifacts.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Artifacts to build at once.")
+@click.option("--check", is_flag=True, help=f"Build nothing; exit {OUT_OF_DATE_EXIT_CODE} if anything is out of date.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@json_option
+@_handles_errors
+def build_command(names: tuple[str, ...], config_path: Path, jobs: int, check: bool, quiet: bool, as_json: bool):
+    """Build the artifacts declared in kiln.toml (or only NAMES) that are out of date.
+
+    An artifact is up to date when its manifest records the same fingerprint: the content hashes
+    of its model and calibration files, its settings, its target, and the versions of kiln, TVM
+    and treelite/tl2cgen. Rebuilding the same inputs gives byte-identical artifacts.
+
+    \b
+    kiln.toml:
+      [defaults]
+      output_dir = "build"
+      [artifact.digits]
+      model = "digits_cnn/digits_cnn.onnx"
+      input_shapes = { input = "1x1x8x8" }
+      targets = ["x86-64", "x86-vnni"]
+
+    \b
+    Examples:
+      kiln build                 # everything that is out of date
+      kiln build digits -j 2     # one artifact, two targets at once
+      kiln build --check --json  # for CI: what is stale, exit 7 if anything
+    """
+    from kiln.build import runner
+    from kiln.build.config import read_config
+
+    items = read_config(config_path)
+    unknown = sorted(set(names) - {item.name for item in items})
+    if unknown:
+        raise click.UsageError(f"no artifact named {', '.join(unknown)} in {config_path}; it declares "
+                               f"{', '.join(dict.fromkeys(item.name for item in items))}")
+    selected = [item for item in items if not names or item.name in names]
+    report = runner.check(selected) if check else runner.build(selected, jobs, _progress(quiet or as_json))
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        for entry in report.stale:
+            click.echo(f"out of date: {entry['artifact']} ({entry['reason']})")
+        for entry in report.failed:
+            click.echo(f"failed: {entry['artifact']}: {entry['error']}", err=True)
+        click.echo(f"built {len(report.built)}, up to date {len(report.skipped)}, "
+                   f"out of date {len(report.stale)}, failed {len(report.failed)}")
+    if report.failed:
+        sys.exit(report.failed[0]["exit_code"])
+    if report.stale:
+        sys.exit(OUT_OF_DATE_EXIT_CODE)
 
 
 def main() -> None:

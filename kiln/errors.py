@@ -45,6 +45,9 @@ class AccuracyGateError(KilnError):
     exit_code = 6
 
 
+# `kiln build --check` exits with this when an artifact is out of date (not an error of kiln's).
+OUT_OF_DATE_EXIT_CODE = 7
+
 EXIT_CODES = {
     0: "success",
     1: "internal error (a bug in kiln: please report it)",
@@ -53,4 +56,5 @@ EXIT_CODES = {
     UnsupportedOpError.exit_code: "the model uses unsupported operators",
     TargetError.exit_code: "unknown target, missing toolchain, or host lacks the target's instruction set",
     AccuracyGateError.exit_code: "accuracy gate failed",
+    OUT_OF_DATE_EXIT_CODE: "kiln build --check: some artifact is out of date",
 }

@@ -26,9 +26,11 @@ MANIFEST = "manifest.json"
 # Each backend's predictor, imported only when an artifact of that backend is loaded.
 _PREDICTORS = {
     "tvm": "kiln.compiler.backends.tvm.runner:TVMPredictor",
+    "tl2cgen": "kiln.compiler.backends.tree_runner:TreePredictor",
 }
 _DEPENDENCIES = {
     "tvm": ("apache-tvm", "apache-tvm-ffi", "onnx", "numpy"),
+    "tl2cgen": ("treelite", "tl2cgen", "numpy"),
 }
 
 
@@ -78,7 +80,8 @@ def check_output_path(output: Path) -> None:
 def staging(output: Path) -> Iterator[Path]:
     """A fresh directory to build the artifact in; on success it replaces `output` atomically."""
     check_output_path(output)
-    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".staging", dir=output.parent))
+    _remove_abandoned_stages(output)
+    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.{os.getpid()}.", suffix=".staging", dir=output.parent))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; an artifact is an ordinary folder
     try:
         yield stage
@@ -86,6 +89,14 @@ def staging(output: Path) -> Iterator[Path]:
         _move_into_place(stage, output)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_abandoned_stages(output: Path) -> None:
+    """Delete staging folders left by builds that were killed (their process is gone)."""
+    for stage in output.parent.glob(f".{output.name}.*.staging"):
+        pid = stage.name[len(output.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -85,6 +85,15 @@ class Graph:
         return GraphKind.TREE if type(self.body).__module__.startswith("treelite") else GraphKind.NEURAL
 
 
+def parse_dims(text: str) -> tuple[int, ...] | None:
+    """"1x3x224x224" -> (1, 3, 224, 224); None unless every dim is a positive integer."""
+    try:
+        dims = tuple(int(d) for d in text.split("x"))
+    except ValueError:
+        return None
+    return dims if dims and all(d > 0 for d in dims) else None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:

@@ -1,0 +1,1 @@
+"""`kiln build`: declarative, incremental, reproducible builds from a kiln.toml."""
