@@ -86,7 +86,7 @@ def open_dataset(data: CalibData, inputs: tuple[TensorSpec, ...]) -> Dataset:
         arrays = _read_csv(files, inputs)
     else:
         arrays = _read_array_files(files, inputs)
-    arrays = _check_arrays(data.path, arrays, inputs)
+    arrays = check_arrays(data.path, arrays, inputs)
     rows = _select(data, len(next(iter(arrays.values()))))
     return ArrayDataset({name: a[rows] for name, a in arrays.items()}, digest)
 
@@ -168,7 +168,7 @@ def _is_numeric_row(line: str) -> bool:
     return True
 
 
-def _check_arrays(source: Path, arrays: dict[str, np.ndarray],
+def check_arrays(source: Path, arrays: dict[str, np.ndarray],
                   inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
     expected = [spec.name for spec in inputs]
     missing, unknown = [n for n in expected if n not in arrays], sorted(set(arrays) - set(expected))

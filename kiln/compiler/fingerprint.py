@@ -16,8 +16,8 @@ from typing import Any
 from kiln.compiler.graph import sha256_file
 from kiln.errors import InputError
 
-# Settings that say where to write, not what to build.
-_NOT_PART_OF_THE_BUILD = frozenset({"output"})
+# Settings that say where to write or how to show progress, not what to build.
+_NOT_PART_OF_THE_BUILD = frozenset({"output", "cache_dir", "progress_bar"})
 _TOOLS = ("kiln-ml", "apache-tvm", "apache-tvm-ffi", "onnx", "treelite", "tl2cgen")
 
 

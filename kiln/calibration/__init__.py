@@ -1,0 +1,1 @@
+"""Calibration: data sets, observers, range collection over ONNX Runtime, and the range cache."""

@@ -1,0 +1,1 @@
+"""INT8 quantization of neural graphs: options, policy, QDQ insertion, accuracy report and gate."""

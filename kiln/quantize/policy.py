@@ -1,0 +1,171 @@
+"""Decide what to quantize: which nodes, and the quantization parameters of every tensor they touch.
+
+The result, a `Plan`, is pure annotation; `qdq.insert_qdq` applies it to the graph in one pass.
+Weights (input 1 of Conv, ConvTranspose, Gemm, MatMul, when constant) are int8 symmetric per
+output channel; biases int32 at input scale x weight scale; activations uint8 or int8 affine
+per tensor, from the calibrated ranges. A Concat's inputs and output share one range.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kiln.calibration.observers import TensorRange
+from kiln.errors import InputError
+from kiln.quantize.config import ActivationType, KeepFloat, QuantizeOptions
+
+if TYPE_CHECKING:
+    import onnx
+
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+QUANTIZABLE = WEIGHTED | {"Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu"}
+
+
+@dataclass(frozen=True)
+class QParams:
+    scale: float
+    zero_point: int
+    dtype: ActivationType
+
+    @classmethod
+    def of(cls, bounds: TensorRange, dtype: ActivationType) -> "QParams":
+        qmin, qmax = (0, 255) if dtype is ActivationType.UINT8 else (-128, 127)
+        span = bounds.hi - bounds.lo
+        if span <= 0.0:
+            return cls(1.0, 0, dtype)
+        scale = span / (qmax - qmin)
+        return cls(scale, int(np.clip(round(qmin - bounds.lo / scale), qmin, qmax)), dtype)
+
+
+@dataclass(frozen=True)
+class Plan:
+    nodes: frozenset[str]  # names of the nodes to quantize
+    activations: dict[str, QParams]  # tensor name -> its quantization
+    excluded: tuple[str, ...]  # quantizable nodes kept in float, in graph order
+    reduce_range: bool  # 7-bit weights
+
+
+def make_plan(model: "onnx.ModelProto", ranges: dict[str, TensorRange], options: QuantizeOptions,
+              also_exclude: tuple[str, ...] = (), only: str | None = None) -> Plan:
+    """The plan for `model` (options resolved `for_target`); `also_exclude` adds node names, `only`
+    quantizes that one node alone."""
+    candidates = [node for node in model.graph.node if _quantizable(node, ranges)]
+    if not candidates:
+        ops = sorted({node.op_type for node in model.graph.node})
+        raise InputError(f"nothing to quantize: the model's ops ({', '.join(ops)}) include none of "
+                         f"{', '.join(sorted(QUANTIZABLE))} with float inputs; compile it without --int8")
+    kept = _excluded(model, candidates, options) | set(also_exclude)
+    if only is not None:
+        kept = {node.name for node in candidates} - {only}
+    chosen = [node for node in candidates if node.name not in kept]
+    if not chosen:
+        raise InputError(f"nothing to quantize: --exclude/--keep-float keep all {len(candidates)} quantizable "
+                         "nodes in float; exclude fewer")
+    activations = _activation_ranges(model, chosen, ranges)
+    return Plan(frozenset(node.name for node in chosen),
+                {name: QParams.of(bounds, options.activations) for name, bounds in activations.items()},
+                tuple(node.name for node in candidates if node.name in kept), bool(options.reduce_range))
+
+
+def _quantizable(node, ranges: dict[str, TensorRange]) -> bool:
+    if node.op_type not in QUANTIZABLE or node.domain not in ("", "ai.onnx"):
+        return False
+    activations = [name for name in node.input if name in ranges]
+    return bool(activations) and all(name in ranges for name in node.output if name)
+
+
+def _excluded(model, candidates: list, options: QuantizeOptions) -> set[str]:
+    names = [node.name for node in candidates]
+    kept: set[str] = set()
+    all_names = [node.name for node in model.graph.node]
+    op_types = {node.op_type for node in model.graph.node}
+    for pattern in options.exclude:
+        if pattern in op_types:
+            matched = [node.name for node in candidates if node.op_type == pattern]
+        elif pattern in all_names:
+            matched = [pattern]
+        else:
+            try:
+                regex = re.compile(pattern)
+            except re.error as exc:
+                raise InputError(f"--exclude {pattern!r}: not a node name, op type or valid regex ({exc})") from exc
+            matched = [name for name in all_names if regex.fullmatch(name)]
+        if not matched:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise InputError(f"--exclude {pattern!r} matches no node name, op type or regex over node names; "
+                             f"quantizable nodes: {shown} (see `kiln inspect`)")
+        kept.update(matched)
+    weighted = [node.name for node in candidates if node.op_type in WEIGHTED]
+    if weighted and KeepFloat.FIRST in options.keep_float:
+        kept.add(weighted[0])
+    if weighted and KeepFloat.LAST in options.keep_float:
+        kept.add(weighted[-1])
+    return kept
+
+
+def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> dict[str, TensorRange]:
+    """Ranges of the float inputs and outputs of the chosen nodes.
+
+    A Concat's tensors share one range; a MaxPool's output keeps its input's range (the max of
+    quantized values is one of them); a weighted node or Add feeding only a chosen Relu is not
+    quantized between the two, the Relu's output range covers both (as an integer kernel fuses it).
+    """
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    names = {node.name for node in chosen}
+    fused = {node.output[0] for node in chosen if node.op_type in WEIGHTED | {"Add"}
+             and node.output[0] not in outputs and len(consumers.get(node.output[0], [])) == 1
+             and consumers[node.output[0]][0].op_type == "Relu" and consumers[node.output[0]][0].name in names}
+    tensors: dict[str, TensorRange] = {}
+    for node in chosen:
+        for name in [*node.input, *node.output]:
+            if name in ranges and name not in fused:
+                tensors[name] = ranges[name]
+    for node in chosen:
+        if node.op_type == "MaxPool" and node.input[0] in tensors:
+            tensors[node.output[0]] = tensors[node.input[0]]
+    for node in chosen:
+        if node.op_type == "Concat":
+            members = [name for name in [*node.input, *node.output] if name in tensors]
+            shared = tensors[members[0]]
+            for name in members[1:]:
+                shared = shared.union(tensors[name])
+            tensors.update({name: shared for name in members})
+    return tensors
+
+
+def weight_axis(node, weight: np.ndarray) -> int:
+    """The output-channel axis of a weighted node's weight (input 1)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+    return weight.ndim - 1  # MatMul: [..., K, N]
+
+
+def quantize_weight(weight: np.ndarray, axis: int, reduce_range: bool) -> tuple[np.ndarray, np.ndarray]:
+    """int8 values and float32 scales, symmetric in [-127, 127] ([-63, 63] reduced) per slice along `axis`."""
+    qmax = 63 if reduce_range else 127
+    moved = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1)
+    scales = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    values = np.clip(np.round(weight / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return values, scales
+
+
+def quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 values and float32 scales (input scale x weight scale per channel), zero point 0."""
+    scales = (np.float32(input_scale) * weight_scales).astype(np.float32)
+    info = np.iinfo(np.int32)
+    return np.clip(np.round(bias / scales), info.min, info.max).astype(np.int32), scales
