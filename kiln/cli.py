@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 import traceback
@@ -83,12 +84,12 @@ _QUANTIZE_OPTIONS = (
 
 def neural_quantize_options(command: Callable) -> Callable:
     """Add the neural INT8 options; the command receives them as one `quantize_args` dict."""
-    names = ("calib_method", "percentile", "calib_samples", "calib_seed", "image_spec", "exclude", "keep_float",
-             "eval_data", "max_accuracy_drop", "auto_exclude", "cache_dir")
+    from kiln.quantize.config import RAW_DEFAULTS
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        kwargs["quantize_args"] = {name: kwargs.pop(name) for name in names}
+        kwargs["eval"] = kwargs.pop("eval_data")
+        kwargs["quantize_args"] = {name: kwargs.pop(name) for name in RAW_DEFAULTS}
         return command(*args, **kwargs)
 
     for option in reversed(_QUANTIZE_OPTIONS):
@@ -97,24 +98,14 @@ def neural_quantize_options(command: Callable) -> Callable:
 
 
 def _quantize_options(args: dict[str, Any], quiet: bool):
-    """The typed QuantizeOptions for the raw values of the neural INT8 options."""
-    from kiln.calibration.images import ImageSpec
-    from kiln.calibration.observers import CalibMethod, ObserverSettings
-    from kiln.errors import InputError
-    from kiln.quantize.config import KeepFloat, QuantizeOptions
+    from kiln.quantize.config import quantize_options
 
-    keep = [part.strip() for part in args["keep_float"].split(",") if part.strip()]
-    unknown = [part for part in keep if part not in {k.value for k in KeepFloat}]
-    if unknown:
-        raise InputError(f"--keep-float {args['keep_float']!r}: use first, last or first,last")
-    return QuantizeOptions(
-        observers=ObserverSettings(CalibMethod(args["calib_method"]), args["percentile"]),
-        samples=args["calib_samples"], seed=args["calib_seed"],
-        images=ImageSpec.from_toml(args["image_spec"]) if args["image_spec"] else None,
-        exclude=tuple(args["exclude"]), keep_float=frozenset(KeepFloat(k) for k in keep),
-        eval=args["eval_data"], max_accuracy_drop=args["max_accuracy_drop"], auto_exclude=args["auto_exclude"],
-        cache_dir=str(args["cache_dir"]), progress_bar=not quiet and sys.stderr.isatty())
+    return quantize_options(args, progress_bar=_interactive(quiet))
 
+
+def _interactive(quiet: bool) -> bool:
+    """Progress bars only for a person at a terminal: not with --quiet, not in CI, not when piped."""
+    return not quiet and sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("true", "1")
 
 
 def _echo_json(data: Any) -> None:

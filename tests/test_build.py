@@ -181,3 +181,23 @@ def test_example_makefile_is_up_to_date_after_a_build(tmp_path: Path):
     assert subprocess.run([*make, "-q"]).returncode == 1
     subprocess.run(make, check=True, capture_output=True)
     assert subprocess.run([*make, "-q"]).returncode == 0
+
+
+def test_int8_artifact_from_the_config_rebuilds_byte_identical(cli_runner, tmp_path: Path):
+    shutil.copy(DIGITS_CNN, tmp_path / "m.onnx")
+    shutil.copy(DIGITS_CNN.parent / "digits_calib.npz", tmp_path / "calib.npz")
+    (tmp_path / "kiln.toml").write_text(
+        '[artifact.q]\nmodel = "m.onnx"\ninput_shapes = { input = "1x1x8x8" }\nprecision = "int8"\n'
+        'calib = "calib.npz"\ncalib_method = "percentile"\npercentile = 99.9\nexclude = ["Gemm"]\n'
+        f'cache_dir = "{tmp_path / "cache"}"\n')
+    code, report = _build(cli_runner, tmp_path)
+    assert code == 0, report
+    artifact_dir = tmp_path / "build" / "q.kiln"
+    manifest = artifact.read_manifest(artifact_dir)
+    assert manifest["precision"] == "int8"
+    assert manifest["quantization"]["method"] == "percentile" and manifest["quantization"]["exclude"] == ["Gemm"]
+    before = {p.name: p.read_bytes() for p in artifact_dir.iterdir()}
+    shutil.rmtree(artifact_dir)
+    shutil.rmtree(tmp_path / "cache")
+    assert _build(cli_runner, tmp_path)[0] == 0
+    assert {p.name: p.read_bytes() for p in artifact_dir.iterdir()} == before

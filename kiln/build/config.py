@@ -7,6 +7,8 @@
     model = "digits_cnn/digits_cnn.onnx"
     input_shapes = { input = "1x1x8x8" }
     targets = ["x86-64", "x86-vnni"]   # or target = "x86-64"
+    precision = "int8"                 # with calib, calib_method, exclude, eval, max_accuracy_drop, ...
+    calib = "digits_cnn/digits_calib.npz"
 
 Paths are relative to the folder holding kiln.toml. An artifact with one target is written to
 OUTPUT_DIR/NAME.kiln, one with several to OUTPUT_DIR/NAME-TARGET.kiln.
@@ -22,18 +24,24 @@ from typing import Any
 from kiln.compiler.frontends import ImportOptions
 from kiln.compiler.graph import parse_dims
 from kiln.compiler.pipeline import CompileOptions, Precision
+from kiln.quantize.config import RAW_DEFAULTS, quantize_options
 from kiln.errors import InputError
 from kiln.targets import resolve
 
 KEYS = {
     "model": "model file (required)",
+    "params": "MXNet .params file beside a symbol JSON model",
+    "trust_pickle": "true to load pickle/joblib tree models (they run code when loaded)",
     "input_shapes": "table of input name -> dims, e.g. { input = \"1x3x224x224\" }",
     "target": "one target preset",
     "targets": "list of target presets",
     "precision": "fp32 (default) or int8",
     "calib": "calibration data file or folder",
     "output_dir": "folder for the artifacts (default: build)",
+    # INT8 settings of neural models, as the same-named `kiln compile` options:
+    **{key: f"as --{key.replace('_', '-')}" for key in RAW_DEFAULTS},
 }
+_PATH_KEYS = ("eval", "image_spec", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -87,12 +95,16 @@ def _items(root: Path, name: str, table: dict[str, Any], path: Path) -> list[Bui
         precision = Precision(table.get("precision", "fp32"))
     except ValueError:
         raise InputError(f"{where}: precision must be fp32 or int8") from None
-    imports = ImportOptions(input_shapes=_input_shapes(table.get("input_shapes", {}), where))
+    imports = ImportOptions(input_shapes=_input_shapes(table.get("input_shapes", {}), where),
+                            params=root / table["params"] if "params" in table else None,
+                            trust_pickle=bool(table.get("trust_pickle", False)))
     calib = root / table["calib"] if "calib" in table else None
+    raw = {key: root / value if key in _PATH_KEYS else value for key, value in table.items() if key in RAW_DEFAULTS}
+    quantize = quantize_options(raw)
     items = []
     for target in targets:
         stem = name if len(targets) == 1 else f"{name}-{target}"
-        options = CompileOptions(resolve(target), output_dir / f"{stem}.kiln", imports, precision, calib)
+        options = CompileOptions(resolve(target), output_dir / f"{stem}.kiln", imports, precision, calib, quantize)
         items.append(BuildItem(name, root / table["model"], options))
     return items
 

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from kiln.calibration.cache import DEFAULT_DIR
 from kiln.calibration.images import ImageSpec
@@ -80,3 +81,35 @@ class QuantizeOptions:
             "max_accuracy_drop": self.max_accuracy_drop,
             "auto_exclude": self.auto_exclude,
         }
+
+
+# The raw settings that the command line and kiln.toml share, by name, with their defaults.
+RAW_DEFAULTS: dict[str, Any] = {
+    "calib_method": "entropy", "percentile": 99.99, "calib_samples": None, "calib_seed": 0, "image_spec": None,
+    "exclude": (), "keep_float": "", "eval": None, "max_accuracy_drop": None, "auto_exclude": False,
+    "cache_dir": DEFAULT_DIR,
+}
+
+
+def quantize_options(raw: Mapping[str, Any], progress_bar: bool = False) -> QuantizeOptions:
+    """Typed QuantizeOptions from raw settings named as in RAW_DEFAULTS (missing ones take the default)."""
+    from kiln.calibration.observers import CalibMethod
+
+    values = {**RAW_DEFAULTS, **raw}
+    keep_float = values["keep_float"]
+    keep = [part.strip() for part in (keep_float.split(",") if isinstance(keep_float, str) else keep_float)
+            if part.strip()]
+    if any(part not in {k.value for k in KeepFloat} for part in keep):
+        raise InputError(f"--keep-float {keep_float!r}: use first, last or first,last")
+    try:
+        method = CalibMethod(values["calib_method"])
+    except ValueError:
+        raise InputError(f"calibration method {values['calib_method']!r}: use "
+                         f"{', '.join(m.value for m in CalibMethod)}") from None
+    return QuantizeOptions(
+        observers=ObserverSettings(method, values["percentile"]),
+        samples=values["calib_samples"], seed=values["calib_seed"],
+        images=ImageSpec.from_toml(Path(values["image_spec"])) if values["image_spec"] else None,
+        exclude=tuple(values["exclude"]), keep_float=frozenset(KeepFloat(k) for k in keep),
+        eval=Path(values["eval"]) if values["eval"] else None, max_accuracy_drop=values["max_accuracy_drop"],
+        auto_exclude=values["auto_exclude"], cache_dir=str(values["cache_dir"]), progress_bar=progress_bar)
