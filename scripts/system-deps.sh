@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages kiln's tests need beyond Python: the aarch64 cross compiler and qemu-user
+# Debian packages kiln's tests need beyond Python: the aarch64 cross compilers (C, C++) and qemu-user
 # (to build and run aarch64 artifacts on x86). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
+command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""

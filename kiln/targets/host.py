@@ -58,7 +58,13 @@ def check_can_run(preset: Preset) -> None:
 
 def _check_gpu(preset: Preset) -> None:
     import tvm
+    import tvm_ffi
 
+    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
+        raise TargetError(f"artifact is built for {preset.name} and needs an NVIDIA GPU with TVM's CUDA runtime, "
+                          "which did not load here: libtvm_runtime_cuda.so needs the NVIDIA driver (libcuda.so.1) "
+                          "and the CUDA 13 runtime (libcudart.so.13, `pip install nvidia-cuda-runtime` or the CUDA "
+                          "toolkit, on LD_LIBRARY_PATH)")
     device = tvm.cuda(0)
     if not device.exist:
         raise TargetError(f"artifact is built for {preset.name} and needs an NVIDIA GPU; none is visible here")

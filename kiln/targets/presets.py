@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,13 +81,22 @@ def _aarch64(name: str, mcpu: str, mattr: list[str], description: str, int8_isa:
     return Preset(name, Family.AARCH64, target, description, int8_isa, AARCH64_TOOLCHAIN)
 
 
+CUDA_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+
+
 def _cuda(arch: str, description: str) -> Preset:
-    major, minor = arch[:-1], arch[-1]
-    host = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
-    target = {"kind": "cuda", "arch": f"sm_{arch}", "host": host}
-    int8_isa = "dp4a" if int(arch) >= 61 else "none"
-    return Preset(f"cuda-sm{arch}", Family.CUDA, target, description, int8_isa, HOST_TOOLCHAIN,
-                  (f"{major}.{minor}",))
+    target = {"kind": "cuda", "arch": f"sm_{arch}", "host": CUDA_HOST}
+    return Preset(f"cuda-sm{arch}", Family.CUDA, target, description, "dp4a", HOST_TOOLCHAIN,
+                  (compute_capability(target["arch"]),))
+
+
+def compute_capability(arch: str) -> str:
+    """'sm_80' -> '8.0', 'sm_90a' -> '9.0'."""
+    match = re.fullmatch(r"sm_(\d+)(\d)a?", arch)
+    if not match:
+        raise TargetError(f"CUDA arch {arch!r} is not of the form sm_80; name a GPU architecture, e.g. "
+                          "{\"kind\": \"cuda\", \"arch\": \"sm_80\"}")
+    return f"{match.group(1)}.{match.group(2)}"
 
 
 PRESETS: dict[str, Preset] = {
@@ -144,12 +154,48 @@ def _from_tvm_json(spec: str) -> Preset:
     if not isinstance(target, dict) or "kind" not in target:
         raise TargetError("a raw --target must be a JSON object with a \"kind\" key, e.g. {\"kind\": \"llvm\"}")
     kind, triple = target["kind"], target.get("mtriple", "")
+    requires: tuple[str, ...] = ()
     if kind == "cuda":
         family, toolchain = Family.CUDA, HOST_TOOLCHAIN
+        requires = (compute_capability(target.get("arch", "")),)
+        target = {"host": CUDA_HOST, **target}
     elif kind == "llvm" and triple.startswith("aarch64"):
         family, toolchain = Family.AARCH64, AARCH64_TOOLCHAIN
-    elif kind == "llvm":
+    elif kind == "llvm" and triple in ("", "x86_64-linux-gnu", "x86_64-pc-linux-gnu", "x86_64-unknown-linux-gnu"):
         family, toolchain = Family.X86, HOST_TOOLCHAIN
     else:
-        raise TargetError(f"target kind {kind!r} is not supported; kiln builds for llvm (x86, aarch64) and cuda")
-    return Preset("custom", family, target, "raw TVM target", "unknown", toolchain)
+        raise TargetError(f"target {json.dumps(target)} is not supported; kiln builds for llvm (x86_64 or aarch64 "
+                          "Linux, by mtriple) and cuda")
+    tvm_target = _tvm_target(target)
+    if family is Family.X86:
+        requires = _x86_requirements(tvm_target)
+    return Preset("custom", family, target, "raw TVM target", "unknown", toolchain, requires)
+
+
+def _tvm_target(target: dict[str, Any]):
+    import tvm
+    from tvm.target import codegen
+
+    mcpu, triple = target.get("mcpu"), target.get("mtriple") or "x86_64-linux-gnu"
+    if target["kind"] == "llvm" and mcpu and not codegen.llvm_is_valid_cpu(mcpu, triple):
+        known = codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))
+        near = difflib.get_close_matches(mcpu, list(known), n=3)
+        raise TargetError(f"LLVM does not know mcpu {mcpu!r} for {triple}."
+                          + (f" Did you mean {', '.join(near)}?" if near else ""))
+    try:
+        return tvm.target.Target(target)
+    except Exception as exc:  # TVM raises ValueError, TypeError or its own errors for bad attributes
+        raise TargetError(f"TVM rejects --target {json.dumps(target)}: {str(exc).strip()}") from exc
+
+
+# LLVM feature names -> /proc/cpuinfo flags, for the instruction sets kiln's x86 presets distinguish.
+_X86_FLAGS = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512dq": "avx512dq",
+              "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni"}
+
+
+def _x86_requirements(tvm_target) -> tuple[str, ...]:
+    """The instruction sets (as /proc/cpuinfo names them) code for this x86 target may use."""
+    from tvm.target import codegen
+
+    features = codegen.llvm_get_cpu_features(tvm_target)
+    return tuple(flag for feature, flag in _X86_FLAGS.items() if feature in features)

@@ -8,9 +8,7 @@ from pathlib import Path
 from kiln.compiler.backends.tvm.ops import unsupported_ops
 from kiln.compiler.graph import Graph
 from kiln.errors import InputError, TargetError, UnsupportedOpError
-from kiln.targets.presets import Family, Preset, Toolchain
-
-_NVCC = Toolchain("nvcc", "nvidia-cuda-toolkit")
+from kiln.targets.presets import Family, Preset
 
 
 def check_compilable(graph: Graph) -> None:
@@ -28,11 +26,14 @@ def check_compilable(graph: Graph) -> None:
 
 
 def check_toolchain(preset: Preset) -> None:
-    tools = [preset.toolchain] + ([_NVCC] if preset.family is Family.CUDA else [])
-    for tool in tools:
-        if shutil.which(tool.compiler) is None:
-            raise TargetError(f"target {preset.name} needs {tool.compiler}, which is not on PATH; "
-                              f"install it with `apt-get install {tool.debian_package}`")
+    tool = preset.toolchain
+    if shutil.which(tool.compiler) is None:
+        raise TargetError(f"target {preset.name} needs {tool.compiler}, which is not on PATH; "
+                          f"install it with `apt-get install {tool.debian_package}`")
+    if preset.family is Family.CUDA:
+        from kiln.compiler.backends.tvm import cuda
+
+        cuda.check_nvcc(preset)
 
 
 
@@ -44,12 +45,17 @@ def build_library(graph: Graph, preset: Preset, library: Path) -> None:
     mod = from_onnx(graph.body, keep_params_in_input=False)
     target = tvm.target.Target(preset.tvm_target)
     executable = tvm.compile(mod, target=target)
+    if preset.family is Family.CUDA:
+        from kiln.compiler.backends.tvm import cuda
+
+        cuda.export_library(executable, preset, library)
+        return
     executable.export_library(str(library), fcompile=_linker(preset))
 
 
 def _linker(preset: Preset):
     if preset.family is not Family.AARCH64:
         return None
-    from tvm.contrib import cc
+    from tvm.support import cc
 
     return cc.cross_compiler(preset.toolchain.compiler)

@@ -1,0 +1,89 @@
+"""Run aarch64 neural artifacts on this x86 machine: vm_runner.cc cross-compiled against the aarch64
+TVM runtime from the registry's apache-tvm wheels, executed under qemu-user.
+
+The aarch64 wheels (same versions as the installed x86 ones) are downloaded with pip once and
+unpacked into .kiln-test-cache/aarch64-tvm/<versions>/, next to the built runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE.parent.parent / ".kiln-test-cache" / "aarch64-tvm"
+SYSROOT = Path("/usr/aarch64-linux-gnu")
+CXX = "aarch64-linux-gnu-g++"
+QEMU = "qemu-aarch64"
+# wheel -> the aarch64 libraries the runner links against
+_RUNTIME_LIBRARIES = {"apache-tvm": "tvm/lib/libtvm_runtime.so", "apache-tvm-ffi": "tvm_ffi/lib/libtvm_ffi.so"}
+
+
+def missing_tools() -> list[str]:
+    """Debian packages this module needs that are not installed."""
+    needs = {CXX: "g++-aarch64-linux-gnu", QEMU: "qemu-user"}
+    return [package for tool, package in needs.items() if shutil.which(tool) is None]
+
+
+def run_artifact(artifact: Path, inputs: list[np.ndarray], workdir: Path) -> list[np.ndarray]:
+    """Run `artifact`'s model.so under qemu-aarch64 on float32 inputs; its float32 outputs."""
+    runner = _runner()
+    workdir.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for index, array in enumerate(inputs):
+        path = workdir / f"input_{index}.bin"
+        np.ascontiguousarray(array, dtype=np.float32).tofile(path)
+        specs.append("x".join(map(str, array.shape)) + f"={path}")
+    done = subprocess.run([QEMU, "-L", str(SYSROOT), str(runner), str(artifact / "model.so"), str(workdir), *specs],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"vm_runner failed ({done.returncode}): {done.stderr.strip()}")
+    outputs = []
+    for line in done.stdout.splitlines():
+        name, shape = line.split()
+        data = np.fromfile(workdir / f"{name}.bin", dtype=np.float32)
+        outputs.append(data.reshape([int(d) for d in shape.split("x")]))
+    return outputs
+
+
+def _runner() -> Path:
+    """vm_runner for aarch64, built once per runner source and TVM version."""
+    libraries = _runtime_libraries()
+    source = HERE / "vm_runner.cc"
+    runner = libraries / f"vm_runner-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+    if runner.is_file():
+        return runner
+    import tvm_ffi.libinfo
+
+    command = [CXX, "-std=c++17", "-O1", f"-I{tvm_ffi.libinfo.find_include_path()}",
+               f"-I{tvm_ffi.libinfo.find_dlpack_include_path()}", str(source), f"-L{libraries}",
+               "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN", "-o", f"{runner}.tmp"]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    Path(f"{runner}.tmp").rename(runner)
+    return runner
+
+
+def _runtime_libraries() -> Path:
+    """A folder with the aarch64 libtvm_runtime.so and libtvm_ffi.so matching the installed TVM."""
+    versions = {name: metadata.version(name) for name in _RUNTIME_LIBRARIES}
+    folder = CACHE / "-".join(f"{name}-{version}" for name, version in versions.items())
+    if all((folder / Path(member).name).is_file() for member in _RUNTIME_LIBRARIES.values()):
+        return folder
+    wheels = folder / "wheels"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--platform", "manylinux_2_28_aarch64", "--python-version", python, "--dest", str(wheels),
+                    *(f"{name}=={version}" for name, version in versions.items())], check=True)
+    for name, member in _RUNTIME_LIBRARIES.items():
+        wheel = next(wheels.glob(f"{name.replace('-', '_')}-{versions[name]}-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            (folder / Path(member).name).write_bytes(archive.read(member))
+    shutil.rmtree(wheels)
+    return folder
