@@ -168,3 +168,15 @@ def test_batchnorm_is_folded_into_the_conv_exactly(tmp_path):
     feed = {"input": np.random.default_rng(1).standard_normal((5, 1, 8, 8)).astype(np.float32)}
     np.testing.assert_allclose(onnxruntime_outputs(tmp_path / "folded.onnx", feed)[0],
                                onnxruntime_outputs(path, feed)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_model_pinned_to_a_batch_calibrates_and_evaluates_every_sample(tmp_path):
+    """200 calibration and 450 evaluation samples do not divide into batches of 7: the last batch is padded."""
+    options = QuantizeOptions(eval=TEST, cache_dir=str(tmp_path / "cache")).for_target(resolve("x86-64"))
+    pinned = quantize_graph(load(DIGITS_CNN, {"input": (7, 1, 8, 8)}), CALIB, options, lambda _: None)
+    free = _quantize(DIGITS_CNN, tmp_path)
+    assert pinned.report.samples == free.report.samples == 450
+    assert pinned.report.metric.float_value == free.report.metric.float_value
+    assert pinned.report.metric.drop <= 1.0
+    with pytest.raises(InputError, match="pinned to batch 450 but the data has 200 samples"):
+        quantize_graph(load(DIGITS_CNN, {"input": (450, 1, 8, 8)}), CALIB, options, lambda _: None)

@@ -14,7 +14,7 @@ import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -61,21 +61,21 @@ def collect_ranges(model: "onnx.ModelProto", dataset: Dataset, settings: Observe
                    show_bar: bool = False) -> dict[str, TensorRange]:
     runner = TensorRunner(model, float_tensors(model))
     passes = 1 if settings.method is CalibMethod.MINMAX else 2
-    batch = batch_size(model)
     bar = _bar(show_bar, dataset.count * passes)
     with bar as ticks:
-        bounds = _observe(runner, dataset, batch, {n: make_observer(settings, None) for n in runner.names}, ticks)
+        bounds = _observe(runner, model, dataset, {n: make_observer(settings, None) for n in runner.names}, ticks)
         if passes == 2:
             observers = {n: make_observer(settings, bounds[n]) for n in runner.names}
-            return _observe(runner, dataset, batch, observers, ticks)
+            return _observe(runner, model, dataset, observers, ticks)
     return bounds
 
 
-def _observe(runner: "TensorRunner", dataset: Dataset, batch: int, observers: dict, ticks) -> dict[str, TensorRange]:
-    for feed in dataset.batches(batch):
+def _observe(runner: "TensorRunner", model: "onnx.ModelProto", dataset: Dataset, observers: dict,
+             ticks) -> dict[str, TensorRange]:
+    for feed, rows in model_batches(model, dataset):
         for name, values in runner.run(feed).items():
             observers[name].update(values)
-        ticks.update(len(next(iter(feed.values()))))
+        ticks.update(rows)
     return {name: observer.result() for name, observer in observers.items()}
 
 
@@ -104,11 +104,29 @@ def float_tensors(model: "onnx.ModelProto") -> list[str]:
     return [n for n in dict.fromkeys(names) if types.get(n) == TensorProto.FLOAT]
 
 
-def batch_size(model: "onnx.ModelProto") -> int:
-    """The model's fixed batch dimension, or DEFAULT_BATCH when the batch is symbolic."""
+def model_batches(model: "onnx.ModelProto", dataset: Dataset) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """(feed, real rows) in batches the model accepts.
+
+    A model with a symbolic batch gets DEFAULT_BATCH rows at a time. A model pinned to batch B gets
+    exactly B: a short last batch is padded by repeating its final row (fewer than B duplicates,
+    which leave min/max unchanged and shift histograms negligibly); callers trim outputs to the
+    real rows.
+    """
     dims = {spec.shape[0] for spec in signature(model).inputs if spec.shape}
     fixed = {d for d in dims if isinstance(d, int)}
-    return fixed.pop() if len(fixed) == 1 else DEFAULT_BATCH
+    if len(fixed) != 1:
+        for feed in dataset.batches(DEFAULT_BATCH):
+            yield feed, len(next(iter(feed.values())))
+        return
+    batch = fixed.pop()
+    if dataset.count < batch:
+        raise InputError(f"the model is pinned to batch {batch} but the data has {dataset.count} samples; "
+                         f"give at least {batch} samples, or compile with a smaller batch in --input-shape")
+    for feed in dataset.batches(batch):
+        rows = len(next(iter(feed.values())))
+        if rows < batch:
+            feed = {name: np.concatenate([a, np.repeat(a[-1:], batch - rows, axis=0)]) for name, a in feed.items()}
+        yield feed, rows
 
 
 class TensorRunner:

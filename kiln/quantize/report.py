@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.arrays import read_arrays
-from kiln.calibration.collect import TensorRunner, batch_size
+from kiln.calibration.collect import TensorRunner, model_batches
 from kiln.calibration.datasets import ArrayDataset, Dataset, check_arrays
 from kiln.compiler.graph import TensorSpec
 from kiln.errors import InputError
@@ -106,7 +106,8 @@ def load_eval(path: Path, inputs: tuple[TensorSpec, ...]) -> EvalSet:
 
 def first_output(model: "onnx.ModelProto", dataset: Dataset) -> np.ndarray:
     runner = TensorRunner(model, [model.graph.output[0].name])
-    return np.concatenate([runner.run(feed)[runner.names[0]] for feed in dataset.batches(batch_size(model))])
+    return np.concatenate([runner.run(feed)[runner.names[0]][:rows]
+                           for feed, rows in model_batches(model, dataset)])
 
 
 def metric(float_out: np.ndarray, int8_out: np.ndarray, labels: np.ndarray) -> Metric:
@@ -138,7 +139,7 @@ def layer_sqnr(float_model: "onnx.ModelProto", qdq_model: "onnx.ModelProto", pla
     qdq_names = [dequantized_name(n, outputs) if n in plan.activations else n for n in float_names]
     reference, quantized = TensorRunner(float_model, float_names), TensorRunner(qdq_model, qdq_names)
     signal, noise = np.zeros(len(nodes)), np.zeros(len(nodes))
-    for feed in dataset.batches(batch_size(float_model)):
+    for feed, _ in model_batches(float_model, dataset):
         ref, got = reference.run(feed), quantized.run(feed)
         for i, (f, q) in enumerate(zip(float_names, qdq_names)):
             x = ref[f].astype(np.float64)
