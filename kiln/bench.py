@@ -31,6 +31,7 @@ class BenchOptions:
     max_repeats: int = 1000
     seconds: float = 3.0
     inputs: dict[str, np.ndarray] | None = None
+    profile_runs: int = 0  # > 0: also time each TVM kernel over this many runs ("profile" in the result)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def bench(path: Path, options: BenchOptions) -> dict[str, Any]:
     runners: dict[str, Runner] = {"kiln": lambda feed: list(predictor.run(feed).values())}
     if options.vs:
         runners[options.vs] = reference(options.vs, path, manifest, options.threads)
-    timings, outputs = _measure(runners, inputs, options)
+    timings, outputs = measure(runners, inputs, options)
     result: dict[str, Any] = {
         "artifact": str(path),
         "batch": batch,
@@ -69,6 +70,11 @@ def bench(path: Path, options: BenchOptions) -> dict[str, Any]:
         result["speedup"] = timings[options.vs].median_ms / timings["kiln"].median_ms
         result["max_abs_diff"] = max(float(np.max(np.abs(k.astype(np.float64) - r.astype(np.float64))))
                                      for k, r in zip(outputs["kiln"], outputs[options.vs]))
+    if options.profile_runs:
+        if not hasattr(predictor, "profile"):
+            raise InputError(f"--profile times the kernels of TVM artifacts; {path} is a {manifest['backend']} "
+                             "artifact: drop --profile")
+        result["profile"] = [row.to_json() for row in predictor.profile(inputs, options.profile_runs)]
     return result
 
 
@@ -93,8 +99,9 @@ def _batch_of(inputs: dict[str, np.ndarray]) -> int:
     return int(first.shape[0]) if first.ndim else 1
 
 
-def _measure(runners: dict[str, Runner], inputs: dict[str, np.ndarray],
-             options: BenchOptions) -> tuple[dict[str, Timing], dict[str, list[np.ndarray]]]:
+def measure(runners: dict[str, Runner], inputs: dict[str, np.ndarray],
+            options: BenchOptions) -> tuple[dict[str, Timing], dict[str, list[np.ndarray]]]:
+    """Time the runners round-robin on the same inputs; also return each one's outputs."""
     outputs = {name: run(inputs) for name, run in runners.items()}
     for _ in range(options.warmup):
         for run in runners.values():
@@ -106,7 +113,7 @@ def _measure(runners: dict[str, Runner], inputs: dict[str, np.ndarray],
             start = time.perf_counter()
             run(inputs)
             samples[name].append(time.perf_counter() - start)
-        count = len(samples["kiln"])
+        count = len(next(iter(samples.values())))
         if count >= options.max_repeats or (count >= options.min_repeats and time.perf_counter() > deadline):
             break
     batch = _batch_of(inputs)
@@ -114,9 +121,19 @@ def _measure(runners: dict[str, Runner], inputs: dict[str, np.ndarray],
 
 
 def reference(name: str, path: Path, manifest: dict[str, Any], threads: int) -> Runner:
-    if name == "onnxruntime":
-        return onnxruntime_runner(artifact.verified_file(path, manifest["files"]["onnx"]), threads)
-    raise InputError(f"unknown reference {name!r} for --vs; use onnxruntime")
+    tree = manifest["backend"] == "tl2cgen"
+    if name == "onnxruntime" and not tree:
+        # An INT8 artifact is compared with ONNX Runtime running the same QDQ model.
+        role = "int8_onnx" if "int8_onnx" in manifest["files"] else "onnx"
+        return onnxruntime_runner(artifact.verified_file(path, manifest["files"][role]), threads)
+    if name == "native" and tree:
+        from kiln.compiler.frontends.trees.native import native_runner
+
+        return native_runner(artifact.verified_file(path, manifest["files"]["model"]), manifest, threads)
+    if name in ("onnxruntime", "native"):
+        raise InputError(f"--vs {name} does not apply to {'tree' if tree else 'neural'} artifacts; "
+                         f"use --vs {'native' if tree else 'onnxruntime'}")
+    raise InputError(f"unknown reference {name!r} for --vs; use onnxruntime (neural) or native (trees)")
 
 
 def onnxruntime_runner(model: Path, threads: int) -> Runner:

@@ -46,6 +46,9 @@ input_shape_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for CI).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="CPU threads to use [default: all cores].")
+params_option = click.option(
+    "--params", type=click.Path(path_type=Path), default=None,
+    help="The weights of an MXNet model (its .params file); MODEL is then its symbol JSON.")
 trust_pickle_option = click.option(
     "--trust-pickle", is_flag=True,
     help="Load pickle/joblib models (they run code while loading: only for files you trust), and skops files "
@@ -160,17 +163,24 @@ def cli() -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Artifact directory to write [default: MODEL's name + .kiln in the current folder].")
 @input_shape_option
+@params_option
 @trust_pickle_option
 @click.option("--int8", is_flag=True,
               help="Quantize to INT8 (neural graphs: calibrated QDQ; trees: threshold quantization).")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Calibration data (.npz, .npy, CSV or a folder of them): INT8 ranges, tree branch statistics.")
 @neural_quantize_options
+@click.option("--schedule", type=click.Choice(["default", "none"]), default="default", show_default=True,
+              help="Neural CPU builds: kiln's schedules (NCHWc layout, vectorized and parallel kernels), or none: "
+                   "TVM's plain loops (slow; for debugging a schedule).")
+@click.option("--records", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="A `kiln tune` records folder: tuned kernels are used where they beat the default schedules.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
 @_handles_errors
 def compile_command(model: Path, target: str, output: Path | None, input_shapes, int8: bool, calib: Path | None,
-                    quiet: bool, as_json: bool, trust_pickle: bool, quantize_args: dict[str, Any]):
+                    quiet: bool, as_json: bool, trust_pickle: bool, quantize_args: dict[str, Any],
+                    params: Path | None, schedule: str, records: Path | None):
     """Compile MODEL (ONNX, MXNet, or a tree ensemble) for a target into an artifact directory.
 
     The artifact holds manifest.json, the compiled library and the source model; it is written
@@ -180,14 +190,16 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
     Example:
       kiln compile examples/digits_cnn/digits_cnn.onnx --input-shape input:1x1x8x8 -o digits.kiln
     """
+    from kiln.compiler.backends.tvm.schedules import ScheduleMode
     from kiln.compiler.frontends import ImportOptions
     from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
     from kiln.targets import resolve
 
     options = CompileOptions(resolve(target), output or Path(model.stem + ".kiln"),
-                             ImportOptions(_input_shapes(input_shapes), trust_pickle=trust_pickle),
+                             ImportOptions(_input_shapes(input_shapes), params=params, trust_pickle=trust_pickle),
                              precision=Precision.INT8 if int8 else Precision.FP32, calib=calib,
-                             quantize=_quantize_options(quantize_args, quiet or as_json))
+                             quantize=_quantize_options(quantize_args, quiet or as_json),
+                             schedule=ScheduleMode(schedule), records=records)
     path = compile_model(model, options, _progress(quiet or as_json))
     quantization = _quantization_summary(path)
     if as_json:
@@ -296,10 +308,11 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
 @cli.command("inspect", epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(path_type=Path))
 @input_shape_option
+@params_option
 @trust_pickle_option
 @json_option
 @_handles_errors
-def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool):
+def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool, params: Path | None):
     """Show a model's inputs, outputs, ops and anything kiln cannot compile; or an artifact's manifest.
 
     \b
@@ -309,7 +322,7 @@ def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool
     from kiln.compiler.frontends import ImportOptions
     from kiln.inspection import inspect_path
 
-    report = inspect_path(model, ImportOptions(_input_shapes(input_shapes), trust_pickle=trust_pickle))
+    report = inspect_path(model, ImportOptions(_input_shapes(input_shapes), params=params, trust_pickle=trust_pickle))
     if as_json:
         _echo_json(report)
         return
@@ -365,10 +378,11 @@ def targets_command(as_json: bool):
               help="Bench on these inputs (.npz) instead of random ones.")
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
               help="Time budget for the measured runs.")
+@click.option("--profile", is_flag=True, help="Also show where the time goes: each kernel's share (TVM artifacts).")
 @json_option
 @_handles_errors
 def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: int | None,
-                  input_path: Path | None, seconds: float, as_json: bool):
+                  input_path: Path | None, seconds: float, as_json: bool, profile: bool):
     """Measure latency (median, p90, p99) and throughput of an ARTIFACT.
 
     With --vs, the reference runs alternately with kiln on the same inputs, so both see the same
@@ -383,7 +397,7 @@ def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: in
 
     inputs = read_arrays(input_path) if input_path else None
     options = BenchOptions(batch=batch, vs=vs, seconds=seconds, inputs=inputs,
-                           **({"threads": threads} if threads else {}))
+                           profile_runs=PROFILE_RUNS if profile else 0, **({"threads": threads} if threads else {}))
     result = bench(artifact, options)
     if as_json:
         _echo_json(result)
@@ -396,6 +410,66 @@ def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: in
                    f"{t['throughput']:12.1f}")
     if vs:
         click.echo(f"  speedup vs {vs}: {result['speedup']:.2f}x (max |diff| {result['max_abs_diff']:.2e})")
+    if profile:
+        _echo_profile(result["profile"])
+
+
+PROFILE_RUNS, PROFILE_ROWS = 20, 25
+
+
+def _echo_profile(rows: list[dict[str, Any]]) -> None:
+    click.echo(f"  where the time goes (median per run of {PROFILE_RUNS}; kernels and VM builtins):")
+    click.echo(f"  {'ms':>9} {'share':>6} {'calls':>5}  kernel")
+    for row in rows[:PROFILE_ROWS]:
+        click.echo(f"  {row['ms']:9.3f} {row['share']:6.1%} {row['calls']:5d}  {row['name']}")
+    if len(rows) > PROFILE_ROWS:
+        rest = rows[PROFILE_ROWS:]
+        click.echo(f"  {sum(r['ms'] for r in rest):9.3f} {sum(r['share'] for r in rest):6.1%} "
+                   f"{sum(r['calls'] for r in rest):5d}  ({len(rest)} more)")
+
+
+@cli.command("tune", epilog=EXIT_CODE_HELP)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="x86-64", show_default=True,
+              help="Target preset or `host`; it must run on this machine, which measures the candidates.")
+@click.option("--trials", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Candidate schedules to measure, over all kernels together.")
+@click.option("--output", "-o", "records", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Records folder to create or add to; pass it to `kiln compile --records`.")
+@input_shape_option
+@params_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages or progress bar.")
+@json_option
+@_handles_errors
+def tune_command(model: Path, target: str, trials: int, records: Path, input_shapes, params: Path | None,
+                 quiet: bool, as_json: bool):
+    """Search faster schedules for a neural MODEL's kernels with MetaSchedule, into a records folder.
+
+    Records are keyed by kernel and target, so a partial tuning still helps and models that share
+    layers share records; each kernel's default schedule is recorded too, so compiling with
+    --records never picks a slower one.
+
+    \b
+    Example:
+      kiln tune model.onnx --input-shape input:1x3x224x224 --trials 512 -o records/
+      kiln compile model.onnx --input-shape input:1x3x224x224 --records records/ -o model.kiln
+    """
+    from kiln.compiler.backends.tvm.tuning import tune
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.targets import resolve
+
+    imports = ImportOptions(_input_shapes(input_shapes), params=params)
+    if _interactive(quiet or as_json):
+        with click.progressbar(length=trials, label="tuning", file=sys.stderr) as bar:
+            report = tune(model, imports, resolve(target), records, trials,
+                          lambda done, total: bar.update(done - bar.pos))
+    else:
+        report = tune(model, imports, resolve(target), records, trials, lambda done, total: None)
+    if as_json:
+        _echo_json({"records": str(records), **report.to_json()})
+        return
+    click.echo(f"tuned {report.tasks} kernels with {report.trials} trials in {report.seconds:.0f} s; "
+               f"{report.improved} beat the default schedules -> {records}")
 
 
 @cli.command("build", epilog=EXIT_CODE_HELP)

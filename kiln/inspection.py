@@ -26,6 +26,10 @@ def inspect_graph(graph: Graph) -> dict[str, Any]:
     }
     if graph.kind is GraphKind.NEURAL:
         report.update(_neural_details(graph))
+    if graph.kind is GraphKind.TREE:
+        from kiln.compiler.frontends.trees import summarize
+
+        report["tree"] = summarize(graph.body).to_json()
     return report
 
 

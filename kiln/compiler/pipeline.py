@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from kiln.compiler import artifact
+from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.fingerprint import fingerprint
 from kiln.compiler.frontends import ImportOptions, load_graph
 from kiln.compiler.graph import Graph, GraphKind
@@ -31,6 +32,8 @@ class CompileOptions:
     # Calibration data (.npz/.npy/CSV/folder): drives INT8 ranges, and branch annotation for trees.
     calib: Path | None = None
     quantize: QuantizeOptions = QuantizeOptions()  # neural INT8: observers, exclusions, report, gate
+    schedule: ScheduleMode = ScheduleMode.DEFAULT  # neural CPU builds: kiln's schedules, or none (TVM's loops)
+    records: Path | None = None  # neural CPU builds: a `kiln tune` records folder, applied where it is faster
 
 
 def _quiet(_: str) -> None:
@@ -60,10 +63,11 @@ def _compile_neural(graph: Graph, options: CompileOptions, build: dict, progress
     with artifact.staging(options.output) as stage:
         progress(f"compiling with TVM for {options.target.name}")
         library = stage / "model.so"
-        build_library(quantized.graph if quantized else graph, options.target, library)
+        schedules = build_library(quantized.graph if quantized else graph, options.target, library,
+                                  options.schedule, options.records)
         source = stage / "model.onnx"
         onnx.save_model(graph.body, str(source))
-        files, extra = {"onnx": source}, {"build": build}
+        files, extra = {"onnx": source}, {"build": {**build, "schedules": schedules}}
         if quantized:
             files.update(quantized.write(stage))
             extra["quantization"] = quantized.manifest_section()

@@ -12,11 +12,22 @@ from kiln.errors import InputError
 
 class SourceFormat(str, enum.Enum):
     ONNX = "onnx"
+    MXNET = "mxnet"
+    XGBOOST_JSON = "xgboost-json"
+    XGBOOST_UBJSON = "xgboost-ubjson"
+    XGBOOST_BINARY = "xgboost-binary"
+    LIGHTGBM = "lightgbm"
+    SKLEARN_PICKLE = "sklearn-pickle"
+    SKOPS = "skops"
 
 
 @dataclass(frozen=True)
 class ImportOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # The weights file of a model whose graph and weights are separate files (MXNet's .params).
+    params: Path | None = None
+    # Pickle/joblib files run code when loaded: read them only when the user says they trust them.
+    trust_pickle: bool = False
 
 
 def detect_format(path: Path) -> SourceFormat:
@@ -31,7 +42,21 @@ def detect_format(path: Path) -> SourceFormat:
     # ONNX has no magic number: a protobuf ModelProto starts with a field tag byte (ir_version = 0x08).
     if head[:1] == b"\x08":
         return SourceFormat.ONNX
-    raise InputError(f"{path}: unrecognised model format; kiln reads ONNX (.onnx) models")
+    from kiln.compiler.frontends.mxnet import symbol, params
+
+    if symbol.looks_like_symbol(head):
+        return SourceFormat.MXNET
+    if head[:8] == params.LIST_MAGIC.to_bytes(8, "little"):
+        raise InputError(f"{path} is an MXNet .params file (weights only); pass the symbol JSON as the model "
+                         f"and this file with --params")
+    from kiln.compiler.frontends.trees.formats import detect_tree_format
+
+    tree_format = detect_tree_format(path)
+    if tree_format is not None:
+        return tree_format
+    raise InputError(f"{path}: unrecognised model format; kiln reads ONNX (.onnx) models, MXNet symbol JSON, "
+                     "XGBoost (JSON, UBJSON, legacy binary), LightGBM text models and scikit-learn "
+                     "(skops, or pickle with --trust-pickle)")
 
 
 def load_graph(path: Path, options: ImportOptions) -> Graph:
@@ -40,4 +65,10 @@ def load_graph(path: Path, options: ImportOptions) -> Graph:
         from kiln.compiler.frontends import onnx
 
         return onnx.load(path, options.input_shapes)
-    raise AssertionError(source_format)
+    if source_format is SourceFormat.MXNET:
+        from kiln.compiler.frontends.mxnet import convert
+
+        return convert.load(path, options.params, options.input_shapes)
+    from kiln.compiler.frontends import trees
+
+    return trees.load(path, source_format, options.trust_pickle)

@@ -20,6 +20,9 @@ HERE = Path(__file__).resolve().parent
 SEED = 0
 NAN_FRACTION = 0.1
 CATEGORIES = 6
+# The column each `*_cat` data set turns into category codes: one the models split on (worst concave points,
+# proline, bmi), so that categorical splits are really exercised.
+CATEGORICAL_COLUMN = {"binary": 27, "multiclass": 12, "regression": 2}
 
 
 def datasets() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -35,7 +38,8 @@ def datasets() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         X_train, X_test, y_train, _ = train_test_split(X, y, test_size=40, random_state=SEED)
         sets[name] = (X_train, y_train, X_test)
         sets[f"{name}_nan"] = (_with_nans(X_train, rng), y_train, _with_nans(X_test, rng))
-        sets[f"{name}_cat"] = (_with_category(X_train, X), y_train, _with_category(X_test, X))
+        column = CATEGORICAL_COLUMN[name]
+        sets[f"{name}_cat"] = (_with_category(X_train, X, column), y_train, _with_category(X_test, X, column))
     return sets
 
 
@@ -45,11 +49,12 @@ def _with_nans(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return X
 
 
-def _with_category(X: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Column 0 replaced by CATEGORIES integer codes (quantile bins of itself), as float32."""
-    edges = np.quantile(reference[:, 0], np.linspace(0, 1, CATEGORIES + 1)[1:-1])
+def _with_category(X: np.ndarray, reference: np.ndarray, column: int) -> np.ndarray:
+    """`column` replaced by CATEGORIES integer codes (quantile bins of itself, in shuffled order), as float32."""
+    edges = np.quantile(reference[:, column], np.linspace(0, 1, CATEGORIES + 1)[1:-1])
+    shuffled = np.random.default_rng(SEED).permutation(CATEGORIES)  # so that code order does not follow value order
     X = X.copy()
-    X[:, 0] = np.digitize(X[:, 0], edges).astype(np.float32)
+    X[:, column] = shuffled[np.digitize(X[:, column], edges)].astype(np.float32)
     return X
 
 
@@ -61,23 +66,26 @@ LGB_OBJECTIVES = {"binary": {"objective": "binary"},
                   "regression": {"objective": "regression"}}
 
 
-def train_xgboost(task: str, X: np.ndarray, y: np.ndarray, *, categorical: bool = False, rounds: int = 8):
+def train_xgboost(task: str, X: np.ndarray, y: np.ndarray, *, categorical: bool = False, rounds: int = 6):
     import xgboost as xgb
 
-    feature_types = ["c"] + ["q"] * (X.shape[1] - 1) if categorical else None
+    column = CATEGORICAL_COLUMN[task]
+    feature_types = ["c" if i == column else "q" for i in range(X.shape[1])] if categorical else None
     data = xgb.DMatrix(X, y, feature_types=feature_types, enable_categorical=categorical)
-    params = {**XGB_OBJECTIVES[task], "max_depth": 4, "eta": 0.5, "seed": SEED, "nthread": 1}
+    params = {**XGB_OBJECTIVES[task], "max_depth": 3, "eta": 0.5, "seed": SEED, "nthread": 1}
     if categorical:
         params["max_cat_to_onehot"] = 1  # partition splits, not one-hot
     return xgb.train(params, data, num_boost_round=rounds)
 
 
-def train_lightgbm(task: str, X: np.ndarray, y: np.ndarray, *, categorical: bool = False, rounds: int = 8):
+def train_lightgbm(task: str, X: np.ndarray, y: np.ndarray, *, categorical: bool = False, rounds: int = 6):
     import lightgbm as lgb
 
-    params = {**LGB_OBJECTIVES[task], "num_leaves": 12, "learning_rate": 0.4, "seed": SEED, "verbose": -1,
-              "num_threads": 1, "min_data_in_leaf": 5, "min_data_per_group": 5, "cat_smooth": 1.0}
-    data = lgb.Dataset(X, y, categorical_feature=[0] if categorical else "auto", free_raw_data=False)
+    params = {**LGB_OBJECTIVES[task], "num_leaves": 8, "learning_rate": 0.4, "seed": SEED, "verbose": -1,
+              "num_threads": 1, "min_data_in_leaf": 5, "min_data_per_group": 2, "cat_smooth": 0.1,
+              "cat_l2": 0.1}
+    data = lgb.Dataset(X, y, categorical_feature=[CATEGORICAL_COLUMN[task]] if categorical else "auto",
+                       free_raw_data=False)
     return lgb.train(params, data, num_boost_round=rounds)
 
 
@@ -86,8 +94,8 @@ def sklearn_models(sets) -> dict[str, object]:
                                   HistGradientBoostingClassifier, HistGradientBoostingRegressor, IsolationForest,
                                   RandomForestClassifier)
 
-    small = {"n_estimators": 5, "max_depth": 4, "random_state": SEED}
-    hgb = {"max_iter": 5, "max_leaf_nodes": 8, "random_state": SEED}
+    small = {"n_estimators": 4, "max_depth": 3, "random_state": SEED}
+    hgb = {"max_iter": 4, "max_leaf_nodes": 6, "random_state": SEED}
     return {
         "rf_binary_nan": RandomForestClassifier(**small).fit(*sets["binary_nan"][:2]),
         "rf_multiclass": RandomForestClassifier(**small).fit(*sets["multiclass"][:2]),
@@ -96,7 +104,7 @@ def sklearn_models(sets) -> dict[str, object]:
         "gb_multiclass": GradientBoostingClassifier(**small).fit(*sets["multiclass"][:2]),
         "gb_regression": GradientBoostingRegressor(**small).fit(*sets["regression"][:2]),
         "hgb_binary_nan": HistGradientBoostingClassifier(**hgb).fit(*sets["binary_nan"][:2]),
-        "hgb_multiclass_cat": HistGradientBoostingClassifier(**hgb, categorical_features=[0]).fit(
+        "hgb_multiclass_cat": HistGradientBoostingClassifier(**hgb, categorical_features=[CATEGORICAL_COLUMN["multiclass"]]).fit(
             *sets["multiclass_cat"][:2]),
         "hgb_regression_nan": HistGradientBoostingRegressor(**hgb).fit(*sets["regression_nan"][:2]),
         "iforest": IsolationForest(n_estimators=5, max_samples=64, random_state=SEED).fit(sets["regression"][0]),

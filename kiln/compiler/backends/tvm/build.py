@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from kiln.compiler.backends.tvm.ops import unsupported_ops
+from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.graph import Graph
 from kiln.errors import InputError, TargetError, UnsupportedOpError
 from kiln.targets.presets import Family, Preset
@@ -38,19 +39,45 @@ def check_toolchain(preset: Preset) -> None:
 
 
 
-def build_library(graph: Graph, preset: Preset, library: Path) -> None:
+def build_library(graph: Graph, preset: Preset, library: Path, schedule: ScheduleMode = ScheduleMode.DEFAULT,
+                  records: Path | None = None) -> dict[str, int]:
+    """Compile; on CPU targets with kiln's schedules (and the best of tuning `records`) unless schedule is NONE.
+
+    Returns how many kernels each schedule rule built ("tuned": from records); empty with TVM's own pipeline."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
     mod = from_onnx(graph.body, keep_params_in_input=False)
     target = tvm.target.Target(preset.tvm_target)
-    executable = tvm.compile(mod, target=target)
+    rules: dict[str, int] = {}
+    executable = tvm.compile(mod, target=target,
+                             relax_pipeline=_relax_pipeline(preset, target, schedule, records, rules))
     if preset.family is Family.CUDA:
         from kiln.compiler.backends.tvm import cuda
 
         cuda.export_library(executable, preset, library)
-        return
-    executable.export_library(str(library), fcompile=_linker(preset))
+    else:
+        executable.export_library(str(library), fcompile=_linker(preset))
+    return rules
+
+
+def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Path | None, rules: dict[str, int]):
+    from kiln.compiler.backends.tvm.schedules.common import cpu_spec
+
+    if preset.family is Family.CUDA or schedule is ScheduleMode.NONE or cpu_spec(target) is None:
+        if records is not None:
+            raise InputError(f"--records applies kiln's CPU schedules, which do not build {preset.name} with "
+                             f"--schedule {schedule.value}: drop --records, or use --schedule default with an "
+                             "x86 or NEON aarch64 target")
+        return "default"  # TVM's own pipeline for the target
+    from kiln.compiler.backends.tvm.schedules.pipeline import cpu_pipeline
+
+    database = None
+    if records is not None:
+        from kiln.compiler.backends.tvm.tuning import open_records
+
+        database = open_records(records, preset)
+    return cpu_pipeline(target, database, rules)
 
 
 def _linker(preset: Preset):

@@ -14,6 +14,7 @@ from kiln.targets.presets import Family, Preset
 class TVMPredictor(Predictor):
     def __init__(self, library: Path, preset: Preset, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], threads: int | None = None):
+        unbind_threads()
         import tvm
         from tvm import relax
 
@@ -29,6 +30,22 @@ class TVMPredictor(Predictor):
         result = self._main(*(self._tensor(a, self._device) for a in arrays))
         results = [result] if hasattr(result, "numpy") else list(result)
         return [r.numpy() for r in results]
+
+    def profile(self, feed: dict[str, np.ndarray], runs: int):
+        """Time per kernel over `runs` runs on `feed`: a list of profile.KernelTime, largest first."""
+        from kiln.compiler.backends.tvm.profile import profile_vm
+
+        args = [self._tensor(np.asarray(feed[spec.name]), self._device) for spec in self.inputs]
+        return profile_vm(self._vm, self._main, args, runs)
+
+
+def unbind_threads() -> None:
+    """Let the OS place TVM's pool threads: pinned to fixed cores (TVM's default) they stall whenever
+    another process or ONNX Runtime holds those cores (2-5x slower under load). TVM reads this when it
+    starts its pool, so call it before the first run; an explicit TVM_BIND_THREADS wins."""
+    import os
+
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
 def set_threads(threads: int) -> None:

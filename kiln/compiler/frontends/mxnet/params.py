@@ -12,6 +12,7 @@ Every count and size is checked against the bytes left in the file before anythi
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -33,14 +34,14 @@ class _Reader:
     """A bounds-checked cursor over the file's bytes."""
 
     def __init__(self, data: bytes, path: Path):
-        self.data, self.path, self.offset = data, path, 0
+        self.data, self.path, self.offset = memoryview(data), path, 0
 
     def fail(self, what: str) -> InputError:
         return InputError(f"{self.path}: not a valid MXNet .params file: {what} (at byte {self.offset} of "
                           f"{len(self.data)}); is it truncated or corrupted? Re-export it with MXNet's "
                           "`export` or `mx.nd.save`.")
 
-    def take(self, size: int, what: str) -> bytes:
+    def take(self, size: int, what: str) -> memoryview:
         if size < 0 or size > len(self.data) - self.offset:
             raise self.fail(f"{what} needs {size} bytes, only {len(self.data) - self.offset} left")
         chunk = self.data[self.offset:self.offset + size]
@@ -95,7 +96,7 @@ def _read_array(reader: _Reader, index: int) -> np.ndarray | None:
     if flag not in DTYPES:
         raise reader.fail(f"{what}: dtype flag {flag} is not one kiln reads ({', '.join(DTYPES.values())})")
     dtype = np.dtype(DTYPES[flag]).newbyteorder("<")
-    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize
     return np.frombuffer(reader.take(size, f"{what} data"), dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -108,6 +109,8 @@ def _read_shape(reader: _Reader, what: str) -> tuple[int, ...] | None:
     dims = reader.unpack(f"{ndim}q", f"{what} shape")
     if any(d < 0 for d in dims):
         raise reader.fail(f"{what}: negative dim in shape {dims}")
+    if math.prod(d for d in dims if d) > len(reader.data):  # even a zero-size array cannot be that wide
+        raise reader.fail(f"{what}: shape {dims} is larger than the whole file")
     return dims
 
 
@@ -115,9 +118,9 @@ def _read_name(reader: _Reader) -> str:
     (length,) = reader.unpack("Q", "name length")
     raw = reader.take(length, "name")
     try:
-        return raw.decode("utf-8")
+        return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise reader.fail(f"a name is not UTF-8 ({raw[:40]!r})") from exc
+        raise reader.fail(f"a name is not UTF-8 ({bytes(raw[:40])!r})") from exc
 
 
 def _strip_prefixes(params: dict[str, np.ndarray | None], names: list[str], path: Path) -> dict[str, np.ndarray]:

@@ -1,0 +1,107 @@
+"""What every CPU rule shares: the target's vector shape, block queries, inlining and the rule type."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from tvm import tirx
+from tvm.s_tir import Schedule, ScheduleError
+
+SPATIAL, REDUCE = 0, 2  # tirx IterVar iter_type values
+# Kernels with less work than this (elements or multiply-adds: ~10 us on one core) run on one thread:
+# waking the pool costs more, and on a busy machine waiting for a descheduled worker costs milliseconds.
+MIN_PARALLEL_WORK = 1 << 16
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    """Vector lanes of fp32 (and so the NCHW[lanes]c block), and how many accumulators fit in registers."""
+
+    lanes: int
+    max_accumulators: int
+
+
+AVX2 = CpuSpec(lanes=8, max_accumulators=12)  # 16 ymm registers: 12 accumulators + operands
+NEON = CpuSpec(lanes=4, max_accumulators=24)  # 32 q registers
+
+
+def cpu_spec(target) -> CpuSpec | None:
+    """The rules' parameters for an llvm target; None where they do not apply: on SVE, kiln's fixed-width
+    vectors would replace LLVM's scalable-vector loops, so TVM's own pipeline builds it."""
+    if not str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return AVX2
+    return None if "+sve" in [str(a) for a in target.attrs.get("mattr", [])] else NEON
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named schedule for a whole PrimFunc: `applies` looks, `apply` transforms the schedule."""
+
+    name: str
+    applies: Callable[[Schedule], bool]
+    apply: Callable[[Schedule, CpuSpec], None]
+
+
+def blocks(sch: Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def block_names(sch: Schedule) -> set[str]:
+    return {sch.get(b).name_hint for b in blocks(sch)}
+
+
+def is_reduction(sch: Schedule, block) -> bool:
+    return any(iv.iter_type == REDUCE for iv in sch.get(block).iter_vars)
+
+
+def inline_spatial(sch: Schedule, keep: frozenset[str] = frozenset()) -> None:
+    """compute_inline every spatial block that is not an output (nor named in keep), until none can be."""
+    progress = True
+    while progress:
+        progress = False
+        outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        for block in blocks(sch):
+            name = sch.get(block).name_hint
+            if name in keep or name in outputs or is_reduction(sch, block):
+                continue
+            try:
+                sch.compute_inline(block)
+            except ScheduleError:  # e.g. a producer read with a different access pattern
+                continue
+            progress = True
+            break
+
+
+def extent(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def largest_divisor(n: int, cap: int) -> int:
+    return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
+
+
+def work(sch: Schedule, block) -> int:
+    return math.prod(extent(sch, loop) for loop in sch.get_loops(block))
+
+
+def parallel_outer(sch: Schedule, loops: list, chunks: int = 32) -> None:
+    """Fuse as many outer loops as give >= `chunks` parallel iterations, and run them on the thread pool."""
+    count, used = 1, 0
+    while used < len(loops) and count < chunks:
+        count *= extent(sch, loops[used])
+        used += 1
+    used = max(used, 1)
+    sch.parallel(sch.fuse(*loops[:used]) if used > 1 else loops[0])
+
+
+def vectorize_init(sch: Schedule, block, loop) -> None:
+    """Split the zero-initialisation off a reduction at `loop`, vectorizing its innermost loop.
+
+    Call it after vectorize/parallel: decompose_reduction must come last."""
+    init = sch.decompose_reduction(block, loop)
+    inner = sch.get_loops(init)[-1]
+    if sch.get(inner).kind != tirx.ForKind.VECTORIZED:
+        sch.vectorize(inner)
+

@@ -1,0 +1,87 @@
+"""conv2d and depthwise conv in NCHW[b]c: register-blocked micro-kernels with the epilogue fused.
+
+Loop nest (conv2d): parallel(n, oc/oc_t, oh) . ow/reg . ic/ib . kh . kw . ib . [oc_t] . [reg] . vector(ob)
+with reg x oc_t vector accumulators in registers (cache_write "local"), bias/relu/residual/clip
+inlined into the write-back, and the padding block kept as a separate parallel loop."""
+
+from __future__ import annotations
+
+from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuSpec, Rule, block_names, blocks, extent,
+                                                       inline_spatial, largest_divisor, vectorize_init, work)
+from kiln.compiler.backends.tvm.schedules.compute import CONV2D, DEPTHWISE, PAD
+from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
+from tvm.s_tir import ScheduleError
+
+
+def register_tile(out_width: int, oc_blocks: int, max_accumulators: int) -> tuple[int, int]:
+    """(reg output pixels, oc_t channel vectors) minimising loads per FMA, (reg + oc_t) / (reg * oc_t),
+    with reg * oc_t accumulators fitting in registers; ties go to the wider pixel tile."""
+    best = None
+    for reg in range(1, min(out_width, max_accumulators) + 1):
+        if out_width % reg:
+            continue
+        for oc_t in (1, 2, 3, 4):
+            if oc_blocks % oc_t or reg * oc_t > max_accumulators:
+                continue
+            key = ((reg + oc_t) / (reg * oc_t), -reg)
+            if best is None or key < best[0]:
+                best = (key, reg, oc_t)
+    return best[1], best[2]
+
+
+def _fuse_epilogue(sch, write_back) -> None:
+    """Inline the consumers (bias, activation, residual add) into the accumulator write-back."""
+    while True:
+        consumers = sch.get_consumers(write_back)
+        if not consumers:
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except ScheduleError:  # e.g. a consumer reading other pixels: leave it as its own loop
+            return
+
+
+def _schedule(sch, name: str, spec: CpuSpec) -> None:
+    conv = sch.get_sblock(name)
+    total = work(sch, conv)
+    if name == CONV2D:
+        n, oc, oh, ow, ob, ico, kh, kw, ici = sch.get_loops(conv)
+        reg, oc_t = register_tile(extent(sch, ow), extent(sch, oc), spec.max_accumulators)
+        reduce_inner = [ico, kh, kw, ici]
+    else:
+        n, oc, oh, ow, ob, kh, kw = sch.get_loops(conv)
+        reg, oc_t = largest_divisor(extent(sch, ow), spec.lanes), 1
+        reduce_inner = [kh, kw]
+    owo, owi = sch.split(ow, [None, reg])
+    oco, oci = sch.split(oc, [None, oc_t]) if oc_t > 1 else (oc, None)
+    outer = [n, oco, oh]
+    sch.reorder(*outer, owo, *reduce_inner, *([oci] if oci else []), owi, ob)
+    write_back = sch.cache_write(conv, 0, "local")
+    _fuse_epilogue(sch, write_back)
+    sch.reverse_compute_at(write_back, owo)
+    sch.vectorize(ob)
+    sch.unroll(owi)
+    if oci is not None:
+        sch.unroll(oci)
+    sch.vectorize(sch.get_loops(write_back)[-1])
+    if total >= MIN_PARALLEL_WORK:
+        sch.parallel(sch.fuse(*outer))
+    vectorize_init(sch, conv, reduce_inner[0])
+    for block in blocks(sch):  # the conv's own blocks are now {name}_init, {name}_update, {name}_..._local
+        if not sch.get(block).name_hint.startswith(name):
+            schedule_elementwise(sch, block, spec)  # the padding, and any epilogue left over
+
+
+def _rule(name: str) -> Rule:
+    def applies(sch) -> bool:
+        return name in block_names(sch)
+
+    def apply(sch, spec: CpuSpec) -> None:
+        inline_spatial(sch, keep=frozenset({name, PAD}))
+        _schedule(sch, name, spec)
+
+    return Rule({CONV2D: "conv2d_nchwc", DEPTHWISE: "depthwise_nchwc"}[name], applies, apply)
+
+
+CONV2D_NCHWC = _rule(CONV2D)
+DEPTHWISE_NCHWC = _rule(DEPTHWISE)

@@ -1,0 +1,32 @@
+"""Elementwise ops and layout transforms: vectorize the innermost loop, parallelize the outer ones."""
+
+from __future__ import annotations
+
+from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuSpec, Rule, blocks, extent,
+                                                       inline_spatial, is_reduction, parallel_outer, work)
+
+def schedule_block(sch, block, spec: CpuSpec) -> None:
+    loops = list(sch.get_loops(block))
+    if not loops:
+        return
+    total = work(sch, block)
+    inner = extent(sch, loops[-1])
+    if inner % spec.lanes == 0:
+        outer, lanes = sch.split(loops[-1], [None, spec.lanes])
+        sch.vectorize(lanes)
+        loops[-1] = outer
+    if total >= MIN_PARALLEL_WORK:
+        parallel_outer(sch, loops[:-1] or loops)
+
+
+def _applies(sch) -> bool:
+    return not any(is_reduction(sch, b) for b in blocks(sch))
+
+
+def _apply(sch, spec: CpuSpec) -> None:
+    inline_spatial(sch)
+    for block in blocks(sch):
+        schedule_block(sch, block, spec)
+
+
+ELEMENTWISE = Rule("elementwise", _applies, _apply)

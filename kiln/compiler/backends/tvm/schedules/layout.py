@@ -1,0 +1,201 @@
+"""The NCHW[b]c layout rewrite of a Relax `main` (b = the target's fp32 vector lanes).
+
+conv2d with constant OIHW weights (groups 1, OC % b == 0) becomes the blocked conv of compute.py
+with its weights re-laid out in numpy; depthwise likewise. Elementwise ops (with per-channel or
+scalar constants), activations and max-pooling stay blocked; anything else gets its input
+transformed back to NCHW once (memoized). So layout transforms appear only where the graph
+leaves the blocked region, e.g. the input image and the flatten before a classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from kiln.compiler.backends.tvm.schedules import compute
+from kiln.compiler.backends.tvm.schedules.fold import fold
+
+_BINARY = {"relax.add": relax.op.add, "relax.multiply": relax.op.multiply, "relax.subtract": relax.op.subtract,
+           "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
+_UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh"}
+_CLAMPS = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}  # ONNX Clip imports as call_tir of these
+Const = tvm.ir.expr.GenericConst
+
+
+def to_nchwc(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
+    return _Rewriter(mod, lanes).run()
+
+
+def _op_name(call) -> str | None:
+    return getattr(call.op, "name", None)
+
+
+class _Rewriter:
+    def __init__(self, mod: tvm.IRModule, lanes: int):
+        self.mod, self.lanes = mod, lanes
+        self.bb = relax.BlockBuilder(mod)
+        self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
+        self.transforms: dict = {}
+
+    # -- layouts --------------------------------------------------------------------------------
+    def _to_blocked(self, x, block: int):
+        key = (x, block)
+        if key not in self.transforms:
+            self.transforms[key] = self.bb.emit(relax.op.layout_transform(
+                x, lambda n, c, h, w: (n, c // block, h, w, c % block)))
+        return self.transforms[key]
+
+    def _to_plain(self, x, block: int):
+        key = (x, -block)
+        if key not in self.transforms:
+            self.transforms[key] = self.bb.emit(relax.op.layout_transform(
+                x, lambda n, c, h, w, b: (n, c * block + b, h, w)))
+        return self.transforms[key]
+
+    def plain(self, expr):
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([self.plain(x) for x in expr.fields])
+        if isinstance(expr, relax.TupleGetItem):
+            return relax.TupleGetItem(self.plain(expr.tuple_value), expr.index)
+        if expr in self.env:
+            new, block = self.env[expr]
+            return self._to_plain(new, block) if block else new
+        return expr
+
+    def blocked(self, expr, block: int):
+        new, current = self.env.get(expr, (expr, None))
+        if current == block:
+            return new
+        return self._to_blocked(self._to_plain(new, current) if current else new, block)
+
+    def block_of(self, expr) -> int | None:
+        return self.env[expr][1] if expr in self.env else None
+
+    def constant(self, expr) -> np.ndarray | None:
+        if not isinstance(expr, Const) and expr in self.env and self.env[expr][1] is None:
+            expr = self.env[expr][0]
+        return expr.value.numpy() if isinstance(expr, Const) else None
+
+    def _block_size(self, channels: int) -> int:
+        if channels % self.lanes == 0:
+            return self.lanes
+        return channels if channels <= 4 else 1  # e.g. an RGB input: NCHW3c
+
+    def _channel_constant(self, expr, channels: int, block: int):
+        """A scalar, or a per-channel [C,1,1]/[1,C,1,1] constant as [1, C/b, 1, 1, b]; else None."""
+        value = self.constant(expr)
+        if value is None:
+            return None
+        if value.size == 1:
+            return relax.const(value.reshape(()))
+        if value.size == channels and value.ndim >= 3 and value.shape[-2:] == (1, 1):
+            packed = value.reshape(1, channels // block, block, 1, 1).transpose(0, 1, 3, 4, 2)
+            return relax.const(np.ascontiguousarray(packed))
+        return None
+
+    # -- ops ------------------------------------------------------------------------------------
+    def conv2d(self, call):
+        attrs, (data, weight) = call.attrs, call.args
+        w = self.constant(weight)
+        if (w is None or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or data.ty.dtype != "float32"
+                or tuple(int(d) for d in attrs.dilation) != (1, 1)):
+            return None
+        out_channels, in_per_group, kh, kw = w.shape
+        channels, groups = int(data.ty.shape[1]), int(attrs.groups)
+        strides, padding = [int(s) for s in attrs.strides], [int(p) for p in attrs.padding]
+        if groups == 1 and out_channels % self.lanes == 0:
+            ib, ob = self._block_size(channels), self.lanes
+            packed = w.reshape(out_channels // ob, ob, channels // ib, ib, kh, kw).transpose(0, 2, 4, 5, 3, 1)
+            te_func, name = compute.conv2d_nchwc, compute.CONV2D
+        elif groups == channels == out_channels and in_per_group == 1 and channels % self.lanes == 0:
+            ib = ob = self.lanes
+            packed = w.reshape(channels // ob, ob, kh, kw).transpose(0, 2, 3, 1)
+            te_func, name = compute.depthwise_nchwc, compute.DEPTHWISE
+        else:
+            return None
+        result = self.bb.call_te(te_func, self.blocked(data, ib), relax.const(np.ascontiguousarray(packed)), strides,
+                                 padding, primfunc_name_hint=name)
+        return self.bb.emit(result), ob
+
+    def binary(self, var, call):
+        a, b = call.args
+        block = self.block_of(a) or self.block_of(b)
+        if not block or var.ty.ndim != 4:
+            return None
+        channels, shape = int(var.ty.shape[1]), [int(d) for d in var.ty.shape]
+        operands = []
+        for x in (a, b):
+            if self.block_of(x) == block:
+                operands.append(self.env[x][0])
+            elif self.constant(x) is not None:
+                operands.append(self._channel_constant(x, channels, block))
+            elif x not in self.env and [int(d) for d in x.ty.shape] == shape:  # a graph input of the same shape
+                operands.append(self.blocked(x, block))
+            else:
+                operands.append(None)
+        if None in operands:
+            return None
+        return self.bb.emit(_BINARY[_op_name(call)](*operands)), block
+
+    def unary(self, call):
+        new, block = self.env[call.args[0]]
+        return self.bb.emit(relax.Call(call.op, [new, *call.args[1:]], call.attrs)), block
+
+    def clamp(self, call):
+        fields = call.args[1].fields
+        clamp = next((f for prefix, f in _CLAMPS.items() if call.args[0].name_hint.startswith(prefix)), None)
+        bound = self.constant(fields[1]) if len(fields) == 2 else None
+        if clamp is None or bound is None or bound.size != 1 or not self.block_of(fields[0]):
+            return None
+        new, block = self.env[fields[0]]
+        return self.bb.emit(clamp(new, relax.const(bound.reshape(())))), block
+
+    def max_pool(self, call):
+        (new, block), a = self.env[call.args[0]], call.attrs
+        layout = f"NCHW{block}c"
+        return self.bb.emit(relax.op.nn.max_pool2d(new, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
+                                                   a.count_include_pad, layout=layout, out_layout=layout)), block
+
+    def rewrite(self, var, call):
+        """(new expr, block) for one binding's call, or None to keep it in NCHW."""
+        op = _op_name(call)
+        if op == "relax.nn.conv2d":
+            return self.conv2d(call)
+        if op in _BINARY:
+            return self.binary(var, call)
+        if op in _UNARY and self.block_of(call.args[0]):
+            return self.unary(call)
+        if op == "relax.call_tir" and len(call.args) > 1 and isinstance(call.args[1], relax.Tuple) \
+                and call.args[1].fields and self.block_of(call.args[1].fields[0]):
+            return self.clamp(call)
+        if op == "relax.nn.max_pool2d" and self.block_of(call.args[0]):
+            return self.max_pool(call)
+        return None
+
+    def bind(self, var, value) -> None:
+        if not isinstance(value, relax.Call):
+            self.env[var] = (self.bb.emit(self.plain(value)), None)
+            return
+        folded = fold(value, _op_name(value), self.constant)
+        if folded is not None:
+            self.env[var] = (relax.const(folded), None)
+            return
+        result = self.rewrite(var, value)
+        if result is None:
+            args = [self.plain(x) for x in value.args]
+            result = self.bb.emit(relax.Call(value.op, args, value.attrs, value.ty_args)), None
+        self.env[var] = result
+
+    def run(self) -> tvm.IRModule:
+        main = self.mod["main"]
+        with self.bb.function("kiln_main", list(main.params), attrs=dict(main.attrs) if main.attrs else None):
+            with self.bb.dataflow():
+                for block in main.body.blocks:
+                    for binding in block.bindings:
+                        self.bind(binding.var, binding.value)
+                output = self.bb.emit_output(self.plain(main.body.body))
+            self.bb.emit_func_output(output)
+        built = self.bb.get()
+        result = tvm.IRModule({gv: f for gv, f in built.functions.items() if gv.name_hint not in ("main", "kiln_main")})
+        result["main"] = built["kiln_main"].with_attr("global_symbol", "main")
+        return result

@@ -1,0 +1,109 @@
+"""kiln's CPU compile pipeline: layout rewrite, fusion, tuned records or default rules, lowering.
+
+    from_onnx -> to_nchwc -> LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
+      -> DeadCodeElimination -> [MetaScheduleApplyDatabase] -> schedule_module (the rules below)
+      -> TVM's cpu_generic lowering and finalize passes
+
+Each fused PrimFunc is scheduled by the first rule that applies; the rule's name is recorded on
+it as the `kiln.rule` attribute (see `rules_used`)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import tvm
+from tvm import relax, tirx
+from tvm.s_tir import Schedule
+
+from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, cpu_spec
+from kiln.compiler.backends.tvm.schedules.conv import CONV2D_NCHWC, DEPTHWISE_NCHWC
+from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
+from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
+from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
+
+RULES: tuple[Rule, ...] = (CONV2D_NCHWC, DEPTHWISE_NCHWC, REDUCTION, ELEMENTWISE)
+RULE_ATTR, TUNED = "kiln.rule", "tuned"
+log = logging.getLogger("kiln.schedules")
+
+
+def rule_for(sch: Schedule) -> Rule | None:
+    return next((rule for rule in RULES if rule.applies(sch)), None)
+
+
+def schedule_primfunc(func: tirx.PrimFunc, spec: CpuSpec) -> tirx.PrimFunc:
+    """`func` scheduled by the first rule that applies, tagged with its name."""
+    sch = Schedule(func)
+    rule = rule_for(sch)
+    if rule is None:
+        return func
+    rule.apply(sch, spec)
+    return sch.mod["main"].with_attr(RULE_ATTR, rule.name)
+
+
+def schedule_module(spec: CpuSpec) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="KilnScheduleCPU")
+    def apply(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        scheduled = {}
+        for gv, func in mod.functions.items():
+            if not isinstance(func, tirx.PrimFunc) or _attr(func, RULE_ATTR):
+                continue
+            if _attr(func, "tirx.is_scheduled"):  # applied from tuning records
+                scheduled[gv] = func.with_attr(RULE_ATTR, TUNED)
+                continue
+            try:
+                scheduled[gv] = schedule_primfunc(func, spec)
+            except (RuntimeError, ValueError) as exc:  # ScheduleError & co: a rule bug must not break the build
+                log.warning("kiln: no schedule for %s (%s: %s); it runs unscheduled", gv.name_hint,
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        for gv, func in scheduled.items():
+            mod[gv] = func
+        return mod
+
+    return apply
+
+
+def _attr(func: tirx.PrimFunc, name: str):
+    return func.attrs.get(name) if func.attrs is not None else None
+
+
+def fuse(mod: tvm.IRModule, target) -> tvm.IRModule:
+    """The graph-level steps: NCHWc rewrite, legalization to TIR, fusion. Tuning tasks are this output's PrimFuncs."""
+    with target:
+        mod = to_nchwc(mod, cpu_spec(target).lanes)
+        return tvm.transform.Sequential([
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ])(mod)
+
+
+def cpu_pipeline(target, database=None, rules: dict[str, int] | None = None) -> tvm.transform.Pass:
+    """The relax_pipeline for tvm.compile: kiln's rules, after the best tuning records in `database`.
+
+    `rules`, when given, is filled with how many PrimFuncs each rule scheduled (see `rules_used`)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    @tvm.transform.module_pass(opt_level=0, name="KilnCPUPipeline")
+    def apply(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = fuse(mod, target)
+        with target:
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            mod = schedule_module(cpu_spec(target))(mod)
+            if rules is not None:
+                rules.update(collections.Counter(rules_used(mod).values()))
+            passes = [*cpu_generic.dataflow_lower_passes(target), *cpu_generic.finalize_passes(target)]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return apply
+
+
+def rules_used(mod: tvm.IRModule) -> dict[str, str]:
+    """PrimFunc name -> the rule that scheduled it ("tuned" for tuning records; "none" if no rule did)."""
+    return {gv.name_hint: str(_attr(f, RULE_ATTR) or "none") for gv, f in mod.functions.items()
+            if isinstance(f, tirx.PrimFunc)}

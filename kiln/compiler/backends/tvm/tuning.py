@@ -1,0 +1,271 @@
+"""`kiln tune`: MetaSchedule search over the fused PrimFuncs of kiln's CPU pipeline, measured in this
+process, into a records folder that `kiln compile --records` applies.
+
+- Records are MetaSchedule's JSON database: each record names its workload (the PrimFunc, by
+  structural hash) and its target, so a partial tuning still helps and models sharing layers share
+  records. Each task's default-rule schedule is measured first and stored as a record too, so the
+  best record is never slower than kiln's default: applying records can only help.
+- Builds and measurements run in this process (MetaSchedule's LocalBuilder starts fresh workers
+  per batch, each importing tvm.s_tir.tensor_intrin: ~57 s per batch here).
+- MetaSchedule's JSON serialization segfaults with apache-tvm-ffi 0.1.15 (apache-tvm 0.27.0.post1
+  is built against 0.1.14), so tuning and records need apache-tvm-ffi==0.1.14.post0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+import types
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kiln.compiler.graph import Graph
+from kiln.errors import InputError, TargetError
+from kiln.targets.presets import Family, Preset
+
+Progress = Callable[[int, int], None]  # (trials measured, trials planned)
+WORKLOADS, RECORDS = "database_workload.json", "database_tuning_record.json"
+TRIALS_PER_ROUND = 16
+SAFE_FFI = "0.1.14"
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    tasks: int
+    trials: int
+    seconds: float
+    improved: int  # tasks whose best record beats kiln's default rule
+
+    def to_json(self) -> dict:
+        return vars(self)
+
+
+def check_ffi() -> None:
+    version = metadata.version("apache-tvm-ffi")
+    if not version.startswith(SAFE_FFI + "."):
+        raise TargetError(f"tuning records need apache-tvm-ffi {SAFE_FFI}.x (installed: {version}; with 0.1.15 "
+                          "TVM 0.27's JSON serialization crashes): pip install apache-tvm-ffi==0.1.14.post0")
+
+
+def target_key(preset: Preset) -> str:
+    """The records subfolder for a target: MetaSchedule matches records by workload only."""
+    target = json.dumps(preset.tvm_target, sort_keys=True)
+    return f"{preset.tvm_target.get('mcpu', 'generic')}-{hashlib.sha256(target.encode()).hexdigest()[:10]}"
+
+
+def open_records(records: Path, preset: Preset, create: bool = False):
+    """The MetaSchedule database for `preset` in a records folder."""
+    from tvm.s_tir import meta_schedule as ms
+
+    check_ffi()
+    folder = records / target_key(preset)
+    if not create and not (folder / RECORDS).is_file():
+        raise InputError(f"{records} holds no tuning records for target {preset.name}; make them with "
+                         f"`kiln tune MODEL --target {preset.name} -o {records}`")
+    folder.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), allow_missing=True)
+
+
+def tune(model: Path, imports, preset: Preset, records: Path, trials: int, progress: Progress) -> TuneReport:
+    """`kiln tune`: import a neural model and tune its kernels for `preset` into `records`."""
+    from kiln.compiler.backends.tvm.build import check_compilable
+    from kiln.compiler.frontends import load_graph
+    from kiln.compiler.graph import GraphKind
+
+    check_ffi()
+    graph = load_graph(model, imports)
+    if graph.kind is not GraphKind.NEURAL:
+        raise InputError(f"{model} is a tree ensemble: tl2cgen compiles it with nothing to tune; "
+                         "use kiln compile")
+    check_compilable(graph)
+    return tune_model(graph, preset, records, trials, progress)
+
+
+def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progress: Progress) -> TuneReport:
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.s_tir import meta_schedule as ms
+
+    from kiln.compiler.backends.tvm.runner import unbind_threads
+    from kiln.compiler.backends.tvm.schedules.pipeline import fuse
+    from kiln.targets.host import check_can_run
+
+    if preset.family is Family.CUDA:
+        raise TargetError("kiln tune searches CPU schedules; for CUDA targets compile without --records")
+    check_can_run(preset)  # candidates are measured on this machine
+    unbind_threads()
+    database = open_records(records, preset, create=True)
+    started = time.perf_counter()
+    target = tvm.target.Target({**preset.tvm_target, "num-cores": os.cpu_count() or 1})
+    mod = fuse(from_onnx(graph.body, keep_params_in_input=False), target)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    measure = _Measure(target)
+    defaults = {task.task_name: _record_default(task, target, database, measure) for task in tasks}
+    with _tensor_intrinsics_stubbed(preset):
+        contexts = [ms.TuneContext(mod=task.dispatched[0], target=target, space_generator="post-order-apply",
+                                   search_strategy=_search(trials), task_name=task.task_name,
+                                   num_threads="physical")
+                    for task in tasks]
+    quiet = logging.getLogger("tvm.s_tir.meta_schedule")
+    if quiet.level == logging.NOTSET:  # else MetaSchedule sets DEBUG and prints every round's tables
+        quiet.setLevel(logging.WARNING)
+    callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel(),
+                 _progress_callback(trials, progress)]
+    ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in tasks],
+                  work_dir=str(records / target_key(preset)),
+                  max_trials_global=trials, num_trials_per_iter=min(trials, TRIALS_PER_ROUND),
+                  builder=measure.builder, runner=measure.runner, database=database, cost_model="random",
+                  measure_callbacks=callbacks)
+    improved = sum(_best_seconds(database, task) < defaults[task.task_name] for task in tasks)
+    return TuneReport(len(tasks), trials, time.perf_counter() - started, improved)
+
+
+def _search(trials: int):
+    """Evolutionary search sized to the budget: MetaSchedule's default population (512, 4 generations)
+    costs ~15 s per task on 2 cores, wasted when only a few candidates get measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    population = min(512, max(32, 8 * trials))
+    return ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=population // 4,
+                                                 genetic_num_iters=2 if trials < 64 else 4)
+
+
+@contextlib.contextmanager
+def _tensor_intrinsics_stubbed(preset: Preset):
+    """TuneContext imports tvm.s_tir.tensor_intrin, which parses ~500 TVMScript intrinsics (VNNI, AVX-512,
+    sdot, CUDA) at 35-140 s here. FP32 search on AVX2 uses none of them, so while tune contexts are made an
+    empty module stands in for it (removed after, so a later real import still works)."""
+    name = "tvm.s_tir.tensor_intrin"
+    if preset.int8_isa != "avx2" or name in sys.modules:
+        yield
+        return
+    sys.modules[name] = types.ModuleType(name)
+    try:
+        yield
+    finally:
+        del sys.modules[name]
+
+
+def _best_seconds(database, task) -> float:
+    best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
+    return float(np.mean([float(s) for s in best[0].run_secs])) if best and best[0].run_secs else float("inf")
+
+
+def _record_default(task, target, database, measure: "_Measure") -> float:
+    """Measure the default rule's schedule of one task and store it as a record; its mean seconds."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    from kiln.compiler.backends.tvm.schedules.common import cpu_spec
+    from kiln.compiler.backends.tvm.schedules.pipeline import rule_for
+
+    func = task.dispatched[0]["main"]
+    sch = Schedule(func)
+    rule = rule_for(sch)
+    applied = rule is not None and _attempt(rule.apply, sch, cpu_spec(target))[1] is None
+    seconds = measure.seconds(sch.mod, ms.arg_info.ArgInfo.from_prim_func(func)) if applied else None
+    if seconds is None:  # no rule, or it failed: the build leaves such a kernel to TVM too
+        return float("inf")
+    workload = database.commit_workload(task.dispatched[0])
+    database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [seconds], target,
+                                                           ms.arg_info.ArgInfo.from_prim_func(func)))
+    return seconds
+
+
+def _progress_callback(total: int, progress: Progress):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class ProgressCallback(PyMeasureCallback):
+        def __init__(self):
+            self.done = 0
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            self.done += len(runner_results)
+            progress(min(self.done, total), total)
+
+    return ProgressCallback()
+
+
+class _Measure:
+    """An in-process MetaSchedule builder and runner: compiled modules stay in memory, keyed by a
+    name the runner looks up (nothing is written to disk or started)."""
+
+    def __init__(self, target, number: int = 3, repeat: int = 3, min_repeat_ms: int = 20):
+        self.modules: dict[str, object] = {}
+        self.names = (f"kiln-inprocess-{i}" for i in itertools.count())
+        self.builder, self.runner = _builder(self), _runner(self)
+        self.target, self.number, self.repeat, self.min_repeat_ms = target, number, repeat, min_repeat_ms
+
+    def build(self, mod, target) -> str:
+        import tvm
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        name = next(self.names)
+        mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+        self.modules[name] = tvm.compile(mod, target=target).mod  # the LLVM module, run by JIT: no linking
+        return name
+
+    def run(self, name: str, args_info) -> list[float]:
+        import tvm
+
+        module = self.modules.pop(name)
+        rng = np.random.default_rng(0)
+        device = tvm.cpu(0)
+        args = [tvm.runtime.tensor(rng.uniform(-1, 1, [int(d) for d in info.shape]).astype(info.dtype), device)
+                for info in args_info]
+        evaluator = module.time_evaluator(module.entry_name, device, number=self.number, repeat=self.repeat,
+                                          min_repeat_ms=self.min_repeat_ms)
+        return [float(s) for s in evaluator(*args).results]
+
+    def seconds(self, mod, args_info) -> float | None:
+        name, _ = _attempt(self.build, mod, self.target)
+        run_secs, _ = _attempt(self.run, name, args_info) if name else (None, None)
+        return float(np.mean(run_secs)) if run_secs else None
+
+
+def _attempt(action, *args) -> tuple[object | None, str | None]:
+    """(result, None), or (None, the error) for a candidate that fails to build or run."""
+    try:
+        return action(*args), None
+    except Exception as exc:  # noqa: BLE001 - any failure just rules the candidate out
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _builder(measure: _Measure):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs):
+            return [BuilderResult(*_attempt(measure.build, item.mod, item.target)) for item in build_inputs]
+
+    return InProcessBuilder()
+
+
+def _runner(measure: _Measure):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerResult
+
+    def future(result: RunnerResult) -> RunnerFuture:
+        return RunnerFuture(f_done=lambda: True, f_result=lambda: result)
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs):
+            return [future(RunnerResult(*_attempt(measure.run, item.artifact_path, item.args_info)))
+                    for item in runner_inputs]
+
+    return InProcessRunner()

@@ -1,0 +1,126 @@
+"""Export one small MXNet symbol per op case, with its parameters, inputs and MXNet's outputs.
+
+Runs inside the side virtualenv: `.venv-mxnet/bin/python tests/mxnet/export_ops.py OUT_DIR`.
+OUT_DIR/CASE/ receives model-symbol.json, model-0000.params (arg:/aux: prefixed, as Gluon's
+`export` writes them) and reference.npz (one array per input, then `output`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# MKL-DNN cannot run Deconvolution with target_shape ("could not create a descriptor"); the plain
+# CPU kernels compute every case.
+os.environ["MXNET_MKLDNN_ENABLED"] = "0"
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+S = mx.sym
+X, Y = S.var("x"), S.var("y")
+IMAGE, MATRIX = (2, 4, 6, 6), (3, 4)
+
+
+def conv(**kw):
+    return S.Convolution(X, name="op", **kw)
+
+
+CASES = {
+    # name: (symbol, {input: shape})
+    "conv_groups_dilation": (conv(kernel=(3, 3), num_filter=8, num_group=2, dilate=(2, 2), pad=(2, 2)), {"x": IMAGE}),
+    "conv_stride_no_bias": (conv(kernel=(3, 3), num_filter=3, stride=(2, 2), no_bias=True), {"x": IMAGE}),
+    "conv1d": (conv(kernel=(3,), num_filter=3, pad=(1,)), {"x": (2, 4, 7)}),
+    "deconv_adj": (S.Deconvolution(X, kernel=(3, 3), num_filter=3, stride=(2, 2), pad=(1, 1), adj=(1, 1),
+                                   no_bias=False, name="op"), {"x": IMAGE}),
+    "deconv_target_shape": (S.Deconvolution(X, kernel=(4, 4), num_filter=2, stride=(2, 2), target_shape=(13, 13),
+                                            name="op"), {"x": IMAGE}),
+    "fc_flatten": (S.FullyConnected(X, num_hidden=5, name="op"), {"x": IMAGE}),
+    "fc_no_flatten": (S.FullyConnected(X, num_hidden=5, flatten=False, name="op"), {"x": (2, 3, 4)}),
+    "fc_no_bias": (S.FullyConnected(X, num_hidden=5, no_bias=True, name="op"), {"x": MATRIX}),
+    "bn_fix_gamma": (S.BatchNorm(X, name="op"), {"x": IMAGE}),
+    "bn_global_stats": (S.BatchNorm(X, fix_gamma=False, use_global_stats=True, eps=1e-5, name="op"), {"x": IMAGE}),
+    "bn_last_axis": (S.BatchNorm(X, fix_gamma=False, axis=-1, name="op"), {"x": (2, 3, 5)}),
+    **{f"act_{t}": (S.Activation(X, act_type=t), {"x": IMAGE})
+       for t in ("relu", "sigmoid", "tanh", "softrelu", "softsign")},
+    **{f"leaky_{t}": (S.LeakyReLU(X, act_type=t, slope=0.3, name="op"), {"x": IMAGE})
+       for t in ("leaky", "prelu", "elu", "selu", "gelu")},
+    "pool_max_full": (S.Pooling(X, kernel=(3, 3), stride=(2, 2), pool_type="max", pooling_convention="full"),
+                      {"x": (1, 2, 8, 8)}),
+    "pool_avg_pad": (S.Pooling(X, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="avg"), {"x": IMAGE}),
+    "pool_avg_exclude_pad": (S.Pooling(X, kernel=(3, 3), pad=(1, 1), pool_type="avg", count_include_pad=False),
+                             {"x": IMAGE}),
+    "pool_sum": (S.Pooling(X, kernel=(2, 2), stride=(2, 2), pool_type="sum"), {"x": IMAGE}),
+    **{f"pool_global_{t}": (S.Pooling(X, kernel=(1, 1), global_pool=True, pool_type=t), {"x": IMAGE})
+       for t in ("max", "avg", "sum")},
+    "flatten": (S.Flatten(X), {"x": IMAGE}),
+    "concat": (S.Concat(X, Y, dim=1), {"x": IMAGE, "y": IMAGE}),
+    **{f"elemwise_{n}": (getattr(S, f"elemwise_{n}")(X, Y), {"x": MATRIX, "y": MATRIX})
+       for n in ("add", "sub", "mul", "div")},
+    **{f"broadcast_{n}": (getattr(S, f"broadcast_{n}")(X, Y), {"x": MATRIX, "y": (1, 4)})
+       for n in ("add", "sub", "mul", "div", "maximum", "minimum", "equal", "not_equal", "greater",
+                 "greater_equal", "lesser", "lesser_equal")},
+    "compare_elemwise": (S.Group([X > Y, X <= Y, X == Y, X != Y]), {"x": MATRIX, "y": MATRIX}),
+    "scalar_ops": (S.Group([X + 1.5, X - 2, 3 - X, X * 2, X / 4, 2 / X, X ** 2, 2 ** X, S.maximum(X, 0.1),
+                            S.minimum(X, 0.2), X > 0.1, X < 0.1, X == 1, X != 1, X >= 0, X <= 0]), {"x": MATRIX}),
+    "reshape_codes": (S.Reshape(X, shape=(0, -3, -2)), {"x": (2, 3, 4, 5)}),
+    "reshape_split": (S.Reshape(X, shape=(-4, 1, -1, -2)), {"x": (2, 3, 4)}),
+    "reshape_infer": (S.Reshape(X, shape=(-1, 0), reverse=True), {"x": (2, 3, 4)}),
+    "transpose": (S.transpose(X, axes=(0, 2, 3, 1)), {"x": IMAGE}),
+    "transpose_default": (S.transpose(X), {"x": (2, 3, 4)}),
+    "clip": (S.clip(X, -0.5, 0.5), {"x": MATRIX}),
+    "softmax": (S.softmax(X, axis=1), {"x": IMAGE}),
+    "softmax_temperature": (S.softmax(X, temperature=2.0), {"x": MATRIX}),
+    "log_softmax": (S.log_softmax(X), {"x": MATRIX}),
+    "softmax_output": (S.SoftmaxOutput(X, name="softmax"), {"x": MATRIX}),
+    "softmax_output_4d": (S.SoftmaxOutput(X, name="softmax"), {"x": IMAGE}),
+    "dropout": (S.Dropout(X, p=0.5), {"x": MATRIX}),
+    "slice": (S.slice(X, begin=(0, 1, None), end=(None, 3, -1)), {"x": (2, 4, 5)}),
+    "slice_step": (S.slice(X, begin=(None, 3), end=(None, 0), step=(1, -2)), {"x": (2, 4)}),
+    "slice_axis": (S.slice_axis(X, axis=1, begin=1, end=None), {"x": (2, 4, 5)}),
+    "reductions": (S.Group([S.mean(X, axis=1), S.sum(X, axis=(1, 2), keepdims=True), S.max(X),
+                            S.sum(X, axis=1, exclude=True), S.min(X, axis=-1), S.prod(X, axis=0)]),
+                   {"x": (2, 3, 4)}),
+    "upsampling_nearest": (S.UpSampling(X, scale=2, sample_type="nearest"), {"x": IMAGE}),
+    "embedding": (S.Embedding(X, input_dim=10, output_dim=4, name="op"), {"x": (2, 3)}),
+    "expand_squeeze": (S.Group([S.expand_dims(X, axis=1), S.squeeze(S.expand_dims(X, axis=0)),
+                                S.squeeze(S.Reshape(X, shape=(3, 1, 4)), axis=1)]), {"x": MATRIX}),
+    "add_n_copy": (S.Group([S.add_n(X, Y, X), S.identity(X)]), {"x": MATRIX, "y": MATRIX}),
+    "where": (S.where(X > 0, X, Y), {"x": MATRIX, "y": MATRIX}),
+    "take": (S.Group([S.take(X, S.var("i")), S.take(X, S.var("i"), axis=1, mode="wrap")]),
+             {"x": MATRIX, "i": (2, 2)}),
+    "unary_math": (S.Group([S.exp(X), S.abs(X), S.negative(X), S.floor(X), S.ceil(X), S.square(X),
+                            S.relu(X), S.sigmoid(X), S.tanh(X), S.erf(X)]), {"x": MATRIX}),
+}
+# Inputs that are integer positions rather than data.
+INDEX_INPUTS = {"embedding": ("x", 10), "take": ("i", 9)}
+
+
+def export(name: str, out_dir: Path, rng: np.random.Generator) -> None:
+    symbol, shapes = CASES[name]
+    arg_shapes, _, aux_shapes = symbol.infer_shape(**shapes)
+    args = {n: mx.nd.array(rng.uniform(-1, 1, s)) for n, s in zip(symbol.list_arguments(), arg_shapes)}
+    if name in INDEX_INPUTS:
+        index, bound = INDEX_INPUTS[name]
+        args[index] = mx.nd.array(rng.integers(-1, bound, shapes[index]).astype(np.float32))
+    aux = {n: mx.nd.array(rng.uniform(0.5, 1.5, s)) for n, s in zip(symbol.list_auxiliary_states(), aux_shapes)}
+    executor = symbol.bind(mx.cpu(), args=args, aux_states=aux, grad_req="null")
+    outputs = [o.asnumpy() for o in executor.forward(is_train=False)]
+    case_dir = out_dir / name
+    case_dir.mkdir(parents=True, exist_ok=True)
+    symbol.save(str(case_dir / "model-symbol.json"))
+    params = {f"arg:{n}": a for n, a in args.items() if n not in shapes}
+    params.update({f"aux:{n}": a for n, a in aux.items()})
+    mx.nd.save(str(case_dir / "model-0000.params"), params)
+    feeds = {n: args[n].asnumpy() for n in shapes}
+    np.savez(case_dir / "reference.npz", **feeds, **{f"output{i}": o for i, o in enumerate(outputs)})
+
+
+def main(argv: list[str]) -> None:
+    rng = np.random.default_rng(0)
+    for name in CASES:
+        export(name, Path(argv[0]), rng)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,71 @@
+"""The MXNet frontend through the CLI: the MXNet-trained digits CNN compiles and keeps its accuracy;
+inspect reads MXNet models; bad inputs fail with the exit code and a message that names the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kiln.cli import cli
+
+DIGITS = Path(__file__).resolve().parent.parent / "examples" / "mxnet_digits"
+SYMBOL, PARAMS = DIGITS / "digits-symbol.json", DIGITS / "digits-0000.params"
+
+
+def test_digits_cnn_compiles_and_keeps_its_held_out_accuracy(cli_runner, tmp_path):
+    import kiln
+
+    test = np.load(DIGITS / "digits_test.npz")
+    artifact = tmp_path / "digits.kiln"
+    result = cli_runner.invoke(cli, ["compile", str(SYMBOL), "--params", str(PARAMS), "--input-shape",
+                                     f"data:{len(test['labels'])}x1x8x8", "--target", "x86-64", "-o", str(artifact)])
+    assert result.exit_code == 0, result.output
+    (logits,) = kiln.load(artifact).run({"data": test["data"]}).values()
+    accuracy = float((logits.argmax(axis=1) == test["labels"]).mean())
+    assert accuracy == json.loads((DIGITS / "metrics.json").read_text())["mxnet_test_accuracy"]
+    assert json.loads((artifact / "manifest.json").read_text())["source"]["format"] == "mxnet"
+
+
+def test_inspect_reads_an_mxnet_model(cli_runner):
+    result = cli_runner.invoke(cli, ["inspect", str(SYMBOL), "--params", str(PARAMS), "--input-shape",
+                                     "data:1x1x8x8", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["source"]["format"] == "mxnet"
+    assert report["inputs"] == [{"name": "data", "shape": [1, 1, 8, 8], "dtype": "float32"}]
+    assert report["outputs"][0]["shape"] == [1, 10]
+    assert report["unsupported"] == {}
+    assert {"Conv", "BatchNormalization", "Gemm"} <= set(report["ops"])
+
+
+@pytest.mark.parametrize("args, message", [
+    ([str(SYMBOL), "--input-shape", "data:1x1x8x8"], "--params"),
+    ([str(SYMBOL), "--params", str(PARAMS)], "--input-shape"),
+    ([str(PARAMS)], "pass the symbol JSON as the model"),
+    ([str(SYMBOL), "--params", str(PARAMS), "--input-shape", "image:1x1x8x8"], "inputs are data"),
+])
+def test_mistakes_name_their_fix(cli_runner, args, message):
+    result = cli_runner.invoke(cli, ["inspect", *args])
+    assert result.exit_code == 3, result.output
+    assert message in result.output
+
+
+def test_every_unsupported_op_is_reported_at_once(cli_runner, tmp_path):
+    document = json.loads(SYMBOL.read_text())
+    nodes = document["nodes"]
+    last = len(nodes) - 1
+    nodes += [{"op": "Correlation", "name": "corr0", "inputs": [[last, 0, 0]]},
+              {"op": "Activation", "name": "act0", "attrs": {"act_type": "swish"}, "inputs": [[last, 0, 0]]},
+              {"op": "ROIPooling", "name": "roi0", "inputs": [[0, 0, 0]]},
+              {"op": "add_n", "name": "sum0", "inputs": [[last + 1, 0, 0], [last + 2, 0, 0], [last + 3, 0, 0]]}]
+    document["heads"] = [[last + 4, 0, 0]]
+    symbol = tmp_path / "broken-symbol.json"
+    symbol.write_text(json.dumps(document))
+    result = cli_runner.invoke(cli, ["inspect", str(symbol), "--params", str(PARAMS), "--input-shape", "data:1x1x8x8"])
+    assert result.exit_code == 4, result.output
+    for expected in ("Correlation ×1 (nodes corr0)", "ROIPooling ×1 (nodes roi0)",
+                     "Activation(act_type=swish) ×1 (nodes act0)"):
+        assert expected in result.output

@@ -1,0 +1,187 @@
+"""kiln's CPU schedules: each rule alone on a small PrimFunc (against numpy), the NCHWc rewrite,
+whole models against ONNX Runtime at batch 1 and 8, and --schedule none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import cnn_models
+from conftest import DIGITS_CNN, check_correctness
+from kiln.cli import cli
+
+RNG = np.random.default_rng(3)
+TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+
+
+def _run(func, arrays: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(TARGET))
+    args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(np.zeros(out_shape, np.float32))]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+def _scheduled(func, rule):
+    from tvm.s_tir import Schedule
+
+    from kiln.compiler.backends.tvm.schedules.common import AVX2
+    from kiln.compiler.backends.tvm.schedules.pipeline import rule_for
+
+    sch = Schedule(func)
+    assert rule_for(sch) is rule and rule.applies(sch)
+    rule.apply(sch, AVX2)
+    return sch.mod["main"]
+
+
+def _nchwc(x: np.ndarray, block: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def _conv_reference(x, w, stride, pad, groups=1):
+    n, c, h, wd = x.shape
+    oc, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    out = np.zeros((n, oc, oh, ow), np.float64)
+    per = oc // groups
+    for o in range(oc):
+        g = o // per
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                out[:, o] += np.einsum("nchw,c->nhw", patch, w[o, :, i, j])
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2d_rule_alone_matches_numpy(stride: int):
+    from tvm import te
+
+    from kiln.compiler.backends.tvm.schedules.compute import conv2d_nchwc
+    from kiln.compiler.backends.tvm.schedules.conv import CONV2D_NCHWC
+
+    x, w = RNG.standard_normal((2, 16, 9, 9)).astype(np.float32), RNG.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    packed = np.ascontiguousarray(w.reshape(2, 8, 2, 8, 3, 3).transpose(0, 2, 4, 5, 3, 1))
+    data, kernel = te.placeholder((2, 2, 9, 9, 8), name="data"), te.placeholder(packed.shape, name="kernel")
+    conv = conv2d_nchwc(data, kernel, (stride, stride), (1, 1, 1, 1))
+    relu = te.compute(conv.shape, lambda *i: te.max(conv(*i), 0.0), name="relu")
+    func = _scheduled(te.create_prim_func([data, kernel, relu]), CONV2D_NCHWC)
+    got = _run(func, [_nchwc(x, 8), packed], tuple(int(d) for d in relu.shape))
+    expected = np.maximum(_conv_reference(x, w, stride, 1), 0)
+    np.testing.assert_allclose(got, _nchwc(expected, 8), rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_rule_alone_matches_numpy():
+    from tvm import te
+
+    from kiln.compiler.backends.tvm.schedules.compute import depthwise_nchwc
+    from kiln.compiler.backends.tvm.schedules.conv import DEPTHWISE_NCHWC
+
+    x = RNG.standard_normal((1, 16, 10, 10)).astype(np.float32)
+    w = RNG.standard_normal((16, 1, 3, 3)).astype(np.float32)
+    packed = np.ascontiguousarray(w.reshape(2, 8, 3, 3).transpose(0, 2, 3, 1))
+    data, kernel = te.placeholder((1, 2, 10, 10, 8), name="data"), te.placeholder(packed.shape, name="kernel")
+    conv = depthwise_nchwc(data, kernel, (2, 2), (1, 1, 1, 1))
+    func = _scheduled(te.create_prim_func([data, kernel, conv]), DEPTHWISE_NCHWC)
+    got = _run(func, [_nchwc(x, 8), packed], tuple(int(d) for d in conv.shape))
+    np.testing.assert_allclose(got, _nchwc(_conv_reference(x, w, 2, 1, groups=16), 8), rtol=1e-4, atol=1e-4)
+
+
+def test_reduction_rule_alone_matches_numpy():
+    from tvm import te
+
+    from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
+
+    a, b = RNG.standard_normal((64, 32)).astype(np.float32), RNG.standard_normal((32, 48)).astype(np.float32)
+    x, w = te.placeholder(a.shape, name="x"), te.placeholder(b.shape, name="w")
+    k = te.reduce_axis((0, 32), "k")
+    matmul = te.compute((64, 48), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
+    bias = te.compute((64, 48), lambda i, j: matmul[i, j] + 1.0, name="bias")
+    func = _scheduled(te.create_prim_func([x, w, bias]), REDUCTION)
+    np.testing.assert_allclose(_run(func, [a, b], (64, 48)), a @ b + 1, rtol=1e-4, atol=1e-4)
+
+
+def test_elementwise_rule_alone_matches_numpy():
+    from tvm import te
+
+    from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
+
+    a = RNG.standard_normal((4, 8, 16, 16)).astype(np.float32)
+    x = te.placeholder(a.shape, name="x")
+    scaled = te.compute(a.shape, lambda *i: x(*i) * 2.0, name="scaled")
+    relu = te.compute(a.shape, lambda *i: te.max(scaled(*i), 0.0), name="relu")
+    func = _scheduled(te.create_prim_func([x, relu]), ELEMENTWISE)
+    np.testing.assert_allclose(_run(func, [a], a.shape), np.maximum(a * 2, 0))
+
+
+def test_register_tile_fits_the_registers():
+    from kiln.compiler.backends.tvm.schedules.conv import register_tile
+
+    assert register_tile(56, 8, 12) == (4, 2)  # 8 accumulators, 6 loads per 8 FMAs (vs 12 per 12 at reg=12)
+    for width, blocks in [(7, 64), (14, 32), (112, 8), (1, 1)]:
+        reg, oc_t = register_tile(width, blocks, 12)
+        assert width % reg == 0 and blocks % oc_t == 0 and reg * oc_t <= 12
+
+
+def test_layout_rewrite_transforms_only_at_the_edges():
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
+
+    mod = to_nchwc(from_onnx(cnn_models.resnet18(1, 32), keep_params_in_input=False), 8)
+    text = mod["main"].script(show_meta=False)
+    assert text.count("R.layout_transform") == 2  # the RGB image in (NCHW3c), the features out before the head
+    assert text.count("R.call_tir") >= 20 and "R.nn.conv2d" not in text
+
+
+def _save(model: onnx.ModelProto, tmp_path: Path) -> Path:
+    path = tmp_path / f"{model.graph.name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+def test_model_matches_onnxruntime_and_every_kernel_is_scheduled(name: str, batch: int, tmp_path: Path):
+    path = _save(cnn_models.MODELS[name](batch, 32), tmp_path)
+    image = RNG.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    artifact = check_correctness(path, {"input": image}, tmp_path, rtol=1e-3, atol=1e-3)
+    schedules = json.loads((artifact / "manifest.json").read_text())["build"]["schedules"]
+    assert "none" not in schedules and schedules.get("conv2d_nchwc", 0) >= 10
+    if name == "mobilenetv2":
+        assert schedules.get("depthwise_nchwc", 0) >= 10
+
+
+def test_schedule_none_builds_tvm_loops_that_still_match(cli_runner, tmp_path: Path):
+    images = np.load(DIGITS_CNN.parent / "digits_test.npz")["input"][:2]
+    np.savez(tmp_path / "x.npz", input=images)
+    out = tmp_path / "plain.kiln"
+    result = cli_runner.invoke(cli, ["compile", str(DIGITS_CNN), "--input-shape", "input:2x1x8x8", "--schedule", "none",
+                                     "-q", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["build"]["schedules"] == {}
+    default = check_correctness(DIGITS_CNN, {"input": images}, tmp_path)
+    import kiln
+
+    np.testing.assert_allclose(kiln.load(out).run({"input": images})["logits"],
+                               kiln.load(default).run({"input": images})["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_bench_profile_shows_the_kernels(cli_runner, tmp_path: Path):
+    path = _save(cnn_models.resnet18(1, 32), tmp_path)
+    artifact = check_correctness(path, {"input": RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)}, tmp_path,
+                                 rtol=1e-3, atol=1e-3)
+    result = cli_runner.invoke(cli, ["bench", str(artifact), "--profile", "--seconds", "0.2", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["profile"]
+    assert any(row["name"].startswith("fused_kconv") for row in rows)
+    assert sum(row["share"] for row in rows) == pytest.approx(1.0)
+    text = cli_runner.invoke(cli, ["bench", str(artifact), "--profile", "--seconds", "0.2"]).output
+    assert "where the time goes" in text and "fused_kconv" in text

@@ -1,0 +1,87 @@
+"""`kiln tune` + `kiln compile --records`: a few trials on a small model, records reused by a second
+model that shares its conv layers, and the errors around records."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import cnn_models
+from conftest import onnxruntime_outputs
+from kiln.cli import cli
+from kiln.errors import InputError, TargetError
+
+needs_safe_ffi = pytest.mark.skipif(
+    not metadata.version("apache-tvm-ffi").startswith("0.1.14."),
+    reason="MetaSchedule records crash with apache-tvm-ffi 0.1.15: pin apache-tvm-ffi==0.1.14.post0")
+IMAGE = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype(np.float32)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def _compile_with_records(model: Path, records: Path, tmp_path: Path) -> dict[str, int]:
+    import kiln
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.compiler.pipeline import CompileOptions, compile_model
+    from kiln.targets import resolve
+
+    output = tmp_path / f"{model.stem}.kiln"
+    compile_model(model, CompileOptions(resolve("x86-64"), output, ImportOptions({"input": IMAGE.shape}),
+                                        records=records))
+    expected = onnxruntime_outputs(model, {"input": IMAGE})[0]
+    np.testing.assert_allclose(kiln.load(output).predict(IMAGE), expected, rtol=1e-4, atol=1e-4)
+    return json.loads((output / "manifest.json").read_text())["build"]["schedules"]
+
+
+@needs_safe_ffi
+def test_tune_then_compile_reuses_records_across_models(cli_runner, tmp_path: Path):
+    convs = _save(cnn_models.small_cnn(), tmp_path / "convs.onnx")
+    records = tmp_path / "records"
+    result = cli_runner.invoke(cli, ["tune", str(convs), "--trials", "8", "-o", str(records), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["tasks"] >= 2 and report["trials"] == 8
+    # every tuned kernel has a record (at worst its default schedule), so all of them come from records
+    assert _compile_with_records(convs, records, tmp_path) == {"tuned": report["tasks"]}
+    # a model with the same convs plus a head: the convs from records, the head from the default rules
+    with_head = _save(cnn_models.small_cnn(head=True), tmp_path / "with_head.onnx")
+    schedules = _compile_with_records(with_head, records, tmp_path)
+    assert schedules["tuned"] >= 2 and set(schedules) - {"tuned"}
+
+
+def test_records_need_the_safe_ffi(monkeypatch, tmp_path: Path):
+    from kiln.compiler.backends.tvm import tuning
+    from kiln.targets import resolve
+
+    monkeypatch.setattr(tuning.metadata, "version", lambda name: "0.1.15.post2")
+    with pytest.raises(TargetError, match="apache-tvm-ffi==0.1.14.post0"):
+        tuning.open_records(tmp_path, resolve("x86-64"))
+
+
+@needs_safe_ffi
+def test_records_without_this_target_name_the_fix(tmp_path: Path):
+    from kiln.compiler.backends.tvm.tuning import open_records
+    from kiln.targets import resolve
+
+    with pytest.raises(InputError, match="kiln tune MODEL --target x86-64"):
+        open_records(tmp_path, resolve("x86-64"))
+
+
+def test_records_with_schedule_none_are_refused(tmp_path: Path):
+    model = _save(cnn_models.small_cnn(), tmp_path / "convs.onnx")
+    with pytest.raises(InputError, match="drop --records"):
+        from kiln.compiler.backends.tvm.schedules import ScheduleMode
+        from kiln.compiler.frontends import ImportOptions
+        from kiln.compiler.pipeline import CompileOptions, compile_model
+        from kiln.targets import resolve
+
+        compile_model(model, CompileOptions(resolve("x86-64"), tmp_path / "x.kiln", ImportOptions(),
+                                            schedule=ScheduleMode.NONE, records=tmp_path))
