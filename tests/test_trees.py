@@ -162,7 +162,8 @@ def test_single_row_float64_and_threads_match_the_batch_path(heldout, tmp_path):
 
 def test_calibration_data_annotates_branches(heldout, tmp_path):
     calib = tmp_path / "calib.csv"
-    rows = rows_for("binary_nan", heldout, with_nans=False)
+    rows = rows_for("binary_nan", heldout, with_nans=True)  # NaN is a missing value, not bad data
+    assert np.isnan(rows).any()
     np.savetxt(calib, rows, delimiter=",", header=",".join(f"f{i}" for i in range(rows.shape[1])))
     artifact = compile_tree(MODELS / "lgb_binary_nan.txt", tmp_path, int8=True, calib=calib)
     manifest = json.loads((artifact / "manifest.json").read_text())

@@ -32,6 +32,7 @@ class CalibData:
     samples: int | None = None  # None: every sample
     seed: int = 0  # seeds the choice of `samples` rows when the data has more
     images: ImageSpec | None = None  # preprocessing, for a folder of images
+    allow_nan: bool = False  # NaN marks a missing value (tree models), not bad data
 
     def settings(self) -> dict:
         return {"samples": self.samples, "seed": self.seed,
@@ -86,7 +87,7 @@ def open_dataset(data: CalibData, inputs: tuple[TensorSpec, ...]) -> Dataset:
         arrays = _read_csv(files, inputs)
     else:
         arrays = _read_array_files(files, inputs)
-    arrays = check_arrays(data.path, arrays, inputs)
+    arrays = check_arrays(data.path, arrays, inputs, data.allow_nan)
     rows = _select(data, len(next(iter(arrays.values()))))
     return ArrayDataset({name: a[rows] for name, a in arrays.items()}, digest)
 
@@ -168,8 +169,8 @@ def _is_numeric_row(line: str) -> bool:
     return True
 
 
-def check_arrays(source: Path, arrays: dict[str, np.ndarray],
-                  inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+def check_arrays(source: Path, arrays: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...],
+                 allow_nan: bool = False) -> dict[str, np.ndarray]:
     expected = [spec.name for spec in inputs]
     missing, unknown = [n for n in expected if n not in arrays], sorted(set(arrays) - set(expected))
     if missing or unknown:
@@ -178,15 +179,15 @@ def check_arrays(source: Path, arrays: dict[str, np.ndarray],
                          + (f"; missing {', '.join(missing)}" if missing else "")
                          + (f"; unknown {', '.join(unknown)}" if unknown else "")
                          + ". Save the arrays under the input names (numpy.savez(path, NAME=array)).")
-    rows = {spec.name: _check_array(source, spec, arrays[spec.name]) for spec in inputs}
+    rows = {spec.name: _check_array(source, spec, arrays[spec.name], allow_nan) for spec in inputs}
     if len(set(rows.values())) > 1:
         raise InputError(f"calibration data {source}: inputs have different sample counts "
                          f"({', '.join(f'{n}: {r}' for n, r in rows.items())}); give every input the same rows")
     return {spec.name: arrays[spec.name] for spec in inputs}
 
 
-def _check_array(source: Path, spec: TensorSpec, array: np.ndarray) -> int:
-    """Check dtype, per-sample shape and finiteness; return the sample count."""
+def _check_array(source: Path, spec: TensorSpec, array: np.ndarray, allow_nan: bool = False) -> int:
+    """Check dtype, per-sample shape and finiteness (NaN allowed if `allow_nan`); return the sample count."""
     where = f"calibration data {source}, input {spec.name!r}"
     if array.dtype.name != spec.dtype:
         raise InputError(f"{where}: dtype {array.dtype.name}, the model takes {spec.dtype}; "
@@ -199,10 +200,12 @@ def _check_array(source: Path, spec: TensorSpec, array: np.ndarray) -> int:
         raise InputError(f"{where}: shape {'x'.join(map(str, array.shape)) or 'scalar'}, the model takes "
                          f"{wanted} (N samples along the first axis)")
     if np.issubdtype(array.dtype, np.floating):
-        bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        flat = array.reshape(len(array), -1)
+        bad = (np.isinf(flat) if allow_nan else ~np.isfinite(flat)).any(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad)
-            raise InputError(f"{where}: {len(rows)} samples hold NaN or inf (first at row {rows[0]}); "
+            what = "inf" if allow_nan else "NaN or inf"
+            raise InputError(f"{where}: {len(rows)} samples hold {what} (first at row {rows[0]}); "
                              "clean the data or drop those rows")
     return len(array)
 

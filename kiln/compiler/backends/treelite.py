@@ -151,6 +151,6 @@ def calibration_rows(path: Path, graph: Graph) -> np.ndarray:
     """Calibration rows (.npz/.npy/CSV, see kiln.calibration.datasets) as one float32 array for annotation."""
     from kiln.calibration.datasets import CalibData, open_dataset
 
-    dataset = open_dataset(CalibData(path), graph.signature.inputs)
+    dataset = open_dataset(CalibData(path, allow_nan=True), graph.signature.inputs)
     name = graph.signature.inputs[0].name
     return np.concatenate([batch[name] for batch in dataset.batches(dataset.count)])
