@@ -125,6 +125,8 @@ def _spec(value) -> TensorSpec:
 
     tensor_type = value.type.tensor_type
     dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name if tensor_type.elem_type else "unknown"
+    if not tensor_type.HasField("shape"):  # unknown rank: one unknown dim, so that it is never taken as static
+        return TensorSpec(value.name, ("?",), dtype)
     return TensorSpec(value.name, tuple(_dim(d) for d in tensor_type.shape.dim), dtype)
 
 
