@@ -201,3 +201,14 @@ def test_int8_artifact_from_the_config_rebuilds_byte_identical(cli_runner, tmp_p
     shutil.rmtree(tmp_path / "cache")
     assert _build(cli_runner, tmp_path)[0] == 0
     assert {p.name: p.read_bytes() for p in artifact_dir.iterdir()} == before
+
+
+def test_schedule_setting_reaches_the_build(cli_runner, project: Path):
+    (project / "kiln.toml").write_text(_config() + 'schedule = "none"\n')
+    code, report = _build(cli_runner, project, "b")
+    assert code == 0 and _names(report["built"]) == ["b.kiln"]
+    assert artifact.read_manifest(project / "out" / "b.kiln")["build"].get("schedules", {}) == {}
+    (project / "kiln.toml").write_text(_config())
+    code, report = _build(cli_runner, project, "b")
+    assert _names(report["built"]) == ["b.kiln"]
+    assert artifact.read_manifest(project / "out" / "b.kiln")["build"]["schedules"]

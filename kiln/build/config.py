@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.frontends import ImportOptions
 from kiln.compiler.graph import parse_dims
 from kiln.compiler.pipeline import CompileOptions, Precision
@@ -38,6 +39,8 @@ KEYS = {
     "precision": "fp32 (default) or int8",
     "calib": "calibration data file or folder",
     "output_dir": "folder for the artifacts (default: build)",
+    "schedule": "default (kiln's CPU schedules) or none (TVM's loops, for debugging)",
+    "records": "a `kiln tune` records folder to apply",
     # INT8 settings of neural models, as the same-named `kiln compile` options:
     **{key: f"as --{key.replace('_', '-')}" for key in RAW_DEFAULTS},
 }
@@ -95,6 +98,10 @@ def _items(root: Path, name: str, table: dict[str, Any], path: Path) -> list[Bui
         precision = Precision(table.get("precision", "fp32"))
     except ValueError:
         raise InputError(f"{where}: precision must be fp32 or int8") from None
+    try:
+        schedule = ScheduleMode(table.get("schedule", "default"))
+    except ValueError:
+        raise InputError(f"{where}: schedule must be default or none") from None
     imports = ImportOptions(input_shapes=_input_shapes(table.get("input_shapes", {}), where),
                             params=root / table["params"] if "params" in table else None,
                             trust_pickle=bool(table.get("trust_pickle", False)))
@@ -104,7 +111,9 @@ def _items(root: Path, name: str, table: dict[str, Any], path: Path) -> list[Bui
     items = []
     for target in targets:
         stem = name if len(targets) == 1 else f"{name}-{target}"
-        options = CompileOptions(resolve(target), output_dir / f"{stem}.kiln", imports, precision, calib, quantize)
+        options = CompileOptions(resolve(target), output_dir / f"{stem}.kiln", imports=imports, precision=precision,
+                                 calib=calib, quantize=quantize, schedule=schedule,
+                                 records=root / table["records"] if "records" in table else None)
         items.append(BuildItem(name, root / table["model"], options))
     return items
 
