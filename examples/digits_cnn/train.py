@@ -19,7 +19,6 @@ The data set ships inside scikit-learn (no download).
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from pathlib import Path

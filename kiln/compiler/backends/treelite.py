@@ -23,6 +23,7 @@ import numpy as np
 from kiln.compiler.frontends.trees import TreeSummary, summarize
 from kiln.compiler.graph import Graph
 from kiln.errors import TargetError
+from kiln.targets.toolchain import check_compiler
 from kiln.targets.presets import Family, Preset
 
 if TYPE_CHECKING:
@@ -57,12 +58,10 @@ class TreeBuild:
 
 def check_buildable(preset: Preset) -> None:
     """Fail early when trees cannot be built for `preset`: not a CPU target, or no compiler."""
-    from kiln.compiler.backends.tvm.build import check_toolchain
-
     if preset.family is Family.CUDA:
         raise TargetError(f"tree models compile for CPU targets; {preset.name} is a GPU. "
                           "Use an x86 or aarch64 preset (`kiln targets`)")
-    check_toolchain(preset)
+    check_compiler(preset)
 
 
 def compiler_flags(preset: Preset) -> list[str]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from kiln.compiler.backends.tvm.ops import unsupported_ops
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.graph import Graph
-from kiln.errors import InputError, TargetError, UnsupportedOpError
+from kiln.errors import InputError, UnsupportedOpError
 from kiln.targets.presets import Family, Preset
+from kiln.targets.toolchain import check_compiler
 
 
 def check_compilable(graph: Graph) -> None:
@@ -27,10 +27,8 @@ def check_compilable(graph: Graph) -> None:
 
 
 def check_toolchain(preset: Preset) -> None:
-    tool = preset.toolchain
-    if shutil.which(tool.compiler) is None:
-        raise TargetError(f"target {preset.name} needs {tool.compiler}, which is not on PATH; "
-                          f"install it with `apt-get install {tool.debian_package}`")
+    """The preset's C compiler, and nvcc for CUDA targets."""
+    check_compiler(preset)
     if preset.family is Family.CUDA:
         from kiln.compiler.backends.tvm import cuda
 
