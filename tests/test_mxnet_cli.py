@@ -69,3 +69,25 @@ def test_every_unsupported_op_is_reported_at_once(cli_runner, tmp_path):
     for expected in ("Correlation ×1 (nodes corr0)", "ROIPooling ×1 (nodes roi0)",
                      "Activation(act_type=swish) ×1 (nodes act0)"):
         assert expected in result.output
+
+
+def test_mxnet_model_quantizes_like_an_onnx_one(cli_runner, tmp_path):
+    """INT8 applies to MXNet graphs too: batch norm folded, calibrated, compiled, top-1 kept within a point."""
+    test = np.load(DIGITS / "digits_test.npz")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, data=test["data"][:100])
+    artifact = tmp_path / "digits-int8.kiln"
+    result = cli_runner.invoke(cli, ["compile", str(SYMBOL), "--params", str(PARAMS), "--input-shape",
+                                     "data:1x1x8x8", "-o", str(artifact), "--int8", "--calib", str(calib),
+                                     "--eval", str(DIGITS / "digits_test.npz"), "--max-accuracy-drop", "1.0",
+                                     "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["source"]["format"] == "mxnet"
+    accuracy = manifest["quantization"]["accuracy"]
+    assert accuracy["drop"] <= 1.0, accuracy
+    import onnx
+
+    qdq = onnx.load(str(artifact / "model.int8.onnx"))
+    ops = {node.op_type for node in qdq.graph.node}
+    assert "QuantizeLinear" in ops and "BatchNormalization" not in ops
