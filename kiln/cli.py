@@ -2,145 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import signal
 import sys
-import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from kiln.errors import EXIT_CODES, OUT_OF_DATE_EXIT_CODE, KilnError
-
-EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items()))
-
-
-class InputShape(click.ParamType):
-    """`name:1x3x224x224` -> ("name", (1, 3, 224, 224))."""
-
-    name = "NAME:DIMS"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        from kiln.compiler.graph import parse_dims
-
-        name, sep, dims = value.rpartition(":")
-        shape = parse_dims(dims)
-        if not sep or not name or shape is None:
-            self.fail(f"{value!r} is not NAME:DIMS with positive integer dims, e.g. input:1x3x224x224", param, ctx)
-        return name, shape
-
-
-def _input_shapes(pairs: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, tuple[int, ...]]:
-    return dict(pairs)
-
-
-input_shape_option = click.option(
-    "--input-shape", "input_shapes", type=InputShape(), multiple=True,
-    help="Pin an input's shape, e.g. input:1x3x224x224 (repeat for several inputs). "
-         "Needed when the model has symbolic dims such as a free batch size.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for CI).")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="CPU threads to use [default: all cores].")
-params_option = click.option(
-    "--params", type=click.Path(path_type=Path), default=None,
-    help="The weights of an MXNet model (its .params file); MODEL is then its symbol JSON.")
-trust_pickle_option = click.option(
-    "--trust-pickle", is_flag=True,
-    help="Load pickle/joblib models (they run code while loading: only for files you trust), and skops files "
-         "holding types kiln does not trust by default.")
-
-
-_QUANTIZE_OPTIONS = (
-    click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="entropy",
-                 show_default=True, help="How activation ranges are chosen from the calibration data."),
-    click.option("--percentile", type=float, default=99.99, show_default=True,
-                 help="For --calib-method percentile: the share of |activation| values kept in range, in percent."),
-    click.option("--calib-samples", type=click.IntRange(min=1), default=None,
-                 help="Use this many calibration samples, chosen with --calib-seed [default: all]."),
-    click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed for choosing --calib-samples."),
-    click.option("--image-spec", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                 help="TOML preprocessing for a --calib folder of images: resize, crop, scale, mean, std, "
-                      "layout (NCHW/NHWC), channels (RGB/BGR/L)."),
-    click.option("--exclude", multiple=True,
-                 help="Keep nodes in float: a node name, an op type (e.g. Add), or a regex over node names. "
-                      "Repeat for several."),
-    click.option("--keep-float", default="", help="Keep the first and/or last layer in float: first, last or first,last."),
-    click.option("--eval", "eval_data", type=click.Path(path_type=Path), default=None,
-                 help="Evaluation data (.npz: the inputs plus a `labels` array): float vs INT8 top-1 "
-                      "(classification) or RMSE (regression) in the report."),
-    click.option("--max-accuracy-drop", type=float, default=None,
-                 help="Fail (exit 6, nothing written) when INT8 loses more than this: top-1 points, or RMSE "
-                      "increase in percent. Needs --eval."),
-    click.option("--auto-exclude", is_flag=True,
-                 help="When the gate fails, keep the most sensitive layers in float, one at a time, until it "
-                      "passes (at most 8); the manifest lists them."),
-    click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=".kiln-cache",
-                 show_default=True, help="Calibration cache folder: ranges by hash of model, data and settings; "
-                                         "a rerun with the same key skips calibration."),
-)
-
-
-def neural_quantize_options(command: Callable) -> Callable:
-    """Add the neural INT8 options; the command receives them as one `quantize_args` dict."""
-    from kiln.quantize.config import RAW_DEFAULTS
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        kwargs["eval"] = kwargs.pop("eval_data")
-        kwargs["quantize_args"] = {name: kwargs.pop(name) for name in RAW_DEFAULTS}
-        return command(*args, **kwargs)
-
-    for option in reversed(_QUANTIZE_OPTIONS):
-        wrapper = option(wrapper)
-    return wrapper
-
-
-def _quantize_options(args: dict[str, Any], quiet: bool):
-    from kiln.quantize.config import quantize_options
-
-    return quantize_options(args, progress_bar=_interactive(quiet))
-
-
-def _interactive(quiet: bool) -> bool:
-    """Progress bars only for a person at a terminal: not with --quiet, not in CI, not when piped."""
-    return not quiet and sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("true", "1")
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-def _handles_errors(command: Callable) -> Callable:
-    """Print KilnErrors as one clear line (and as JSON with --json) and exit with their code."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        as_json = kwargs.get("as_json", False)
-        try:
-            return command(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except KilnError as exc:
-            code, message = exc.exit_code, str(exc)
-        except Exception as exc:  # anything else is a bug: show the traceback for the report
-            traceback.print_exc()
-            code, message = 1, f"internal error: {type(exc).__name__}: {exc} (please report this)"
-        if as_json:
-            _echo_json({"error": message, "exit_code": code})
-        click.echo(f"error: {message}", err=True)
-        sys.exit(code)
-
-    return wrapper
-
-
-def _progress(quiet: bool) -> Callable[[str], None]:
-    return (lambda _: None) if quiet else (lambda message: click.echo(f"kiln: {message}", err=True))
-
+from kiln.cli_options import (EXIT_CODE_HELP, echo_json, handles_errors, input_shape_option, input_shapes_dict,
+                              interactive, json_option, neural_quantize_options, params_option, progress_printer,
+                              quantize_options_from, threads_option, trust_pickle_option)
+from kiln.errors import OUT_OF_DATE_EXIT_CODE
 
 @click.group(epilog=EXIT_CODE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kiln-ml")
@@ -177,7 +50,7 @@ def cli() -> None:
               help="A `kiln tune` records folder: tuned kernels are used where they beat the default schedules.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
-@_handles_errors
+@handles_errors
 def compile_command(model: Path, target: str, output: Path | None, input_shapes, int8: bool, calib: Path | None,
                     quiet: bool, as_json: bool, trust_pickle: bool, quantize_args: dict[str, Any],
                     params: Path | None, schedule: str, records: Path | None):
@@ -196,14 +69,14 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
     from kiln.targets import resolve
 
     options = CompileOptions(resolve(target), output or Path(model.stem + ".kiln"),
-                             ImportOptions(_input_shapes(input_shapes), params=params, trust_pickle=trust_pickle),
+                             ImportOptions(input_shapes_dict(input_shapes), params=params, trust_pickle=trust_pickle),
                              precision=Precision.INT8 if int8 else Precision.FP32, calib=calib,
-                             quantize=_quantize_options(quantize_args, quiet or as_json),
+                             quantize=quantize_options_from(quantize_args, quiet or as_json),
                              schedule=ScheduleMode(schedule), records=records)
-    path = compile_model(model, options, _progress(quiet or as_json))
+    path = compile_model(model, options, progress_printer(quiet or as_json))
     quantization = _quantization_summary(path)
     if as_json:
-        _echo_json({"artifact": str(path), "target": options.target.name,
+        echo_json({"artifact": str(path), "target": options.target.name,
                     **({"quantization": quantization} if quantization else {})})
     else:
         if quantization:
@@ -238,7 +111,7 @@ def _quantization_summary(path: Path) -> dict[str, Any] | None:
 @neural_quantize_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages or progress bar.")
 @json_option
-@_handles_errors
+@handles_errors
 def quantize_command(model: Path, calib: Path, output: Path, target: str, input_shapes, quiet: bool, as_json: bool,
                      quantize_args: dict[str, Any]):
     """Quantize a neural MODEL to a QDQ ONNX model (INT8) that ONNX Runtime and kiln compile run.
@@ -256,11 +129,11 @@ def quantize_command(model: Path, calib: Path, output: Path, target: str, input_
     from kiln.quantize.report import table
     from kiln.targets import resolve
 
-    options = _quantize_options(quantize_args, quiet or as_json).for_target(resolve(target))
-    quantized = quantize_model(model, calib, options, ImportOptions(_input_shapes(input_shapes)), output,
-                               _progress(quiet or as_json))
+    options = quantize_options_from(quantize_args, quiet or as_json).for_target(resolve(target))
+    quantized = quantize_model(model, calib, options, ImportOptions(input_shapes_dict(input_shapes)), output,
+                               progress_printer(quiet or as_json))
     if as_json:
-        _echo_json({"output": str(output), "quantization": quantized.manifest_section(),
+        echo_json({"output": str(output), "quantization": quantized.manifest_section(),
                     "report": quantized.report.to_json()})
         return
     click.echo(table(quantized.report.to_json()))
@@ -275,7 +148,7 @@ def quantize_command(model: Path, calib: Path, output: Path, target: str, input_
               help="Write the outputs to this .npz, one array per output name.")
 @threads_option
 @json_option
-@_handles_errors
+@handles_errors
 def run_command(artifact: Path, input_path: Path, output: Path | None, threads: int | None, as_json: bool):
     """Run an ARTIFACT on inputs from a file.
 
@@ -295,7 +168,7 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
     if as_json:
         for name, array in outputs.items():
             summary[name]["file" if output else "values"] = str(output) if output else array.tolist()
-        _echo_json({"outputs": summary})
+        echo_json({"outputs": summary})
         return
     for name, array in outputs.items():
         click.echo(f"{name}: {array.dtype.name}[{'x'.join(map(str, array.shape))}]")
@@ -311,7 +184,7 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
 @params_option
 @trust_pickle_option
 @json_option
-@_handles_errors
+@handles_errors
 def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool, params: Path | None):
     """Show a model's inputs, outputs, ops and anything kiln cannot compile; or an artifact's manifest.
 
@@ -322,9 +195,9 @@ def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool
     from kiln.compiler.frontends import ImportOptions
     from kiln.inspection import inspect_path
 
-    report = inspect_path(model, ImportOptions(_input_shapes(input_shapes), params=params, trust_pickle=trust_pickle))
+    report = inspect_path(model, ImportOptions(input_shapes_dict(input_shapes), params=params, trust_pickle=trust_pickle))
     if as_json:
-        _echo_json(report)
+        echo_json(report)
         return
     from kiln.compiler.graph import TensorSpec
 
@@ -352,13 +225,13 @@ def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool
 
 @cli.command("targets", epilog=EXIT_CODE_HELP)
 @json_option
-@_handles_errors
+@handles_errors
 def targets_command(as_json: bool):
     """List the target presets: name, int8 instruction set, and what they are for."""
     from kiln.targets import PRESETS
 
     if as_json:
-        _echo_json([preset.to_json() for preset in PRESETS.values()])
+        echo_json([preset.to_json() for preset in PRESETS.values()])
         return
     click.echo(f"{'name':16} {'int8 isa':12} description")
     for preset in PRESETS.values():
@@ -380,7 +253,7 @@ def targets_command(as_json: bool):
               help="Time budget for the measured runs.")
 @click.option("--profile", is_flag=True, help="Also show where the time goes: each kernel's share (TVM artifacts).")
 @json_option
-@_handles_errors
+@handles_errors
 def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: int | None,
                   input_path: Path | None, seconds: float, as_json: bool, profile: bool):
     """Measure latency (median, p90, p99) and throughput of an ARTIFACT.
@@ -400,7 +273,7 @@ def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: in
                            profile_runs=PROFILE_RUNS if profile else 0, **({"threads": threads} if threads else {}))
     result = bench(artifact, options)
     if as_json:
-        _echo_json(result)
+        echo_json(result)
         return
     click.echo(f"{artifact}: batch {result['batch']}, {result['threads']} threads")
     click.echo(f"  {'engine':12} {'median ms':>10} {'p90 ms':>10} {'p99 ms':>10} {'rows/s':>12}")
@@ -440,7 +313,7 @@ def _echo_profile(rows: list[dict[str, Any]]) -> None:
 @params_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages or progress bar.")
 @json_option
-@_handles_errors
+@handles_errors
 def tune_command(model: Path, target: str, trials: int, records: Path, input_shapes, params: Path | None,
                  quiet: bool, as_json: bool):
     """Search faster schedules for a neural MODEL's kernels with MetaSchedule, into a records folder.
@@ -458,15 +331,15 @@ def tune_command(model: Path, target: str, trials: int, records: Path, input_sha
     from kiln.compiler.frontends import ImportOptions
     from kiln.targets import resolve
 
-    imports = ImportOptions(_input_shapes(input_shapes), params=params)
-    if _interactive(quiet or as_json):
+    imports = ImportOptions(input_shapes_dict(input_shapes), params=params)
+    if interactive(quiet or as_json):
         with click.progressbar(length=trials, label="tuning", file=sys.stderr) as bar:
             report = tune(model, imports, resolve(target), records, trials,
                           lambda done, total: bar.update(done - bar.pos))
     else:
         report = tune(model, imports, resolve(target), records, trials, lambda done, total: None)
     if as_json:
-        _echo_json({"records": str(records), **report.to_json()})
+        echo_json({"records": str(records), **report.to_json()})
         return
     click.echo(f"tuned {report.tasks} kernels with {report.trials} trials in {report.seconds:.0f} s; "
                f"{report.improved} beat the default schedules -> {records}")
@@ -481,7 +354,7 @@ def tune_command(model: Path, target: str, trials: int, records: Path, input_sha
 @click.option("--check", is_flag=True, help=f"Build nothing; exit {OUT_OF_DATE_EXIT_CODE} if anything is out of date.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
-@_handles_errors
+@handles_errors
 def build_command(names: tuple[str, ...], config_path: Path, jobs: int, check: bool, quiet: bool, as_json: bool):
     """Build the artifacts declared in kiln.toml (or only NAMES) that are out of date.
 
@@ -513,9 +386,9 @@ def build_command(names: tuple[str, ...], config_path: Path, jobs: int, check: b
         raise click.UsageError(f"no artifact named {', '.join(unknown)} in {config_path}; it declares "
                                f"{', '.join(dict.fromkeys(item.name for item in items))}")
     selected = [item for item in items if not names or item.name in names]
-    report = runner.check(selected) if check else runner.build(selected, jobs, _progress(quiet or as_json))
+    report = runner.check(selected) if check else runner.build(selected, jobs, progress_printer(quiet or as_json))
     if as_json:
-        _echo_json(report.to_json())
+        echo_json(report.to_json())
     else:
         for entry in report.stale:
             click.echo(f"out of date: {entry['artifact']} ({entry['reason']})")
