@@ -8,8 +8,9 @@ command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc
 command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 # libmxnet.so (the reference MXNet in tests/mxnet's side virtualenv) links these
-ldconfig -p | grep -q libgomp.so.1 || need+=(libgomp1)
-ldconfig -p | grep -q libquadmath.so.0 || need+=(libquadmath0)
+libs=$(ldconfig -p)
+grep -q libgomp.so.1 <<<"$libs" || need+=(libgomp1)
+grep -q libquadmath.so.0 <<<"$libs" || need+=(libquadmath0)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
