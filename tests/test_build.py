@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 import kiln
-from conftest import DIGITS_CNN, EXAMPLES
+from conftest import DIGITS_CNN, EXAMPLES, REPO
 from kiln.compiler import artifact
 from kiln.cli import cli
 from kiln.errors import OUT_OF_DATE_EXIT_CODE
@@ -212,3 +212,14 @@ def test_schedule_setting_reaches_the_build(cli_runner, project: Path):
     code, report = _build(cli_runner, project, "b")
     assert _names(report["built"]) == ["b.kiln"]
     assert artifact.read_manifest(project / "out" / "b.kiln")["build"]["schedules"]
+
+
+def test_tree_artifact_rebuilds_byte_identical(cli_runner, tmp_path: Path):
+    shutil.copy(REPO / "tests" / "models" / "trees" / "lgb_binary_nan.txt", tmp_path / "model.txt")
+    (tmp_path / "kiln.toml").write_text('[artifact.t]\nmodel = "model.txt"\ntargets = ["x86-64", "aarch64"]\n')
+    assert _build(cli_runner, tmp_path)[0] == 0
+    first = {p: p.read_bytes() for p in (tmp_path / "build").rglob("*") if p.is_file() and "lock" not in p.name}
+    shutil.rmtree(tmp_path / "build")
+    code, report = _build(cli_runner, tmp_path)
+    assert code == 0 and _names(report["built"]) == ["t-aarch64.kiln", "t-x86-64.kiln"]
+    assert {p: p.read_bytes() for p in (tmp_path / "build").rglob("*") if p.is_file() and "lock" not in p.name} == first

@@ -8,10 +8,12 @@ units (tl2cgen's parallel_comp) so that no single function grows past what gcc c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -86,7 +88,8 @@ def build_library(graph: Graph, preset: Preset, library: Path, *, int8: bool,
     summary = summarize(model)
     units = parallel_comp(model)
     params: dict[str, Any] = {"parallel_comp": units, "quantize": int(int8)}
-    with tempfile.TemporaryDirectory(prefix="kiln-tl2cgen-") as scratch:
+    # treelite and tl2cgen print their C++ log lines on stdout, which must stay clean for --json.
+    with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="kiln-tl2cgen-") as scratch:
         source = Path(scratch) / "src"
         if calibration is not None:
             annotation = Path(scratch) / "annotation.json"
