@@ -1,12 +1,14 @@
 """Throughput of kiln's tree artifacts against the fastest native predict call, and against lleaves.
 
     .venv/bin/python benchmarks/trees.py [--threads N] [--seconds S] [--workdir DIR]
+                                         [--models xgboost-100,lightgbm-1000,...] [--batches 1,10000]
 
 Trains XGBoost and LightGBM binary classifiers of 100 and 1,000 trees (depth 8) on synthetic data,
 compiles each with kiln (x86-64 preset), and times batches of 1, 100 and 10,000 rows: kiln's
 `predict`, XGBoost's `inplace_predict` / LightGBM's `Booster.predict` with the same threads, and
 lleaves (LightGBM only; needs `pip install lleaves 'llvmlite<0.44'`). Engines run alternately on
 the same rows; each cell is rows per second at the median time. Prints a table of ratios.
+With --workdir, lleaves reuses its compiled models from an earlier run (most of a full run's 25 minutes).
 """
 
 from __future__ import annotations
@@ -107,7 +109,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seconds", type=float, default=2.0, help="time budget per model and batch size")
     parser.add_argument("--workdir", type=Path, default=None, help="keep models and artifacts here")
+    parser.add_argument("--models", default=",".join(f"{f}-{t}" for f in ("xgboost", "lightgbm") for t in TREES),
+                        help="comma-separated FRAMEWORK-TREES to measure")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
     args = parser.parse_args()
+    models = args.models.split(",")
+    batches = [int(batch) for batch in args.batches.split(",")]
     X_train, y_train, X_test = make_data()
     with tempfile.TemporaryDirectory(prefix="kiln-bench-trees-") as scratch:
         folder = args.workdir or Path(scratch)
@@ -117,6 +124,8 @@ def main() -> None:
         lines = []
         for framework, train in (("xgboost", train_xgboost), ("lightgbm", train_lightgbm)):
             for trees in TREES:
+                if f"{framework}-{trees}" not in models:
+                    continue
                 start = time.perf_counter()
                 model = train(trees, X_train, y_train, folder, args.threads)
                 trained = time.perf_counter() - start
@@ -127,7 +136,7 @@ def main() -> None:
                 lleaves = lleaves_engine(model, folder, args.threads) if framework == "lightgbm" else None
                 if lleaves is not None:
                     engines["lleaves"] = lleaves
-                for batch in BATCHES:
+                for batch in batches:
                     rate = throughput(engines, X_test[:batch], args.seconds)
                     versus_lleaves = (f"{rate['lleaves']:15.0f} {rate['kiln'] / rate['lleaves']:10.2f}x"
                                       if "lleaves" in rate else f"{'-':>15} {'-':>11}")

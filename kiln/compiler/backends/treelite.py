@@ -1,14 +1,18 @@
-"""Compile a tree Graph with tl2cgen into a shared library for a CPU target preset.
+"""Compile a tree Graph into a shared library for a CPU target preset.
 
-tl2cgen writes the model as C; kiln adds its batch entry point (tree_predict.c) to the same
-sources and compiles them with the preset's C compiler: gcc -march for x86 presets,
-aarch64-linux-gnu-gcc -mcpu for aarch64 presets. Big models are split over several translation
-units (tl2cgen's parallel_comp) so that no single function grows past what gcc compiles quickly.
+The trees run as kiln's own node walker (tree_nodes.py writes the model as arrays, tree_walk.h walks
+them without a branch per node); tl2cgen writes main.c around them (base scores, tree averaging,
+postprocessor). With calibration data, whose only use is annotating branches, the trees run as
+tl2cgen's nested ifs instead, split over several translation units (tl2cgen's parallel_comp) so that
+no single function grows past what gcc compiles quickly. kiln adds its batch entry point
+(tree_predict.c) and compiles with the preset's C compiler: gcc -march for x86 presets,
+aarch64-linux-gnu-gcc -mcpu for aarch64 presets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import re
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kiln.compiler.backends.tree_nodes import UnsupportedModel, tables_header
 from kiln.compiler.frontends.trees import TreeSummary, summarize
 from kiln.compiler.graph import Graph
 from kiln.errors import TargetError
@@ -44,18 +49,24 @@ BLOCK_ENTRIES = 8192
 _C_TYPES = {"float32": "float", "float64": "double"}
 
 
+class TreeCode(str, enum.Enum):
+    NODE_WALK = "node-walk"  # kiln's node arrays (tree_walk.h)
+    NESTED_IF = "nested-if"  # tl2cgen's code (tree_units.h)
+
+
 @dataclass(frozen=True)
 class TreeBuild:
     """What was built, for the manifest."""
 
     summary: TreeSummary
+    code: TreeCode
     parallel_comp: int
     int8: bool
     annotated: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.summary.to_json(), "parallel_comp": self.parallel_comp, "int8": self.int8,
-                "annotated": self.annotated}
+        return {**self.summary.to_json(), "code": self.code.value, "parallel_comp": self.parallel_comp,
+                "int8": self.int8, "annotated": self.annotated}
 
 
 def check_buildable(preset: Preset) -> None:
@@ -86,8 +97,10 @@ def build_library(graph: Graph, preset: Preset, library: Path, *, int8: bool,
 
     model = graph.body
     summary = summarize(model)
-    units = parallel_comp(model)
-    params: dict[str, Any] = {"parallel_comp": units, "quantize": int(int8)}
+    trees = _node_tables(model, int8) if calibration is None else None
+    # The walker's trees are kiln's: tl2cgen's units are generated (2, whatever the model) but not compiled.
+    units = parallel_comp(model) if trees is None else 2
+    params: dict[str, Any] = {"parallel_comp": units, "quantize": int(int8 and trees is None)}
     # treelite and tl2cgen print their C++ log lines on stdout, which must stay clean for --json.
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="kiln-tl2cgen-") as scratch:
         source = Path(scratch) / "src"
@@ -96,7 +109,9 @@ def build_library(graph: Graph, preset: Preset, library: Path, *, int8: bool,
             tl2cgen.annotate_branch(model, tl2cgen.DMatrix(calibration), annotation, nthread=os.cpu_count())
             params["annotate_in"] = str(annotation)
         tl2cgen.generate_c_code(model, source, params)
-        _add_entry_point(source, summary)
+        _add_entry_point(source, summary, trees)
+        if trees is not None:
+            units = 1
         try:
             built = tl2cgen.create_shared(preset.toolchain.compiler, source, nthread=min(units, os.cpu_count() or 1),
                                           options=compiler_flags(preset), long_build_time_warning=False)
@@ -104,25 +119,47 @@ def build_library(graph: Graph, preset: Preset, library: Path, *, int8: bool,
             raise TargetError(f"{preset.toolchain.compiler} failed to compile the model for {preset.name}: {exc}. "
                               "Check that the compiler accepts the preset's CPU, or choose another --target") from exc
         shutil.move(built, library)
-    return TreeBuild(summary, units, int8, calibration is not None)
+    code = TreeCode.NESTED_IF if trees is None else TreeCode.NODE_WALK
+    return TreeBuild(summary, code, units, int8, calibration is not None)
 
 
-def _add_entry_point(source: Path, summary: TreeSummary) -> None:
-    """Write tree_predict.c and its kiln_model.h beside tl2cgen's sources, and add it to tl2cgen's recipe."""
-    code = resources.files("kiln.compiler.backends").joinpath("tree_predict.c").read_text()
+def _node_tables(model: "treelite.Model", int8: bool) -> str | None:
+    """kiln_trees.h for the walker, or None for a model it does not encode (tl2cgen's nested ifs run it)."""
+    try:
+        return tables_header(model, quantized=int8)
+    except UnsupportedModel as exc:
+        print(f"kiln: compiling the trees as tl2cgen's nested ifs: {exc}", file=sys.stderr)
+        return None
+
+
+def _add_entry_point(source: Path, summary: TreeSummary, trees: str | None) -> None:
+    """Write tree_predict.c, its headers and kiln_model.h beside tl2cgen's sources, and update tl2cgen's recipe.
+
+    For the walker (`trees` is kiln_trees.h), tl2cgen's units and its predict() that calls them are left out.
+    """
+    package = resources.files("kiln.compiler.backends")
+    code = package.joinpath("tree_predict.c").read_text()
     (source / f"{ENTRY_POINT}.c").write_text(code)
-    (source / "kiln_model.h").write_text(_model_header((source / "main.c").read_text(), summary))
+    helper = "tree_units.h" if trees is None else "tree_walk.h"
+    (source / helper).write_text(package.joinpath(helper).read_text())
+    main_c = (source / "main.c").read_text()
+    (source / "kiln_model.h").write_text(_model_header(main_c, summary, walk=trees is not None))
     recipe_path = source / "recipe.json"
     recipe = json.loads(recipe_path.read_text())
+    if trees is not None:
+        (source / "kiln_trees.h").write_text(trees)
+        (source / "main.c").write_text(_PREDICT_FUNCTION.sub("", main_c, count=1))
+        recipe["sources"] = [entry for entry in recipe["sources"] if entry["name"] == "main"]
     recipe["sources"].append({"name": ENTRY_POINT, "length": code.count("\n")})
     recipe_path.write_text(json.dumps(recipe))
 
 
+_PREDICT_FUNCTION = re.compile(r"^void predict\(union Entry\* data, int pred_margin, \w+\* result\) \{\n.*?^\}\n", re.M | re.S)
 _PREDICT_BODY = re.compile(r"^void predict\(union Entry\* data, int pred_margin, \w+\* result\) \{\n(.*?)^\}", re.M | re.S)
 _UNIT_CALL = re.compile(r"^\s*(predict_unit\d+)\(data, result\);$", re.M)
 
 
-def _model_header(main_c: str, summary: TreeSummary) -> str:
+def _model_header(main_c: str, summary: TreeSummary, *, walk: bool) -> str:
     """kiln_model.h (see tree_predict.c): tl2cgen's predict() split into prologue, units and epilogue."""
     match = _PREDICT_BODY.search(main_c)
     if match is None:
@@ -134,19 +171,18 @@ def _model_header(main_c: str, summary: TreeSummary) -> str:
         epilogue = body[body.rindex(units[-1]):body.index("// Apply postprocessor")].split("\n", 1)[1]
     else:  # all trees inline in predict(): one "unit" that is predict() without its postprocessor
         prologue, epilogue, units = "", "", ["kiln_whole_model"]
-    defines = {"KILN_NUM_FEATURE": summary.num_feature, "KILN_NUM_TREE": summary.num_trees,
+    defines = {"KILN_WALK": int(walk), "KILN_NUM_FEATURE": summary.num_feature, "KILN_NUM_TREE": summary.num_trees,
                "KILN_THRESHOLD_T": _C_TYPES[summary.threshold_type], "KILN_LEAF_T": _C_TYPES[summary.leaf_type],
                "KILN_BLOCK_ROWS": max(1, min(BLOCK_ROWS, BLOCK_ENTRIES // summary.num_feature)),
                "KILN_UNITS(X)": " ".join(f"X({unit})" for unit in units)}
-    return "\n".join([
-        "/* Generated by kiln from tl2cgen's main.c; see tree_predict.c. */",
-        *(f"#define {name} {value}" for name, value in defines.items()),
-        "extern const unsigned char is_categorical[];",
-        "static inline void kiln_prologue(union Entry* data) {", prologue, "}",
-        "static inline void kiln_epilogue(KILN_LEAF_T* result) {", epilogue, "}",
-        "static inline void kiln_whole_model(union Entry* data, KILN_LEAF_T* result) { predict(data, 1, result); }",
-        "",
-    ])
+    lines = ["/* Generated by kiln from tl2cgen's main.c; see tree_predict.c. */",
+             *(f"#define {name} {value}" for name, value in defines.items()),
+             "static inline void kiln_epilogue(KILN_LEAF_T* result) {", epilogue, "}"]
+    if not walk:
+        lines += ["extern const unsigned char is_categorical[];",
+                  "static inline void kiln_prologue(union Entry* data) {", prologue, "}",
+                  "static inline void kiln_whole_model(union Entry* data, KILN_LEAF_T* result) { predict(data, 1, result); }"]
+    return "\n".join(lines + [""])
 
 
 def calibration_rows(path: Path, graph: Graph) -> np.ndarray:
