@@ -1,15 +1,18 @@
-"""kiln FP32 on CPU against ONNX Runtime FP32: ResNet-18, MobileNetV2 (random weights) and the example CNN,
-batch 1 and 8, one thread count. Default schedules and, with --trials N, tuned ones (per model and batch).
+"""kiln on CPU against ONNX Runtime: ResNet-18, MobileNetV2 (random weights) and the example CNN, batch 1
+and 8, one thread count. FP32 with default schedules and, with --trials N, tuned ones (per model and
+batch); INT8 (unless --no-int8): kiln's integer kernels against ONNX Runtime on the same QDQ model.
 
     python benchmarks/cpu.py [--threads 2] [--trials 64] [--seconds 5] [--models resnet18,mobilenetv2,digits_cnn]
 
-Prints a table of median latencies and kiln/ONNX Runtime ratios (below 1: kiln is faster), measured
-interleaved in this one process so all engines see the same machine load, plus compile and tuning times.
+Prints tables of median latencies and ratios (below 1: kiln is faster), all engines measured
+interleaved in this one process so they see the same machine load, plus compile and tuning times.
+INT8 models are calibrated on 16 random inputs (the example CNN on its calibration digits).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -25,6 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import cnn_models  # noqa: E402  (tests/cnn_models.py: the model builders the schedule tests use too)
 
 DIGITS = REPO / "examples" / "digits_cnn" / "digits_cnn.onnx"
+DIGITS_CALIB = DIGITS.parent / "digits_calib.npz"
 
 
 def _model(name: str, batch: int, folder: Path) -> Path:
@@ -39,14 +43,25 @@ def _model(name: str, batch: int, folder: Path) -> Path:
     return path
 
 
-def _compile(path: Path, output: Path, records: Path | None) -> float:
+def _compile(path: Path, output: Path, records: Path | None, calib: Path | None = None) -> float:
+    """Seconds to compile `path` (INT8 when given calibration data)."""
     from kiln.compiler.frontends import ImportOptions
-    from kiln.compiler.pipeline import CompileOptions, compile_model
+    from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
     from kiln.targets import resolve
 
     started = time.perf_counter()
-    compile_model(path, CompileOptions(resolve("x86-64"), output, ImportOptions(), records=records))
+    compile_model(path, CompileOptions(resolve("x86-64"), output, ImportOptions(), records=records, calib=calib,
+                                       precision=Precision.INT8 if calib else Precision.FP32))
     return time.perf_counter() - started
+
+
+def _calibration(name: str, model: onnx.ModelProto, folder: Path) -> Path:
+    if name == "digits_cnn":
+        return DIGITS_CALIB
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    path = folder / f"{name}_calib.npz"
+    np.savez(path, input=np.random.default_rng(0).random((16, *dims[1:]), dtype=np.float32))
+    return path
 
 
 def _row(name: str, batch: int, args, folder: Path) -> dict:
@@ -66,17 +81,34 @@ def _row(name: str, batch: int, args, folder: Path) -> dict:
         row["tune_s"], row["improved"], row["tasks"] = report.seconds, report.improved, report.tasks
         artifacts["tuned"] = folder / f"{path.stem}.tuned.kiln"
         row["tuned_compile_s"] = _compile(path, artifacts["tuned"], records)
+    if args.int8:
+        artifacts["int8"] = folder / f"{path.stem}.int8.kiln"
+        row["int8_compile_s"] = _compile(path, artifacts["int8"], None, _calibration(name, onnx.load(str(path)), folder))
     predictors = {key: kiln.load(artifact, threads=args.threads) for key, artifact in artifacts.items()}
     runners = {key: (lambda feed, p=p: list(p.run(feed).values())) for key, p in predictors.items()}
     runners["onnxruntime"] = onnxruntime_runner(path, args.threads)
+    if args.int8:
+        runners["onnxruntime_int8"] = onnxruntime_runner(artifacts["int8"] / "model.int8.onnx", args.threads)
     inputs = random_inputs(predictors["kiln"].inputs, batch)
     timings, outputs = measure(runners, inputs, BenchOptions(threads=args.threads, seconds=args.seconds))
     for key in runners:
         row[f"{key}_ms"] = timings[key].median_ms
     reference = outputs["onnxruntime"][0]
     row["max_rel_err"] = max(float(np.abs(outputs[key][0] - reference).max() / np.abs(reference).max())
-                             for key in artifacts)
+                             for key in artifacts if key != "int8")
+    if args.int8:
+        row["int8_steps"] = float(np.abs(outputs["int8"][0] - outputs["onnxruntime_int8"][0]).max()
+                                  / _output_scale(artifacts["int8"]))
+        row["int8_kernels"] = json.loads((artifacts["int8"] / "manifest.json").read_text())["integer_kernels"]
     return row
+
+
+def _output_scale(artifact: Path) -> float:
+    from onnx import numpy_helper
+
+    qdq = onnx.load(str(artifact / "model.int8.onnx"))
+    scales = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    return float(scales[f"{qdq.graph.output[0].name}_scale"])
 
 
 def _print(rows: list[dict], args) -> None:
@@ -96,6 +128,22 @@ def _print(rows: list[dict], args) -> None:
         print(line + f" {r['max_rel_err']:11.1e}")
     print("ratio = kiln median / ONNX Runtime median (goal: untuned <= 1.5, tuned <= 1.0); "
           "better = kernels where tuning beat the default schedule")
+    if args.int8:
+        _print_int8(rows)
+
+
+def _print_int8(rows: list[dict]) -> None:
+    print("\nINT8 (same QDQ model for kiln and ONNX Runtime), same run")
+    print(f"{'model':12} {'batch':>5} {'ORT fp32':>9} {'kiln fp32':>9} {'ORT int8':>9} {'kiln int8':>9} "
+          f"{'/kiln fp32':>10} {'/ORT int8':>9} {'int8 ops':>8} {'steps':>5}")
+    for r in rows:
+        kernels = r["int8_kernels"]
+        print(f"{r['model']:12} {r['batch']:5d} {r['onnxruntime_ms']:9.2f} {r['kiln_ms']:9.2f} "
+              f"{r['onnxruntime_int8_ms']:9.2f} {r['int8_ms']:9.2f} {r['int8_ms'] / r['kiln_ms']:10.2f} "
+              f"{r['int8_ms'] / r['onnxruntime_int8_ms']:9.2f} "
+              f"{kernels['int8_ops']:>3}/{kernels['int8_ops'] + len(kernels['float_ops']):<4} {r['int8_steps']:5.1f}")
+    print("goal on AVX2: kiln int8 <= 0.7 x kiln fp32 and < ONNX Runtime int8; int8 ops = quantized convs/matmuls "
+          "run as integer kernels; steps = largest output difference from ONNX Runtime int8, in output scales")
 
 
 def main() -> None:
@@ -105,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per model and batch")
     parser.add_argument("--models", default="resnet18,mobilenetv2,digits_cnn")
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="also compile and measure INT8 (kiln vs ONNX Runtime on the same QDQ model)")
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     rows = []

@@ -73,17 +73,31 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
                              precision=Precision.INT8 if int8 else Precision.FP32, calib=calib,
                              quantize=quantize_options_from(quantize_args, quiet or as_json),
                              schedule=ScheduleMode(schedule), records=records)
+    from kiln.compiler import artifact
+
     path = compile_model(model, options, progress_printer(quiet or as_json))
     quantization = _quantization_summary(path)
+    integer = artifact.read_manifest(path).get("integer_kernels")
     if as_json:
         echo_json({"artifact": str(path), "target": options.target.name,
-                    **({"quantization": quantization} if quantization else {})})
+                    **({"quantization": quantization} if quantization else {}),
+                    **({"integer_kernels": integer} if integer else {})})
     else:
         if quantization:
             from kiln.quantize.report import table
 
             click.echo(table(quantization["report"]))
+        if integer:
+            _echo_integer_kernels(integer)
         click.echo(f"compiled {model} for {options.target.name} -> {path}")
+
+
+def _echo_integer_kernels(integer: dict[str, Any]) -> None:
+    click.echo(f"  integer kernels: {integer['int8_ops']} quantized convs run int8 ({integer['isa'] or 'none'}), "
+               f"{len(integer['float_ops'])} stay float")
+    for entry in integer["float_ops"]:
+        shape = "x".join(str(d) for d in entry["shape"])
+        click.echo(f"    float: {entry['op']} {shape} stride {entry['strides'][0]}: {entry['reason']}")
 
 
 def _quantization_summary(path: Path) -> dict[str, Any] | None:
@@ -210,6 +224,8 @@ def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool
         if key in report:
             value = report[key]["name"] if isinstance(report[key], dict) else report[key]
             click.echo(f"  {key}: {value}")
+    if "integer_kernels" in report:
+        _echo_integer_kernels(report["integer_kernels"])
     if "tree" in report:
         tree = report["tree"]
         click.echo(f"  trees: {tree['num_trees']}, max depth {tree['max_depth']}, {tree['num_feature']} features, "

@@ -133,9 +133,10 @@ def test_register_tile_fits_the_registers():
 def test_layout_rewrite_transforms_only_at_the_edges():
     from tvm.relax.frontend.onnx import from_onnx
 
+    from kiln.compiler.backends.tvm.schedules.common import AVX2
     from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
 
-    mod = to_nchwc(from_onnx(cnn_models.resnet18(1, 32), keep_params_in_input=False), 8)
+    mod = to_nchwc(from_onnx(cnn_models.resnet18(1, 32), keep_params_in_input=False), AVX2)
     text = mod["main"].script(show_meta=False)
     assert text.count("R.layout_transform") == 2  # the RGB image in (NCHW3c), the features out before the head
     assert text.count("R.call_tir") >= 20 and "R.nn.conv2d" not in text

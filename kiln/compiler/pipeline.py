@@ -63,11 +63,13 @@ def _compile_neural(graph: Graph, options: CompileOptions, build: dict, progress
     with artifact.staging(options.output) as stage:
         progress(f"compiling with TVM for {options.target.name}")
         library = stage / "model.so"
-        schedules = build_library(quantized.graph if quantized else graph, options.target, library,
-                                  options.schedule, options.records)
+        report = build_library(quantized.graph if quantized else graph, options.target, library,
+                               options.schedule, options.records)
         source = stage / "model.onnx"
         onnx.save_model(graph.body, str(source))
-        files, extra = {"onnx": source}, {"build": {**build, "schedules": schedules}}
+        files, extra = {"onnx": source}, {"build": {**build, "schedules": report.schedules}}
+        if report.integer_summary(options.target):
+            extra["integer_kernels"] = report.integer_summary(options.target)
         if quantized:
             files.update(quantized.write(stage))
             extra["quantization"] = quantized.manifest_section()

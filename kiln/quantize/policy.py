@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import onnx
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-QUANTIZABLE = WEIGHTED | {"Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu"}
+QUANTIZABLE = WEIGHTED | {"Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip"}
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,9 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
     """Ranges of the float inputs and outputs of the chosen nodes.
 
     A Concat's tensors share one range; a MaxPool's output keeps its input's range (the max of
-    quantized values is one of them); a weighted node or Add feeding only a chosen Relu is not
-    quantized between the two, the Relu's output range covers both (as an integer kernel fuses it).
+    quantized values is one of them); a weighted node or Add feeding only a chosen Relu or Clip
+    (ReLU6) is not quantized between the two: the activation's output range covers both, as an
+    integer kernel fuses it.
     """
     consumers: dict[str, list] = {}
     for node in model.graph.node:
@@ -122,7 +123,7 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
     names = {node.name for node in chosen}
     fused = {node.output[0] for node in chosen if node.op_type in WEIGHTED | {"Add"}
              and node.output[0] not in outputs and len(consumers.get(node.output[0], [])) == 1
-             and consumers[node.output[0]][0].op_type == "Relu" and consumers[node.output[0]][0].name in names}
+             and _fusable_activation(consumers[node.output[0]][0], names)}
     tensors: dict[str, TensorRange] = {}
     for node in chosen:
         for name in [*node.input, *node.output]:
@@ -139,6 +140,10 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
                 shared = shared.union(tensors[name])
             tensors.update({name: shared for name in members})
     return tensors
+
+
+def _fusable_activation(node, chosen: set[str]) -> bool:
+    return node.op_type in ("Relu", "Clip") and node.name in chosen
 
 
 def weight_axis(node, weight: np.ndarray) -> int:

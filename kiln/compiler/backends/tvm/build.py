@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.compiler.backends.tvm.ops import unsupported_ops
@@ -37,29 +38,44 @@ def check_toolchain(preset: Preset) -> None:
 
 
 
-def build_library(graph: Graph, preset: Preset, library: Path, schedule: ScheduleMode = ScheduleMode.DEFAULT,
-                  records: Path | None = None) -> dict[str, int]:
-    """Compile; on CPU targets with kiln's schedules (and the best of tuning `records`) unless schedule is NONE.
+@dataclass
+class BuildReport:
+    """How many kernels each schedule rule built ("tuned": from records; empty with TVM's own pipeline),
+    and what each quantized conv of a QDQ graph became: an int8 kernel, or float and why."""
 
-    Returns how many kernels each schedule rule built ("tuned": from records); empty with TVM's own pipeline."""
+    schedules: dict[str, int] = field(default_factory=dict)
+    integer: list[dict] = field(default_factory=list)
+
+    def integer_summary(self, preset: Preset) -> dict | None:
+        if not self.integer:
+            return None
+        isas = {entry["isa"] for entry in self.integer if entry["kernel"] == "int8"}
+        return {"isa": ", ".join(sorted(isas)) or None, "target_int8_isa": preset.int8_isa,
+                "int8_ops": sum(entry["kernel"] == "int8" for entry in self.integer),
+                "float_ops": [entry for entry in self.integer if entry["kernel"] == "float"]}
+
+
+def build_library(graph: Graph, preset: Preset, library: Path, schedule: ScheduleMode = ScheduleMode.DEFAULT,
+                  records: Path | None = None) -> BuildReport:
+    """Compile; on CPU targets with kiln's schedules (and the best of tuning `records`) unless schedule is NONE."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
     mod = from_onnx(graph.body, keep_params_in_input=False)
     target = tvm.target.Target(preset.tvm_target)
-    rules: dict[str, int] = {}
+    report = BuildReport()
     executable = tvm.compile(mod, target=target,
-                             relax_pipeline=_relax_pipeline(preset, target, schedule, records, rules))
+                             relax_pipeline=_relax_pipeline(preset, target, schedule, records, report))
     if preset.family is Family.CUDA:
         from kiln.compiler.backends.tvm import cuda
 
         cuda.export_library(executable, preset, library)
     else:
         executable.export_library(str(library), fcompile=_linker(preset))
-    return rules
+    return report
 
 
-def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Path | None, rules: dict[str, int]):
+def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Path | None, report: BuildReport):
     from kiln.compiler.backends.tvm.schedules.common import cpu_spec
 
     if preset.family is Family.CUDA or schedule is ScheduleMode.NONE or cpu_spec(target) is None:
@@ -75,7 +91,7 @@ def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Pat
         from kiln.compiler.backends.tvm.tuning import open_records
 
         database = open_records(records, preset)
-    return cpu_pipeline(target, database, rules)
+    return cpu_pipeline(target, database, report.schedules, report.integer)
 
 
 def _linker(preset: Preset):

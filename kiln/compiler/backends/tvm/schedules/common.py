@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
+
+from kiln.compiler.backends.tvm.schedules.intrinsics import Int8Isa, int8_isa
 
 SPATIAL, REDUCE = 0, 2  # tirx IterVar iter_type values
 # Kernels with less work than this (elements or multiply-adds: ~10 us on one core) run on one thread:
@@ -17,10 +20,12 @@ MIN_PARALLEL_WORK = 1 << 16
 
 @dataclass(frozen=True)
 class CpuSpec:
-    """Vector lanes of fp32 (and so the NCHW[lanes]c block), and how many accumulators fit in registers."""
+    """Vector lanes of fp32 (and so the NCHW[lanes]c block), how many accumulators fit in registers,
+    and the int8 dot product integer kernels use (None: quantized ops stay in float)."""
 
     lanes: int
     max_accumulators: int
+    int8: Int8Isa | None = None
 
 
 AVX2 = CpuSpec(lanes=8, max_accumulators=12)  # 16 ymm registers: 12 accumulators + operands
@@ -30,9 +35,13 @@ NEON = CpuSpec(lanes=4, max_accumulators=24)  # 32 q registers
 def cpu_spec(target) -> CpuSpec | None:
     """The rules' parameters for an llvm target; None where they do not apply: on SVE, kiln's fixed-width
     vectors would replace LLVM's scalable-vector loops, so TVM's own pipeline builds it."""
-    if not str(target.attrs.get("mtriple", "")).startswith("aarch64"):
-        return AVX2
-    return None if "+sve" in [str(a) for a in target.attrs.get("mattr", [])] else NEON
+    from tvm.target import codegen
+
+    aarch64 = str(target.attrs.get("mtriple", "")).startswith("aarch64")
+    if aarch64 and "+sve" in [str(a) for a in target.attrs.get("mattr", [])]:
+        return None
+    features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
+    return dataclasses.replace(NEON if aarch64 else AVX2, int8=int8_isa(features, aarch64))
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,19 @@ from tvm import te, tirx
 PAD, CONV2D, DEPTHWISE = "kpad", "kconv", "kdwconv"
 
 
-def _pad(data, top: int, left: int, bottom: int, right: int):
+def pad(data, top: int, left: int, bottom: int, right: int, fill: float = 0.0):
     if top == left == bottom == right == 0:
         return data
     n, c, h, w, b = data.shape
 
     def value(i, j, y, x, k):
         inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left)
-        return tirx.if_then_else(inside, data[i, j, y - top, x - left, k], tirx.const(0.0, data.dtype))
+        return tirx.if_then_else(inside, data[i, j, y - top, x - left, k], tirx.const(fill, data.dtype))
 
     return te.compute((n, c, h + top + bottom, w + left + right, b), value, name=PAD)
 
 
-def _output_size(size: int, before: int, after: int, kernel: int, stride: int) -> int:
+def output_size(size: int, before: int, after: int, kernel: int, stride: int) -> int:
     return (size + before + after - kernel) // stride + 1
 
 
@@ -31,10 +31,10 @@ def conv2d_nchwc(data, kernel, strides, padding):
     n, _, h, w, _ = (int(x) for x in data.shape)
     oc_blocks, ic_blocks, kh, kw, ib, ob = (int(x) for x in kernel.shape)
     (sh, sw), (top, left, bottom, right) = strides, padding
-    padded = _pad(data, top, left, bottom, right)
+    padded = pad(data, top, left, bottom, right)
     ico, ry, rx, ici = (te.reduce_axis((0, e), name) for e, name in ((ic_blocks, "ico"), (kh, "kh"), (kw, "kw"),
                                                                     (ib, "ici")))
-    shape = (n, oc_blocks, _output_size(h, top, bottom, kh, sh), _output_size(w, left, right, kw, sw), ob)
+    shape = (n, oc_blocks, output_size(h, top, bottom, kh, sh), output_size(w, left, right, kw, sw), ob)
     return te.compute(shape, lambda b, oc, y, x, o: te.sum(
         padded[b, ico, y * sh + ry, x * sw + rx, ici] * kernel[oc, ico, ry, rx, ici, o], axis=[ico, ry, rx, ici]),
         name=CONV2D)
@@ -45,8 +45,8 @@ def depthwise_nchwc(data, kernel, strides, padding):
     n, c_blocks, h, w, lanes = (int(x) for x in data.shape)
     _, kh, kw, _ = (int(x) for x in kernel.shape)
     (sh, sw), (top, left, bottom, right) = strides, padding
-    padded = _pad(data, top, left, bottom, right)
+    padded = pad(data, top, left, bottom, right)
     ry, rx = te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
-    shape = (n, c_blocks, _output_size(h, top, bottom, kh, sh), _output_size(w, left, right, kw, sw), lanes)
+    shape = (n, c_blocks, output_size(h, top, bottom, kh, sh), output_size(w, left, right, kw, sw), lanes)
     return te.compute(shape, lambda b, c, y, x, k: te.sum(
         padded[b, c, y * sh + ry, x * sw + rx, k] * kernel[c, ry, rx, k], axis=[ry, rx]), name=DEPTHWISE)

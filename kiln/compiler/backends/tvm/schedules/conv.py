@@ -2,7 +2,10 @@
 
 Loop nest (conv2d): parallel(n, oc/oc_t, oh) . ow/reg . ic/ib . kh . kw . ib . [oc_t] . [reg] . vector(ob)
 with reg x oc_t vector accumulators in registers (cache_write "local"), bias/relu/residual/clip
-inlined into the write-back, and the padding block kept as a separate parallel loop."""
+inlined into the write-back, and the padding block kept as a separate parallel loop.
+The integer conv (integer.py) has the same nest with ib split into groups of 4, and its innermost
+(ob, 4) loops tensorized with the target's int8 dot product (intrinsics.py); its requantization
+is the fused epilogue."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuS
                                                        inline_spatial, largest_divisor, vectorize_init, work)
 from kiln.compiler.backends.tvm.schedules.compute import CONV2D, DEPTHWISE, PAD
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
+from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV
 from tvm.s_tir import ScheduleError
 
 
@@ -41,13 +45,23 @@ def _fuse_epilogue(sch, write_back) -> None:
             return
 
 
+# Registers the int8 dot product needs besides its accumulators: the broadcast activations, the
+# weights, and on AVX2 the int16 pair sums and the vector of ones.
+INT8_OPERANDS = 2
+
+
 def _schedule(sch, name: str, spec: CpuSpec) -> None:
     conv = sch.get_sblock(name)
     total = work(sch, conv)
+    lanes_inner = []
     if name == CONV2D:
         n, oc, oh, ow, ob, ico, kh, kw, ici = sch.get_loops(conv)
         reg, oc_t = register_tile(extent(sch, ow), extent(sch, oc), spec.max_accumulators)
         reduce_inner = [ico, kh, kw, ici]
+    elif name == INT8_CONV:
+        n, oc, oh, ow, ob, ico, kh, kw, icg, k = sch.get_loops(conv)
+        reg, oc_t = register_tile(extent(sch, ow), extent(sch, oc), spec.max_accumulators - INT8_OPERANDS)
+        reduce_inner, lanes_inner = [ico, kh, kw, icg], [k]
     else:
         n, oc, oh, ow, ob, kh, kw = sch.get_loops(conv)
         reg, oc_t = largest_divisor(extent(sch, ow), spec.lanes), 1
@@ -55,11 +69,12 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     owo, owi = sch.split(ow, [None, reg])
     oco, oci = sch.split(oc, [None, oc_t]) if oc_t > 1 else (oc, None)
     outer = [n, oco, oh]
-    sch.reorder(*outer, owo, *reduce_inner, *([oci] if oci else []), owi, ob)
+    sch.reorder(*outer, owo, *reduce_inner, *([oci] if oci else []), owi, ob, *lanes_inner)
     write_back = sch.cache_write(conv, 0, "local")
     _fuse_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, owo)
-    sch.vectorize(ob)
+    if not lanes_inner:
+        sch.vectorize(ob)
     sch.unroll(owi)
     if oci is not None:
         sch.unroll(oci)
@@ -67,6 +82,8 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     if total >= MIN_PARALLEL_WORK:
         sch.parallel(sch.fuse(*outer))
     vectorize_init(sch, conv, reduce_inner[0])
+    if lanes_inner:
+        sch.tensorize(sch.get_loops(conv)[-2], spec.int8.intrinsic)
     for block in blocks(sch):  # the conv's own blocks are now {name}_init, {name}_update, {name}_..._local
         if not sch.get(block).name_hint.startswith(name):
             schedule_elementwise(sch, block, spec)  # the padding, and any epilogue left over
@@ -80,8 +97,10 @@ def _rule(name: str) -> Rule:
         inline_spatial(sch, keep=frozenset({name, PAD}))
         _schedule(sch, name, spec)
 
-    return Rule({CONV2D: "conv2d_nchwc", DEPTHWISE: "depthwise_nchwc"}[name], applies, apply)
+    return Rule({CONV2D: "conv2d_nchwc", DEPTHWISE: "depthwise_nchwc", INT8_CONV: "conv2d_int8"}[name], applies,
+                apply)
 
 
 CONV2D_NCHWC = _rule(CONV2D)
 DEPTHWISE_NCHWC = _rule(DEPTHWISE)
+CONV2D_INT8 = _rule(INT8_CONV)

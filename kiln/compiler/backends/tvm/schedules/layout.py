@@ -8,22 +8,33 @@ leaves the blocked region, e.g. the input image and the flatten before a classif
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tvm
 from tvm import relax
 
-from kiln.compiler.backends.tvm.schedules import compute
+from kiln.compiler.backends.tvm.schedules import compute, integer
+from kiln.compiler.backends.tvm.schedules.common import CpuSpec
 from kiln.compiler.backends.tvm.schedules.fold import fold
+from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedConv
 
 _BINARY = {"relax.add": relax.op.add, "relax.multiply": relax.op.multiply, "relax.subtract": relax.op.subtract,
            "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh"}
+_QDQ = {"relax.quantize", "relax.dequantize"}
 _CLAMPS = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}  # ONNX Clip imports as call_tir of these
 Const = tvm.ir.expr.GenericConst
 
 
-def to_nchwc(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
-    return _Rewriter(mod, lanes).run()
+def to_nchwc(mod: tvm.IRModule, spec: CpuSpec, report: list[dict] | None = None) -> tvm.IRModule:
+    """`main` in NCHW[b]c, its quantized convs as integer kernels where spec.int8 allows; `report`, when
+    given, gets one entry per quantized conv: what it became, or why it stays in float."""
+    rewriter = _Rewriter(mod, spec)
+    result = relax.transform.DeadCodeElimination()(rewriter.run())
+    if report is not None:
+        report.extend(rewriter.report)
+    return result
 
 
 def _op_name(call) -> str | None:
@@ -31,8 +42,10 @@ def _op_name(call) -> str | None:
 
 
 class _Rewriter:
-    def __init__(self, mod: tvm.IRModule, lanes: int):
-        self.mod, self.lanes = mod, lanes
+    def __init__(self, mod: tvm.IRModule, spec: CpuSpec):
+        self.mod, self.lanes, self.isa = mod, spec.lanes, spec.int8
+        self.matcher = QdqMatcher(mod["main"])
+        self.report: list[dict] = []
         self.bb = relax.BlockBuilder(mod)
         self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
         self.transforms: dict = {}
@@ -117,6 +130,48 @@ class _Rewriter:
                                  padding, primfunc_name_hint=name)
         return self.bb.emit(result), ob
 
+    def integer_conv(self, var):
+        """The quantized conv ending at quantize binding `var` as one integer kernel; None keeps it float."""
+        conv = self.matcher.conv(var)
+        if conv is None:
+            return None
+        in_channels = int(conv.data.ty.shape[1])
+        block = self.block_of(conv.data)
+        in_block = block if block and block % 4 == 0 else self._block_size(in_channels)
+        packed = integer.pack(conv, self.isa, in_block) if self.isa else None
+        entry = {"op": "dense" if conv.dense else "conv2d", "shape": list(conv.weight.shape),
+                 "strides": list(conv.strides), "groups": conv.groups}
+        if packed is None:
+            self.report.append({**entry, "kernel": "float", "reason": self._float_reason(conv, in_block)})
+            return None
+        self.report.append({**entry, "kernel": "int8", "isa": self.isa.name})
+        output = (conv.output.zero_point, *conv.clamp, conv.output.dtype)
+        te_func = functools.partial(integer.conv2d_int8_nchwc, strides=conv.strides, padding=conv.padding,
+                                    input_zero=conv.input.zero_point, output=output)
+        if conv.dense:  # [M, K] as [M, K, 1, 1]
+            rows, columns = int(conv.data.ty.shape[0]), conv.weight.shape[0]
+            data = self._to_blocked(self.bb.emit(relax.op.reshape(self.plain(conv.data), [rows, in_channels, 1, 1])),
+                                    in_block)
+        else:
+            data = self.blocked(conv.data, in_block)
+        result = self.bb.emit(self.bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
+                                              relax.const(packed.multiplier), primfunc_name_hint=integer.INT8_CONV))
+        if conv.dense:
+            return self.bb.emit(relax.op.reshape(self._to_plain(result, packed.out_block), [rows, columns])), None
+        return result, packed.out_block
+
+    def _float_reason(self, conv: QuantizedConv, in_block: int) -> str:
+        if self.isa is None:
+            return "the target has no int8 dot product kiln uses"
+        out_channels, in_channels = conv.weight.shape[:2]
+        if conv.groups != 1:
+            return f"grouped ({conv.groups} groups)"
+        if conv.input.dtype != self.isa.activations:
+            return f"{conv.input.dtype} activations; {self.isa.name} takes {self.isa.activations}"
+        if out_channels % self.isa.lanes or in_channels % 4 or in_channels % in_block:
+            return f"channels {in_channels}->{out_channels} not in blocks of 4 -> {self.isa.lanes}"
+        return f"weights beyond {self.isa.name}'s int16 pair range (quantize for this target: 7-bit weights)"
+
     def binary(self, var, call):
         a, b = call.args
         block = self.block_of(a) or self.block_of(b)
@@ -140,6 +195,10 @@ class _Rewriter:
     def unary(self, call):
         new, block = self.env[call.args[0]]
         return self.bb.emit(relax.Call(call.op, [new, *call.args[1:]], call.attrs)), block
+
+    def _per_tensor(self, call) -> bool:
+        """A quantize/dequantize with one scale and zero point: it applies to any layout alike."""
+        return all(value is not None and value.size == 1 for value in map(self.constant, call.args[1:]))
 
     def clamp(self, call):
         fields = call.args[1].fields
@@ -165,6 +224,8 @@ class _Rewriter:
             return self.binary(var, call)
         if op in _UNARY and self.block_of(call.args[0]):
             return self.unary(call)
+        if op in _QDQ and self.block_of(call.args[0]) and self._per_tensor(call):
+            return self.unary(call)
         if op == "relax.call_tir" and len(call.args) > 1 and isinstance(call.args[1], relax.Tuple) \
                 and call.args[1].fields and self.block_of(call.args[1].fields[0]):
             return self.clamp(call)
@@ -180,7 +241,8 @@ class _Rewriter:
         if folded is not None:
             self.env[var] = (relax.const(folded), None)
             return
-        result = self.rewrite(var, value)
+        result = self.integer_conv(var) if _op_name(value) == "relax.quantize" else None
+        result = result or self.rewrite(var, value)
         if result is None:
             args = [self.plain(x) for x in value.args]
             result = self.bb.emit(relax.Call(value.op, args, value.attrs, value.ty_args)), None

@@ -17,12 +17,12 @@ from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, cpu_spec
-from kiln.compiler.backends.tvm.schedules.conv import CONV2D_NCHWC, DEPTHWISE_NCHWC
+from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_NCHWC
 from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
 from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
 from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
 
-RULES: tuple[Rule, ...] = (CONV2D_NCHWC, DEPTHWISE_NCHWC, REDUCTION, ELEMENTWISE)
+RULES: tuple[Rule, ...] = (CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_NCHWC, REDUCTION, ELEMENTWISE)
 RULE_ATTR, TUNED = "kiln.rule", "tuned"
 log = logging.getLogger("kiln.schedules")
 
@@ -67,10 +67,11 @@ def _attr(func: tirx.PrimFunc, name: str):
     return func.attrs.get(name) if func.attrs is not None else None
 
 
-def fuse(mod: tvm.IRModule, target) -> tvm.IRModule:
-    """The graph-level steps: NCHWc rewrite, legalization to TIR, fusion. Tuning tasks are this output's PrimFuncs."""
+def fuse(mod: tvm.IRModule, target, integer: list[dict] | None = None) -> tvm.IRModule:
+    """The graph-level steps: NCHWc rewrite (with integer kernels for quantized convs, reported into
+    `integer`), legalization to TIR, fusion. Tuning tasks are this output's PrimFuncs."""
     with target:
-        mod = to_nchwc(mod, cpu_spec(target).lanes)
+        mod = to_nchwc(mod, cpu_spec(target), integer)
         return tvm.transform.Sequential([
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
@@ -81,15 +82,17 @@ def fuse(mod: tvm.IRModule, target) -> tvm.IRModule:
         ])(mod)
 
 
-def cpu_pipeline(target, database=None, rules: dict[str, int] | None = None) -> tvm.transform.Pass:
+def cpu_pipeline(target, database=None, rules: dict[str, int] | None = None,
+                 integer: list[dict] | None = None) -> tvm.transform.Pass:
     """The relax_pipeline for tvm.compile: kiln's rules, after the best tuning records in `database`.
 
-    `rules`, when given, is filled with how many PrimFuncs each rule scheduled (see `rules_used`)."""
+    `rules`, when given, is filled with how many PrimFuncs each rule scheduled (see `rules_used`);
+    `integer` with what each quantized conv became (see `layout.to_nchwc`)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0, name="KilnCPUPipeline")
     def apply(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = fuse(mod, target)
+        mod = fuse(mod, target, integer)
         with target:
             if database is not None:
                 with database:

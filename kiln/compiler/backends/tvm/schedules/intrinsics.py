@@ -1,0 +1,113 @@
+"""The int8 dot-product instructions kiln's integer kernels are tensorized with, one per CPU family.
+
+Each computes C[i] += sum_k A[k] * B[i, k] for i < lanes, k < 4: four activations, broadcast,
+against a lanes x 4 block of int8 weights, into int32 accumulators. So integer kernels keep the
+output channels in blocks of `lanes` and reduce input channels in groups of 4."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+GROUP = 4  # activations per dot product
+
+
+@dataclass(frozen=True)
+class Int8Isa:
+    name: str  # what the manifest reports
+    intrinsic: str  # the registered TensorIntrin
+    lanes: int  # int32 accumulators per instruction: the output channel block
+    activations: str  # dtype of the activations it takes: "uint8" or "int8"
+    # vpmaddubsw sums two u8 x s8 products into a saturating int16: weight pairs must keep
+    # 255 * (|w0| + |w1|) <= 32767, i.e. |w0| + |w1| <= 128 (7-bit weights always do).
+    pair_limit: int | None = None
+
+
+def _buffers(lanes: int, activations: str):
+    """The operand shapes; C is "local" because kiln's kernels keep their accumulators in registers."""
+    return ((GROUP,), activations), ((lanes, GROUP), "int8"), ((lanes,), "int32")
+
+
+def _desc(lanes: int, activations: str):
+    (a_shape, a_dtype), (b_shape, b_dtype), (c_shape, c_dtype) = _buffers(lanes, activations)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, a_shape, a_dtype, offset_factor=1)
+        B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1)
+        C = T.match_buffer(c, c_shape, c_dtype, offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:GROUP], B[0:lanes, 0:GROUP])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, GROUP):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+@T.prim_func(s_tir=True)
+def _avx2_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+    B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
+    C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        broadcast = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                                  dtype="uint8x32")
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), broadcast,
+                                        B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16),
+            dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _vnni_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+    B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
+    C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), C.vload([0], dtype="int32x8"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="int8x32"),
+            B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _sdot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+    C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), C.vload([0], dtype="int32x4"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4), dtype="int8x16"),
+            B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
+
+
+AVX2_DOT = Int8Isa("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128)
+VNNI_DOT = Int8Isa("avx512-vnni-vpdpbusd", "kiln_dot_8x4_vnni", 8, "uint8")
+SDOT = Int8Isa("neon-sdot", "kiln_dot_4x4_sdot", 4, "int8")
+
+for _isa, _impl in ((AVX2_DOT, _avx2_impl), (VNNI_DOT, _vnni_impl), (SDOT, _sdot_impl)):
+    TensorIntrin.register(_isa.intrinsic, _desc(_isa.lanes, _isa.activations), _impl)
+
+
+def int8_isa(features: set[str], aarch64: bool) -> Int8Isa | None:
+    """The dot product for an LLVM target with these CPU features; None where kiln has no integer kernels
+    (AArch64 without the dot-product extension among them)."""
+    if aarch64:
+        return SDOT if "dotprod" in features else None
+    if {"avx512vnni", "avx512vl"} <= features:
+        return VNNI_DOT
+    return AVX2_DOT if "avx2" in features else None

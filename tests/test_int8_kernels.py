@@ -1,0 +1,191 @@
+"""Integer kernels: the quantized convs and matmuls of QDQ models compile to int8 kernels (int8 x int8 ->
+int32, requantized in the kernel) that agree with ONNX Runtime's execution of the same QDQ model, and
+the VNNI and dot-product builds use those instructions."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import kiln
+from conftest import DIGITS_CNN, onnxruntime_outputs
+from kiln.compiler.artifact import read_manifest
+from kiln.compiler.frontends import ImportOptions
+from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
+from kiln.targets import resolve
+
+SIZE, BATCH = 10, 2
+DIGITS_CALIB = DIGITS_CNN.parent / "digits_calib.npz"
+DIGITS_TEST = np.load(DIGITS_CNN.parent / "digits_test.npz")["input"]
+DIGITS = DIGITS_TEST[:2]
+
+
+def _conv_model(path: Path, channels: int, out_channels: int, kernel: int, stride: int, groups: int, bias: bool,
+                activation: str | None, residual: bool, dense: bool) -> Path:
+    rng = np.random.default_rng(channels * 100 + out_channels + kernel + stride + groups)
+    weight = rng.standard_normal((out_channels, channels // groups, kernel, kernel)).astype(np.float32) * 0.3
+    inits = [numpy_helper.from_array(weight, "w")]
+    conv_inputs = ["input", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(out_channels).astype(np.float32), "b"))
+        conv_inputs.append("b")
+    nodes = [helper.make_node("Conv", conv_inputs, ["conv"], name="conv", kernel_shape=[kernel] * 2,
+                              strides=[stride] * 2, pads=[kernel // 2] * 4, group=groups)]
+    last = "conv"
+    if residual:  # same shape as the input: a ResNet block's shortcut
+        nodes.append(helper.make_node("Add", ["conv", "input"], ["sum"], name="add"))
+        last = "sum"
+    if activation == "relu":
+        nodes.append(helper.make_node("Relu", [last], ["act"], name="relu"))
+        last = "act"
+    elif activation == "relu6":
+        inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(6, np.float32), "hi")]
+        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["act"], name="clip"))
+        last = "act"
+    side = (SIZE + 2 * (kernel // 2) - kernel) // stride + 1
+    out_shape = [BATCH, out_channels, side, side]
+    if dense:
+        inits += [numpy_helper.from_array(rng.standard_normal((16, out_channels)).astype(np.float32), "fc_w"),
+                  numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "fc_b")]
+        nodes += [helper.make_node("GlobalAveragePool", [last], ["pooled"], name="pool"),
+                  helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+                  helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
+        last, out_shape = "logits", [BATCH, 16]
+    graph = helper.make_graph(nodes, "conv_case", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [BATCH, channels, SIZE, SIZE])],
+        [helper.make_tensor_value_info(last, TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _compile_int8(model: Path, calib: Path, output: Path, target: str = "x86-64",
+                  shapes: dict | None = None) -> Path:
+    return compile_model(model, CompileOptions(resolve(target), output, ImportOptions(shapes or {}),
+                                               precision=Precision.INT8, calib=calib))
+
+
+def _output_scale(artifact: Path) -> float:
+    qdq = onnx.load(str(artifact / "model.int8.onnx"))
+    name = qdq.graph.output[0].name
+    scales = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    return float(scales[f"{name}_scale"])
+
+
+def _steps_from_onnxruntime(artifact: Path, feed: dict[str, np.ndarray]) -> float:
+    """The largest difference between kiln's outputs and ONNX Runtime's on the same QDQ model, in output scales."""
+    (got,) = kiln.load(artifact).run(feed).values()
+    (expected,) = onnxruntime_outputs(artifact / "model.int8.onnx", feed)
+    return float(np.abs(got - expected).max()) / _output_scale(artifact)
+
+
+# id: in, out, kernel, stride, groups, bias, activation, residual, dense -> int8 ops, float reason (or None)
+CASES = {
+    "3x3-relu": ((16, 32, 3, 1, 1, True, "relu", False, False), 1, None),
+    "3x3-strided-relu6": ((16, 16, 3, 2, 1, True, "relu6", False, False), 1, None),
+    "1x1-no-bias": ((32, 16, 1, 1, 1, False, None, False, False), 1, None),
+    "1x1-strided": ((8, 32, 1, 2, 1, True, "relu", False, False), 1, None),
+    "5x5": ((8, 8, 5, 1, 1, True, None, False, False), 1, None),
+    "residual-add-relu": ((16, 16, 3, 1, 1, True, "relu", True, False), 1, None),
+    "conv-then-gemm": ((16, 32, 3, 1, 1, True, "relu", False, True), 2, None),
+    "grouped": ((16, 16, 3, 1, 2, True, "relu", False, False), 0, "grouped (2 groups)"),
+    "depthwise": ((16, 16, 3, 1, 16, True, "relu6", False, False), 0, "grouped (16 groups)"),
+    "channels-not-in-blocks": ((6, 12, 3, 1, 1, True, "relu", False, False), 0, "not in blocks"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_quantized_conv_becomes_an_integer_kernel_that_agrees_with_onnxruntime(case: str, tmp_path: Path):
+    shape, int8_ops, float_reason = CASES[case]
+    model = _conv_model(tmp_path / f"{case}.onnx", *shape)
+    rng = np.random.default_rng(7)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=rng.standard_normal((16, shape[0], SIZE, SIZE)).astype(np.float32))
+    artifact = _compile_int8(model, calib, tmp_path / f"{case}.kiln")
+    report = read_manifest(artifact)["integer_kernels"]
+    assert report["int8_ops"] == int8_ops, report
+    if float_reason:
+        assert any(float_reason in entry["reason"] for entry in report["float_ops"]), report
+    else:
+        assert report["isa"] == "avx2-vpmaddubsw" and not report["float_ops"], report
+    feed = {"input": rng.standard_normal((BATCH, shape[0], SIZE, SIZE)).astype(np.float32)}
+    assert _steps_from_onnxruntime(artifact, feed) <= 1.0 + 1e-3
+
+
+def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: Path):
+    batches = np.split(DIGITS_TEST, 9)  # the 450 held-out digits, 50 at a time
+    artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", shapes={"input": batches[0].shape})
+    report = read_manifest(artifact)["integer_kernels"]
+    assert report["int8_ops"] == 2, report  # the 16->32 and 32->32 convs
+    reasons = sorted(entry["reason"] for entry in report["float_ops"])
+    assert [entry["op"] for entry in report["float_ops"]] == ["conv2d", "dense"] and all(
+        "not in blocks" in reason for reason in reasons), report  # 1 input channel; 10 classes
+    assert max(_steps_from_onnxruntime(artifact, {"input": batch}) for batch in batches) <= 1.0 + 1e-3
+
+
+def test_resnet_block_model_runs_its_convs_and_classifier_as_integer_kernels(tmp_path: Path):
+    import cnn_models
+
+    path = tmp_path / "small_cnn_head.onnx"
+    onnx.save(cnn_models.small_cnn(BATCH, 16, head=True), str(path))
+    rng = np.random.default_rng(3)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=rng.random((16, 3, 16, 16), dtype=np.float32))
+    artifact = _compile_int8(path, calib, tmp_path / "small.kiln")
+    report = read_manifest(artifact)["integer_kernels"]
+    assert report["int8_ops"] == 1, report  # 16->16; the RGB conv (3 channels) and the 10-class head stay float
+    assert _steps_from_onnxruntime(artifact, {"input": rng.random((BATCH, 3, 16, 16), dtype=np.float32)}) <= 1.001
+
+
+def _disassembly(tool: str, library: Path) -> str:
+    return subprocess.run([tool, "-d", str(library)], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("target, tool, instruction, isa", [
+    ("x86-64", "objdump", "vpmaddubsw", "avx2-vpmaddubsw"),
+    ("x86-vnni", "objdump", "vpdpbusd", "avx512-vnni-vpdpbusd"),
+    ("aarch64-dotprod", "aarch64-linux-gnu-objdump", "sdot", "neon-sdot"),
+])
+def test_int8_build_uses_the_targets_dot_product_instruction(target: str, tool: str, instruction: str, isa: str,
+                                                             tmp_path: Path):
+    artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", target,
+                             shapes={"input": DIGITS.shape})
+    assert read_manifest(artifact)["integer_kernels"]["isa"] == isa
+    assert f"\t{instruction} " in _disassembly(tool, artifact / "model.so").replace(f"{instruction}\t", f"{instruction} ")
+
+
+def test_aarch64_dotprod_int8_artifact_runs_under_qemu_like_onnxruntime(tmp_path: Path):
+    from aarch64.runner import missing_tools, run_artifact
+
+    assert not missing_tools(), f"install {' '.join(missing_tools())} (apt-get) to run aarch64 artifacts"
+    artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", "aarch64-dotprod",
+                             shapes={"input": DIGITS.shape})
+    (got,) = run_artifact(artifact, [DIGITS], tmp_path / "run")
+    (expected,) = _unfused_onnxruntime_outputs(artifact / "model.int8.onnx", {"input": DIGITS})
+    assert float(np.abs(got - expected).max()) <= _output_scale(artifact) * 1.001
+
+
+def _unfused_onnxruntime_outputs(model: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """ONNX Runtime computing the QDQ model as written (DequantizeLinear, float op, QuantizeLinear).
+
+    Its fused x86 int8 kernels would sum u8 x s8 pairs in saturating int16 (vpmaddubsw): exact
+    for the 7-bit weights of x86 builds, not for the full-range weights of ARM builds."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def test_fp32_build_reports_no_integer_kernels(tmp_path: Path):
+    artifact = compile_model(DIGITS_CNN, CompileOptions(resolve("x86-64"), tmp_path / "fp32.kiln",
+                                                        ImportOptions({"input": DIGITS.shape})))
+    assert "integer_kernels" not in read_manifest(artifact)
