@@ -123,6 +123,7 @@ def test_compiled_predictions_equal_native(model_file, data, with_nans, int8, he
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["backend"] == "tl2cgen" and manifest["tree"]["int8"] is int8
+    assert manifest["tree"]["code"] == "node-walk"
     assert manifest["outputs"][0]["name"] == manifest["tree"]["output"]
 
 
@@ -168,6 +169,7 @@ def test_calibration_data_annotates_branches(heldout, tmp_path):
     artifact = compile_tree(MODELS / "lgb_binary_nan.txt", tmp_path, int8=True, calib=calib)
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["tree"]["annotated"] and manifest["precision"] == "int8"
+    assert manifest["tree"]["code"] == "nested-if"  # annotations are for branches, which only nested ifs have
     np.testing.assert_allclose(kiln.load(artifact).predict(rows), native_outputs("lgb_binary_nan.txt", rows),
                                rtol=RTOL, atol=ATOL)
 
@@ -279,7 +281,8 @@ def test_gpu_targets_are_refused_for_trees(tmp_path):
 
 @pytest.mark.parametrize("framework", ["xgboost", "lightgbm"])
 def test_single_tree_model(framework, heldout, tmp_path):
-    """One tree is one translation unit: tl2cgen inlines it into predict(), a path of its own in kiln."""
+    """One tree is a group of one tree and 7 empty ones for the walker; with calibration data, tl2cgen
+    inlines it into predict(), a path of its own in kiln."""
     rows = rows_for("regression_nan", heldout, with_nans=True)
     X = np.nan_to_num(rows[: len(rows) // 2])
     y = X[:, 2] * 3.0 + X[:, 8]
@@ -295,6 +298,11 @@ def test_single_tree_model(framework, heldout, tmp_path):
                                  lightgbm.Dataset(X, y), 1)
         path, native = tmp_path / "one.txt", booster.predict
     booster.save_model(path)
-    artifact = compile_tree(path, tmp_path)
-    assert json.loads((artifact / "manifest.json").read_text())["tree"]["parallel_comp"] == 1
-    np.testing.assert_allclose(kiln.load(artifact).predict(rows), native(rows).reshape(-1, 1), rtol=RTOL, atol=ATOL)
+    calib = tmp_path / "calib.npy"
+    np.save(calib, X)
+    for code, calibration in (("node-walk", None), ("nested-if", calib)):
+        artifact = compile_tree(path, tmp_path, calib=calibration)
+        tree = json.loads((artifact / "manifest.json").read_text())["tree"]
+        assert (tree["code"], tree["parallel_comp"]) == (code, 1)
+        np.testing.assert_allclose(kiln.load(artifact).predict(rows), native(rows).reshape(-1, 1), rtol=RTOL,
+                                   atol=ATOL)

@@ -46,14 +46,14 @@ static void kiln_predict_block(kiln_value* rows, int64_t count, KILN_LEAF_T* out
     const int threads = (num_row * KILN_NUM_TREE >= KILN_PARALLEL_WORK && num_block > 1) ? num_thread : 1; \
     _Pragma("omp parallel for schedule(static) num_threads(threads) if(threads > 1)")                \
     for (int64_t block = 0; block < num_block; ++block) {                                          \
-      kiln_value rows[KILN_BLOCK_ROWS * KILN_NUM_FEATURE];                                           \
+      kiln_value rows[KILN_BLOCK_ROWS * KILN_ROW_VALUES];                                            \
       const int64_t first = block * KILN_BLOCK_ROWS;                                                 \
       const int64_t count = num_row - first < KILN_BLOCK_ROWS ? num_row - first : KILN_BLOCK_ROWS;   \
       const INPUT_T* values = data + first * KILN_NUM_FEATURE;                                       \
       for (int64_t r = 0; r < count; ++r) {                                                          \
         for (int32_t f = 0; f < KILN_NUM_FEATURE; ++f) {                                             \
-          const int64_t j = r * KILN_NUM_FEATURE + f;                                                \
-          kiln_set_value(rows + j, (KILN_THRESHOLD_T)values[j], f);                                  \
+          kiln_set_value(rows + r * KILN_ROW_VALUES + f * KILN_VALUES_PER_FEATURE,                   \
+                         (KILN_THRESHOLD_T)values[r * KILN_NUM_FEATURE + f], f);                     \
         }                                                                                            \
       }                                                                                              \
       kiln_predict_block(rows, count, out + first * KILN_NUM_OUTPUT);                                \

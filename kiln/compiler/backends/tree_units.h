@@ -5,6 +5,8 @@
  * Used when calibration data annotates the branches (LIKELY/UNLIKELY), which only nested ifs have.
  */
 typedef union Entry kiln_value;
+#define KILN_VALUES_PER_FEATURE 1
+#define KILN_ROW_VALUES KILN_NUM_FEATURE
 
 static inline void kiln_set_value(kiln_value* value, KILN_THRESHOLD_T x, int32_t feature) {
   (void)feature;

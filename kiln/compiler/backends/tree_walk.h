@@ -20,19 +20,26 @@ typedef struct {
   int32_t left, right;
 } kiln_node;
 
-#define KILN_SPLIT_FEATURE 0x1FFFFFFFu
+#define KILN_SPLIT_SLOT 0x1FFFFFFFu
 #define KILN_SPLIT_CATEGORICAL 0x20000000u
 #define KILN_SPLIT_MATCH_RIGHT 0x40000000u
 #define KILN_SPLIT_DEFAULT_RIGHT 0x80000000u
-#define KILN_MISSING_RANK INT32_MIN
 /* The largest category treelite accepts: larger values, like negative ones, match no category. */
 #define KILN_MAX_CATEGORY ((KILN_THRESHOLD_T)(1U << 24))
 
 #include "kiln_trees.h"
 
+/*
+ * A row holds 3 values per feature (tree_nodes.py: VALUES_PER_FEATURE), so that every numerical
+ * split is one comparison, missing values included: slot 0 sends a missing value left (NaN, or the
+ * lowest rank), slot 1 right (+inf, or the highest rank). Slot 2 is 1 for a missing value and 0
+ * otherwise, or, with ranks, the value itself for categorical splits.
+ */
+#define KILN_VALUES_PER_FEATURE 3
+#define KILN_ROW_VALUES (KILN_VALUES_PER_FEATURE * KILN_NUM_FEATURE)
 #if KILN_QUANTIZED
-typedef struct { KILN_THRESHOLD_T x; int32_t rank; } kiln_value;
-#define KILN_VALUE(v) ((v)->x)
+typedef union { KILN_THRESHOLD_T x; int32_t rank; } kiln_value;
+#define KILN_CATEGORY_VALUE(row, slot) ((row)[slot].x)
 
 /* 2i when x is the feature's i-th threshold, 2i-1 between thresholds i-1 and i: x < t_i is rank < 2i. */
 static int32_t kiln_rank(KILN_THRESHOLD_T x, int32_t feature) {
@@ -46,17 +53,23 @@ static int32_t kiln_rank(KILN_THRESHOLD_T x, int32_t feature) {
   return 2 * low - (low < count && thresholds[low] == x ? 0 : 1);
 }
 
-static inline void kiln_set_value(kiln_value* value, KILN_THRESHOLD_T x, int32_t feature) {
-  value->x = x;
-  value->rank = x != x ? KILN_MISSING_RANK : kiln_rank(x, feature);
+static inline void kiln_set_value(kiln_value* slots, KILN_THRESHOLD_T x, int32_t feature) {
+  const int missing = x != x;
+  const int32_t rank = missing ? 0 : kiln_rank(x, feature);
+  slots[0].rank = missing ? INT32_MIN : rank;
+  slots[1].rank = missing ? INT32_MAX : rank;
+  slots[2].x = x;
 }
 #else
 typedef KILN_THRESHOLD_T kiln_value;
-#define KILN_VALUE(v) (*(v))
+#define KILN_CATEGORY_VALUE(row, slot) ((row)[slot])
 
-static inline void kiln_set_value(kiln_value* value, KILN_THRESHOLD_T x, int32_t feature) {
+static inline void kiln_set_value(kiln_value* slots, KILN_THRESHOLD_T x, int32_t feature) {
   (void)feature;
-  *value = x;
+  const int missing = x != x;
+  slots[0] = x;
+  slots[1] = missing ? (KILN_THRESHOLD_T)INFINITY : x;
+  slots[2] = (KILN_THRESHOLD_T)missing;
 }
 #endif
 
@@ -69,19 +82,17 @@ static inline int kiln_category_matches(uint32_t offset, KILN_THRESHOLD_T x) {
 
 static inline int kiln_goes_right(const kiln_node* node, const kiln_value* row) {
   const uint32_t split = node->split;
-  const kiln_value* value = row + (split & KILN_SPLIT_FEATURE);
-  const int default_right = split >> 31;
 #if KILN_HAS_CATEGORICAL
   if (split & KILN_SPLIT_CATEGORICAL) {
-    const KILN_THRESHOLD_T x = KILN_VALUE(value);
-    if (x != x) return default_right;
+    const KILN_THRESHOLD_T x = KILN_CATEGORY_VALUE(row, split & KILN_SPLIT_SLOT);
+    if (x != x) return split >> 31;
     return kiln_category_matches(node->v.offset, x) == ((split & KILN_SPLIT_MATCH_RIGHT) != 0);
   }
 #endif
 #if KILN_QUANTIZED
-  return (value->rank >= node->v.quantized) | ((value->rank == KILN_MISSING_RANK) & default_right);
+  return row[split].rank >= node->v.quantized;
 #else
-  return (*value >= node->v.threshold) | ((*value != *value) & default_right);
+  return row[split] >= node->v.threshold;
 #endif
 }
 
@@ -101,13 +112,15 @@ static void kiln_run_trees(kiln_value* rows, int64_t count, KILN_LEAF_T* out) {
     const int32_t* outputs = kiln_tree_output + group * KILN_TREES_PER_GROUP;
     const int32_t depth = kiln_group_depth[group];
     for (int64_t r = 0; r < count; ++r) {
-      const kiln_value* row = rows + r * KILN_NUM_FEATURE;
+      const kiln_value* row = rows + r * KILN_ROW_VALUES;
       int32_t at[KILN_TREES_PER_GROUP];
       for (int t = 0; t < KILN_TREES_PER_GROUP; ++t) at[t] = roots[t];
       for (int32_t step = 0; step < depth; ++step) {
         for (int t = 0; t < KILN_TREES_PER_GROUP; ++t) {
           const kiln_node* node = kiln_nodes + at[t];
-          at[t] = kiln_goes_right(node, row) ? node->right : node->left;
+          /* Bit arithmetic rather than ?:, which gcc may compile to a branch: the branch this code avoids. */
+          const int32_t right = -(int32_t)kiln_goes_right(node, row);
+          at[t] = node->left ^ ((node->left ^ node->right) & right);
         }
       }
       KILN_LEAF_T* result = out + r * KILN_NUM_OUTPUT;
