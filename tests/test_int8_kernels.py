@@ -95,9 +95,16 @@ CASES = {
     "5x5": ((8, 8, 5, 1, 1, True, None, False, False), 1, None),
     "residual-add-relu": ((16, 16, 3, 1, 1, True, "relu", True, False), 1, None),
     "conv-then-gemm": ((16, 32, 3, 1, 1, True, "relu", False, True), 2, None),
-    "grouped": ((16, 16, 3, 1, 2, True, "relu", False, False), 0, "grouped (2 groups)"),
-    "depthwise": ((16, 16, 3, 1, 16, True, "relu6", False, False), 0, "grouped (16 groups)"),
-    "channels-not-in-blocks": ((6, 12, 3, 1, 1, True, "relu", False, False), 0, "not in blocks"),
+    "rgb-input-7x7-strided": ((3, 16, 7, 2, 1, True, "relu", False, False), 1, None),
+    "input-channels-in-fours": ((12, 16, 3, 1, 1, True, None, False, False), 1, None),
+    "depthwise-relu6": ((16, 16, 3, 1, 16, True, "relu6", False, False), 1, None),
+    "depthwise-strided": ((16, 16, 3, 2, 16, True, "relu", False, False), 1, None),
+    "depthwise-no-bias-residual": ((16, 16, 3, 1, 16, False, None, True, False), 1, None),
+    "grouped": ((16, 16, 3, 1, 2, True, "relu", False, False), 0, "grouped (2 groups, not depthwise)"),
+    "output-channels-not-in-blocks": ((8, 12, 3, 1, 1, True, "relu", False, False), 0,
+                                      "output channels 12 not in blocks of 8"),
+    "input-channels-not-in-fours": ((6, 16, 3, 1, 1, True, "relu", False, False), 0,
+                                    "input channels 6 not in groups of 4"),
 }
 
 
@@ -123,10 +130,9 @@ def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: 
     batches = np.split(DIGITS_TEST, 9)  # the 450 held-out digits, 50 at a time
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", shapes={"input": batches[0].shape})
     report = read_manifest(artifact)["integer_kernels"]
-    assert report["int8_ops"] == 2, report  # the 16->32 and 32->32 convs
-    reasons = sorted(entry["reason"] for entry in report["float_ops"])
-    assert [entry["op"] for entry in report["float_ops"]] == ["conv2d", "dense"] and all(
-        "not in blocks" in reason for reason in reasons), report  # 1 input channel; 10 classes
+    assert report["int8_ops"] == 3, report  # the three convs (the first one's 1 input channel padded to 4)
+    assert [(entry["op"], entry["reason"]) for entry in report["float_ops"]] == [
+        ("dense", "output channels 10 not in blocks of 8")], report
     assert max(_steps_from_onnxruntime(artifact, {"input": batch}) for batch in batches) <= 1.0 + 1e-3
 
 
@@ -140,7 +146,7 @@ def test_resnet_block_model_runs_its_convs_and_classifier_as_integer_kernels(tmp
     np.savez(calib, input=rng.random((16, 3, 16, 16), dtype=np.float32))
     artifact = _compile_int8(path, calib, tmp_path / "small.kiln")
     report = read_manifest(artifact)["integer_kernels"]
-    assert report["int8_ops"] == 1, report  # 16->16; the RGB conv (3 channels) and the 10-class head stay float
+    assert report["int8_ops"] == 2, report  # both convs; the 10-class head stays float
     assert _steps_from_onnxruntime(artifact, {"input": rng.random((BATCH, 3, 16, 16), dtype=np.float32)}) <= 1.001
 
 

@@ -13,7 +13,7 @@ from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuS
                                                        inline_spatial, largest_divisor, vectorize_init, work)
 from kiln.compiler.backends.tvm.schedules.compute import CONV2D, DEPTHWISE, PAD
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
-from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV
+from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV, INT8_DEPTHWISE
 from tvm.s_tir import ScheduleError
 
 
@@ -97,10 +97,12 @@ def _rule(name: str) -> Rule:
         inline_spatial(sch, keep=frozenset({name, PAD}))
         _schedule(sch, name, spec)
 
-    return Rule({CONV2D: "conv2d_nchwc", DEPTHWISE: "depthwise_nchwc", INT8_CONV: "conv2d_int8"}[name], applies,
-                apply)
+    names = {CONV2D: "conv2d_nchwc", DEPTHWISE: "depthwise_nchwc", INT8_CONV: "conv2d_int8",
+             INT8_DEPTHWISE: "depthwise_int8"}
+    return Rule(names[name], applies, apply)
 
 
 CONV2D_NCHWC = _rule(CONV2D)
 DEPTHWISE_NCHWC = _rule(DEPTHWISE)
 CONV2D_INT8 = _rule(INT8_CONV)
+DEPTHWISE_INT8 = _rule(INT8_DEPTHWISE)

@@ -1,8 +1,8 @@
-"""The integer conv2d kiln emits for a matched quantized conv (TE), and its constants packed at compile time.
+"""The integer convs kiln emits for matched quantized ones (TE), and their constants packed at compile time.
 
-data [N, IC/ib, H, W, ib] uint8/int8, weights int8 [OC/ob, IC/ib, KH, KW, ib/4, ob, 4] (each
-ob x 4 slab one dot-product instruction's operand), summed in int32, then requantized in the same
-kernel: clip(round((sum + bias') * multiplier) + output zero point, low, high). The input's zero
+conv2d: data [N, IC/ib, H, W, ib] uint8/int8, weights int8 [OC/ob, IC/ib, KH, KW, ib/4, ob, 4] (each
+ob x 4 slab one dot-product instruction's operand); depthwise: data [N, C/ob, H, W, ob], weights
+[C/ob, KH, KW, ob]. Both sum in int32, then requantize in the same kernel: clip(round((sum + bias') * multiplier) + output zero point, low, high). The input's zero
 point is folded into bias' (bias - zero_point * sum(weights)), which is exact because the padding
 is filled with that zero point."""
 
@@ -17,16 +17,33 @@ from kiln.compiler.backends.tvm.schedules.compute import output_size, pad
 from kiln.compiler.backends.tvm.schedules.intrinsics import GROUP, Int8Isa
 from kiln.compiler.backends.tvm.schedules.qdq_match import QuantizedConv
 
-INT8_CONV, REQUANTIZE = "kqconv", "krequant"
+INT8_CONV, INT8_DEPTHWISE, REQUANTIZE = "kqconv", "kqdwconv", "krequant"
 
 
 @dataclass(frozen=True)
 class PackedConv:
-    weight: np.ndarray  # int8 [OC/ob, IC/ib, KH, KW, ib/4, ob, 4]
+    weight: np.ndarray  # int8 [OC/ob, IC/ib, KH, KW, ib/4, ob, 4]; depthwise [C/ob, KH, KW, ob]
     bias: np.ndarray  # int32 [OC/ob, ob]
     multiplier: np.ndarray  # float32 [OC/ob, ob]
     in_block: int
     out_block: int
+
+
+def is_depthwise(conv: QuantizedConv) -> bool:
+    return conv.groups > 1 and conv.weight.shape[1] == 1 and conv.groups == conv.weight.shape[0]
+
+
+def input_block(conv: QuantizedConv, isa: Int8Isa, current: int | None) -> int:
+    """The channel block the kernel reads its input in: the current one where it holds whole groups of 4;
+    fewer than 4 channels (an RGB image) are padded to 4."""
+    channels = conv.weight.shape[1] * conv.groups
+    if is_depthwise(conv):
+        return isa.lanes
+    if current and current % GROUP == 0:
+        return current
+    if channels < GROUP:
+        return GROUP
+    return isa.lanes if channels % isa.lanes == 0 else GROUP
 
 
 def pack(conv: QuantizedConv, isa: Int8Isa, in_block: int) -> PackedConv | None:
@@ -34,19 +51,27 @@ def pack(conv: QuantizedConv, isa: Int8Isa, in_block: int) -> PackedConv | None:
     w = conv.weight
     out_channels, in_channels, kh, kw = w.shape
     ob = isa.lanes
-    if (conv.groups != 1 or out_channels % ob or in_block % GROUP or in_channels % in_block
-            or conv.input.dtype != isa.activations):
+    if out_channels % ob or conv.input.dtype != isa.activations:
         return None
-    pairs = np.abs(w.astype(np.int32)).reshape(out_channels, in_channels // 2, 2, kh, kw).sum(axis=2) \
-        if in_channels % 2 == 0 else None
-    if isa.pair_limit is not None and (pairs is None or pairs.max() > isa.pair_limit):
+    if is_depthwise(conv):
+        return _packed(conv, w.reshape(out_channels // ob, ob, kh, kw).transpose(0, 2, 3, 1), in_block, ob)
+    if conv.groups != 1 or in_block % GROUP or max(in_channels, GROUP) % in_block:
+        return None
+    if in_channels < GROUP:  # zero weights for the padding channels: their values never count
+        w = np.concatenate([w, np.zeros((out_channels, GROUP - in_channels, kh, kw), w.dtype)], axis=1)
+        in_channels = GROUP
+    pairs = np.abs(w.astype(np.int32)).reshape(out_channels, in_channels // 2, 2, kh, kw).sum(axis=2)
+    if isa.pair_limit is not None and pairs.max() > isa.pair_limit:
         return None
     packed = w.reshape(out_channels // ob, ob, in_channels // in_block, in_block // GROUP, GROUP, kh, kw)
-    packed = packed.transpose(0, 2, 5, 6, 3, 1, 4)
-    bias = conv.bias.astype(np.int64) - conv.input.zero_point * w.astype(np.int64).sum(axis=(1, 2, 3))
+    return _packed(conv, packed.transpose(0, 2, 5, 6, 3, 1, 4), in_block, ob)
+
+
+def _packed(conv: QuantizedConv, weight: np.ndarray, in_block: int, ob: int) -> PackedConv:
+    bias = conv.bias.astype(np.int64) - conv.input.zero_point * conv.weight.astype(np.int64).sum(axis=(1, 2, 3))
     multiplier = (conv.input.scale * conv.weight_scale / conv.output.scale).astype(np.float32)
-    return PackedConv(np.ascontiguousarray(packed), bias.astype(np.int32).reshape(-1, ob),
-                      multiplier.reshape(-1, ob), in_block, ob)
+    return PackedConv(np.ascontiguousarray(weight), bias.astype(np.int32).reshape(-1, ob), multiplier.reshape(-1, ob),
+                      in_block, ob)
 
 
 def conv2d_int8_nchwc(data, kernel, bias, multiplier, strides, padding, input_zero: int,
@@ -62,10 +87,29 @@ def conv2d_int8_nchwc(data, kernel, bias, multiplier, strides, padding, input_ze
     sums = te.compute(shape, lambda b, oc, y, x, o: te.sum(
         padded[b, ico, y * sh + ry, x * sw + rx, icg * GROUP + k].astype("int32")
         * kernel[oc, ico, ry, rx, icg, o, k].astype("int32"), axis=[ico, ry, rx, icg, k]), name=INT8_CONV)
+    return _requantize(sums, bias, multiplier, output)
+
+
+def depthwise_int8_nchwc(data, kernel, bias, multiplier, strides, padding, input_zero: int,
+                         output: tuple[int, int, int, str]):
+    """data [N, C/b, H, W, b] * kernel [C/b, KH, KW, b], summed in int32 lane by lane (no dot product)."""
+    n, c_blocks, h, w, lanes = (int(x) for x in data.shape)
+    _, kh, kw, _ = (int(x) for x in kernel.shape)
+    (sh, sw), (top, left, bottom, right) = strides, padding
+    padded = pad(data, top, left, bottom, right, input_zero)
+    ry, rx = te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
+    shape = (n, c_blocks, output_size(h, top, bottom, kh, sh), output_size(w, left, right, kw, sw), lanes)
+    sums = te.compute(shape, lambda b, c, y, x, k: te.sum(
+        padded[b, c, y * sh + ry, x * sw + rx, k].astype("int32") * kernel[c, ry, rx, k].astype("int32"),
+        axis=[ry, rx]), name=INT8_DEPTHWISE)
+    return _requantize(sums, bias, multiplier, output)
+
+
+def _requantize(sums, bias, multiplier, output: tuple[int, int, int, str]):
     zero, low, high, dtype = output
 
     def requantize(b, oc, y, x, o):
         scaled = te.round((sums[b, oc, y, x, o] + bias[oc, o]).astype("float32") * multiplier[oc, o])
         return tirx.max(tirx.min(scaled.astype("int32") + zero, high), low).astype(dtype)
 
-    return te.compute(shape, requantize, name=REQUANTIZE)
+    return te.compute(sums.shape, requantize, name=REQUANTIZE)

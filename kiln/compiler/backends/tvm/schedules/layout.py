@@ -52,10 +52,12 @@ class _Rewriter:
 
     # -- layouts --------------------------------------------------------------------------------
     def _to_blocked(self, x, block: int):
+        """x in NCHW[block]c; channels short of a whole block (an RGB image for an integer kernel) padded with 0."""
         key = (x, block)
         if key not in self.transforms:
+            whole = int(x.ty.shape[1]) % block == 0
             self.transforms[key] = self.bb.emit(relax.op.layout_transform(
-                x, lambda n, c, h, w: (n, c // block, h, w, c % block)))
+                x, lambda n, c, h, w: (n, c // block, h, w, c % block), pad_value=None if whole else 0))
         return self.transforms[key]
 
     def _to_plain(self, x, block: int):
@@ -136,8 +138,7 @@ class _Rewriter:
         if conv is None:
             return None
         in_channels = int(conv.data.ty.shape[1])
-        block = self.block_of(conv.data)
-        in_block = block if block and block % 4 == 0 else self._block_size(in_channels)
+        in_block = integer.input_block(conv, self.isa, self.block_of(conv.data)) if self.isa else None
         packed = integer.pack(conv, self.isa, in_block) if self.isa else None
         entry = {"op": "dense" if conv.dense else "conv2d", "shape": list(conv.weight.shape),
                  "strides": list(conv.strides), "groups": conv.groups}
@@ -146,7 +147,8 @@ class _Rewriter:
             return None
         self.report.append({**entry, "kernel": "int8", "isa": self.isa.name})
         output = (conv.output.zero_point, *conv.clamp, conv.output.dtype)
-        te_func = functools.partial(integer.conv2d_int8_nchwc, strides=conv.strides, padding=conv.padding,
+        kernel = integer.depthwise_int8_nchwc if integer.is_depthwise(conv) else integer.conv2d_int8_nchwc
+        te_func = functools.partial(kernel, strides=conv.strides, padding=conv.padding,
                                     input_zero=conv.input.zero_point, output=output)
         if conv.dense:  # [M, K] as [M, K, 1, 1]
             rows, columns = int(conv.data.ty.shape[0]), conv.weight.shape[0]
@@ -160,16 +162,18 @@ class _Rewriter:
             return self.bb.emit(relax.op.reshape(self._to_plain(result, packed.out_block), [rows, columns])), None
         return result, packed.out_block
 
-    def _float_reason(self, conv: QuantizedConv, in_block: int) -> str:
+    def _float_reason(self, conv: QuantizedConv, in_block: int | None) -> str:
         if self.isa is None:
             return "the target has no int8 dot product kiln uses"
         out_channels, in_channels = conv.weight.shape[:2]
-        if conv.groups != 1:
-            return f"grouped ({conv.groups} groups)"
         if conv.input.dtype != self.isa.activations:
             return f"{conv.input.dtype} activations; {self.isa.name} takes {self.isa.activations}"
-        if out_channels % self.isa.lanes or in_channels % 4 or in_channels % in_block:
-            return f"channels {in_channels}->{out_channels} not in blocks of 4 -> {self.isa.lanes}"
+        if out_channels % self.isa.lanes:
+            return f"output channels {out_channels} not in blocks of {self.isa.lanes}"
+        if conv.groups != 1 and not integer.is_depthwise(conv):
+            return f"grouped ({conv.groups} groups, not depthwise)"
+        if in_channels > 4 and in_channels % in_block:
+            return f"input channels {in_channels} not in groups of 4"
         return f"weights beyond {self.isa.name}'s int16 pair range (quantize for this target: 7-bit weights)"
 
     def binary(self, var, call):

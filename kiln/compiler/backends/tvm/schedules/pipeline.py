@@ -17,12 +17,12 @@ from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, cpu_spec
-from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_NCHWC
+from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_INT8, DEPTHWISE_NCHWC
 from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
 from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
 from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
 
-RULES: tuple[Rule, ...] = (CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_NCHWC, REDUCTION, ELEMENTWISE)
+RULES: tuple[Rule, ...] = (CONV2D_INT8, DEPTHWISE_INT8, CONV2D_NCHWC, DEPTHWISE_NCHWC, REDUCTION, ELEMENTWISE)
 RULE_ATTR, TUNED = "kiln.rule", "tuned"
 log = logging.getLogger("kiln.schedules")
 
