@@ -34,16 +34,16 @@ def is_depthwise(conv: QuantizedConv) -> bool:
 
 
 def input_block(conv: QuantizedConv, isa: Int8Isa, current: int | None) -> int:
-    """The channel block the kernel reads its input in: the current one where it holds whole groups of 4;
-    fewer than 4 channels (an RGB image) are padded to 4."""
-    channels = conv.weight.shape[1] * conv.groups
+    """The channel block the kernel reads its input in: the current one where it holds whole groups of 4
+    and tiles each conv group; fewer than 4 channels (an RGB image) are padded to 4."""
+    per_group = conv.weight.shape[1]
     if is_depthwise(conv):
         return isa.lanes
-    if current and current % GROUP == 0:
-        return current
-    if channels < GROUP:
+    if per_group < GROUP and conv.groups == 1:
         return GROUP
-    return isa.lanes if channels % isa.lanes == 0 else GROUP
+    if current and current % GROUP == 0 and per_group % current == 0:
+        return current
+    return isa.lanes if per_group % isa.lanes == 0 else GROUP
 
 
 def pack(conv: QuantizedConv, isa: Int8Isa, in_block: int) -> PackedConv | None:
@@ -51,13 +51,15 @@ def pack(conv: QuantizedConv, isa: Int8Isa, in_block: int) -> PackedConv | None:
     w = conv.weight
     out_channels, in_channels, kh, kw = w.shape
     ob = isa.lanes
-    if out_channels % ob or conv.input.dtype != isa.activations:
+    depthwise = is_depthwise(conv)
+    if (out_channels // (1 if depthwise else conv.groups)) % ob or conv.input.dtype != isa.activations:
         return None
-    if is_depthwise(conv):
+    if depthwise:
         return _packed(conv, w.reshape(out_channels // ob, ob, kh, kw).transpose(0, 2, 3, 1), in_block, ob)
-    if conv.groups != 1 or in_block % GROUP or max(in_channels, GROUP) % in_block:
+    padded = in_channels < GROUP and conv.groups == 1
+    if in_block % GROUP or (GROUP if padded else in_channels) % in_block:
         return None
-    if in_channels < GROUP:  # zero weights for the padding channels: their values never count
+    if padded:  # zero weights for the padding channels: their values never count
         w = np.concatenate([w, np.zeros((out_channels, GROUP - in_channels, kh, kw), w.dtype)], axis=1)
         in_channels = GROUP
     pairs = np.abs(w.astype(np.int32)).reshape(out_channels, in_channels // 2, 2, kh, kw).sum(axis=2)
@@ -75,17 +77,23 @@ def _packed(conv: QuantizedConv, weight: np.ndarray, in_block: int, ob: int) -> 
 
 
 def conv2d_int8_nchwc(data, kernel, bias, multiplier, strides, padding, input_zero: int,
-                      output: tuple[int, int, int, str]):
-    """`output`: (zero point, low, high, dtype) of the requantized result."""
+                      output: tuple[int, int, int, str], groups: int = 1):
+    """`output`: (zero point, low, high, dtype) of the requantized result. With `groups`, output block oc
+    reads the input blocks of its group: ic_blocks (per group) from (oc // blocks per group) * ic_blocks."""
     n, _, h, w, _ = (int(x) for x in data.shape)
-    oc_blocks, ic_blocks, kh, kw, groups, ob, _ = (int(x) for x in kernel.shape)
+    oc_blocks, ic_blocks, kh, kw, fours, ob, _ = (int(x) for x in kernel.shape)
+    per_group = oc_blocks // groups
     (sh, sw), (top, left, bottom, right) = strides, padding
     padded = pad(data, top, left, bottom, right, input_zero)
     ico, ry, rx, icg, k = (te.reduce_axis((0, e), name) for e, name in (
-        (ic_blocks, "ico"), (kh, "kh"), (kw, "kw"), (groups, "icg"), (GROUP, "k")))
+        (ic_blocks, "ico"), (kh, "kh"), (kw, "kw"), (fours, "icg"), (GROUP, "k")))
     shape = (n, oc_blocks, output_size(h, top, bottom, kh, sh), output_size(w, left, right, kw, sw), ob)
+
+    def channel_block(oc, ico):
+        return ico if groups == 1 else oc // per_group * ic_blocks + ico
+
     sums = te.compute(shape, lambda b, oc, y, x, o: te.sum(
-        padded[b, ico, y * sh + ry, x * sw + rx, icg * GROUP + k].astype("int32")
+        padded[b, channel_block(oc, ico), y * sh + ry, x * sw + rx, icg * GROUP + k].astype("int32")
         * kernel[oc, ico, ry, rx, icg, o, k].astype("int32"), axis=[ico, ry, rx, icg, k]), name=INT8_CONV)
     return _requantize(sums, bias, multiplier, output)
 

@@ -147,9 +147,12 @@ class _Rewriter:
             return None
         self.report.append({**entry, "kernel": "int8", "isa": self.isa.name})
         output = (conv.output.zero_point, *conv.clamp, conv.output.dtype)
-        kernel = integer.depthwise_int8_nchwc if integer.is_depthwise(conv) else integer.conv2d_int8_nchwc
+        depthwise = integer.is_depthwise(conv)
+        kernel = integer.depthwise_int8_nchwc if depthwise else integer.conv2d_int8_nchwc
         te_func = functools.partial(kernel, strides=conv.strides, padding=conv.padding,
                                     input_zero=conv.input.zero_point, output=output)
+        if conv.groups > 1 and not depthwise:
+            te_func = functools.partial(te_func, groups=conv.groups)
         if conv.dense:  # [M, K] as [M, K, 1, 1]
             rows, columns = int(conv.data.ty.shape[0]), conv.weight.shape[0]
             data = self._to_blocked(self.bb.emit(relax.op.reshape(self.plain(conv.data), [rows, in_channels, 1, 1])),
@@ -157,7 +160,8 @@ class _Rewriter:
         else:
             data = self.blocked(conv.data, in_block)
         result = self.bb.emit(self.bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
-                                              relax.const(packed.multiplier), primfunc_name_hint=integer.INT8_CONV))
+                                              relax.const(packed.multiplier),
+                                              primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
         if conv.dense:
             return self.bb.emit(relax.op.reshape(self._to_plain(result, packed.out_block), [rows, columns])), None
         return result, packed.out_block
@@ -168,12 +172,13 @@ class _Rewriter:
         out_channels, in_channels = conv.weight.shape[:2]
         if conv.input.dtype != self.isa.activations:
             return f"{conv.input.dtype} activations; {self.isa.name} takes {self.isa.activations}"
-        if out_channels % self.isa.lanes:
-            return f"output channels {out_channels} not in blocks of {self.isa.lanes}"
-        if conv.groups != 1 and not integer.is_depthwise(conv):
-            return f"grouped ({conv.groups} groups, not depthwise)"
-        if in_channels > 4 and in_channels % in_block:
-            return f"input channels {in_channels} not in groups of 4"
+        grouped = conv.groups > 1 and not integer.is_depthwise(conv)
+        group = f" per group ({conv.groups} groups)" if grouped else ""
+        if (out_channels // (conv.groups if grouped else 1)) % self.isa.lanes:
+            return f"output channels {out_channels // (conv.groups if grouped else 1)}{group} not in blocks of " \
+                   f"{self.isa.lanes}"
+        if in_channels % 4 and (in_channels > 4 or grouped):
+            return f"input channels {in_channels}{group} not in groups of 4"
         return f"weights beyond {self.isa.name}'s int16 pair range (quantize for this target: 7-bit weights)"
 
     def binary(self, var, call):
