@@ -93,8 +93,9 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
 
 
 def _echo_integer_kernels(integer: dict[str, Any]) -> None:
-    click.echo(f"  integer kernels: {integer['int8_ops']} quantized convs run int8 ({integer['isa'] or 'none'}), "
-               f"{len(integer['float_ops'])} stay float")
+    ops = ", ".join(f"{op} \u00d7{count}" for op, count in integer["int8_by_op"].items())
+    click.echo(f"  integer kernels: {integer['int8_ops']} quantized ops run int8 ({ops or 'none'}; dot product: "
+               f"{integer['isa'] or 'none'}), {len(integer['float_ops'])} stay float")
     for entry in integer["float_ops"]:
         shape = "x".join(str(d) for d in entry["shape"])
         click.echo(f"    float: {entry['op']} {shape} stride {entry['strides'][0]}: {entry['reason']}")

@@ -93,13 +93,13 @@ CASES = {
     "1x1-no-bias": ((32, 16, 1, 1, 1, False, None, False, False), 1, None),
     "1x1-strided": ((8, 32, 1, 2, 1, True, "relu", False, False), 1, None),
     "5x5": ((8, 8, 5, 1, 1, True, None, False, False), 1, None),
-    "residual-add-relu": ((16, 16, 3, 1, 1, True, "relu", True, False), 1, None),
+    "residual-add-relu": ((16, 16, 3, 1, 1, True, "relu", True, False), 2, None),
     "conv-then-gemm": ((16, 32, 3, 1, 1, True, "relu", False, True), 2, None),
     "rgb-input-7x7-strided": ((3, 16, 7, 2, 1, True, "relu", False, False), 1, None),
     "input-channels-in-fours": ((12, 16, 3, 1, 1, True, None, False, False), 1, None),
     "depthwise-relu6": ((16, 16, 3, 1, 16, True, "relu6", False, False), 1, None),
     "depthwise-strided": ((16, 16, 3, 2, 16, True, "relu", False, False), 1, None),
-    "depthwise-no-bias-residual": ((16, 16, 3, 1, 16, False, None, True, False), 1, None),
+    "depthwise-no-bias-residual": ((16, 16, 3, 1, 16, False, None, True, False), 2, None),
     "grouped": ((16, 16, 3, 1, 2, True, "relu", False, False), 1, None),
     "grouped-strided-4-per-group": ((16, 32, 3, 2, 4, True, None, False, False), 1, None),
     "grouped-2-per-group": ((8, 32, 3, 1, 4, True, "relu", False, False), 0,
@@ -133,7 +133,8 @@ def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: 
     batches = np.split(DIGITS_TEST, 9)  # the 450 held-out digits, 50 at a time
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", shapes={"input": batches[0].shape})
     report = read_manifest(artifact)["integer_kernels"]
-    assert report["int8_ops"] == 3, report  # the three convs (the first one's 1 input channel padded to 4)
+    # the three convs (the first one's 1 input channel padded to 4) and the max pool between them
+    assert report["int8_by_op"] == {"conv2d": 3, "max_pool": 1}, report
     assert [(entry["op"], entry["reason"]) for entry in report["float_ops"]] == [
         ("dense", "output channels 10 not in blocks of 8")], report
     assert max(_steps_from_onnxruntime(artifact, {"input": batch}) for batch in batches) <= 1.0 + 1e-3

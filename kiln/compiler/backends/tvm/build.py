@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,9 +50,10 @@ class BuildReport:
     def integer_summary(self, preset: Preset) -> dict | None:
         if not self.integer:
             return None
-        isas = {entry["isa"] for entry in self.integer if entry["kernel"] == "int8"}
+        integer = [entry for entry in self.integer if entry["kernel"] == "int8"]
+        isas = {entry["isa"] for entry in integer if "isa" in entry}
         return {"isa": ", ".join(sorted(isas)) or None, "target_int8_isa": preset.int8_isa,
-                "int8_ops": sum(entry["kernel"] == "int8" for entry in self.integer),
+                "int8_ops": len(integer), "int8_by_op": dict(collections.Counter(entry["op"] for entry in integer)),
                 "float_ops": [entry for entry in self.integer if entry["kernel"] == "float"]}
 
 

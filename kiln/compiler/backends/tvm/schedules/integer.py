@@ -15,7 +15,7 @@ from tvm import te, tirx
 
 from kiln.compiler.backends.tvm.schedules.compute import output_size, pad
 from kiln.compiler.backends.tvm.schedules.intrinsics import GROUP, Int8Isa
-from kiln.compiler.backends.tvm.schedules.qdq_match import QuantizedConv
+from kiln.compiler.backends.tvm.schedules.qdq_match import Quantization, QuantizedConv
 
 INT8_CONV, INT8_DEPTHWISE, REQUANTIZE = "kqconv", "kqdwconv", "krequant"
 
@@ -121,3 +121,16 @@ def _requantize(sums, bias, multiplier, output: tuple[int, int, int, str]):
         return tirx.max(tirx.min(scaled.astype("int32") + zero, high), low).astype(dtype)
 
     return te.compute(sums.shape, requantize, name=REQUANTIZE)
+
+
+def add_int8(a, b, inputs: tuple[Quantization, Quantization], output: Quantization, clamp: tuple[int, int]):
+    """dequantize(a) + dequantize(b), quantized, as ONNX Runtime's QLinearAdd computes it: each input's offset
+    from its zero point times (its scale / the output scale), summed in float, rounded once."""
+    (qa, qb), (low, high) = inputs, clamp
+
+    def value(*index):
+        total = ((a[index].astype("int32") - qa.zero_point).astype("float32") * (qa.scale / output.scale)
+                 + (b[index].astype("int32") - qb.zero_point).astype("float32") * (qb.scale / output.scale))
+        return tirx.max(tirx.min(te.round(total).astype("int32") + output.zero_point, high), low).astype(output.dtype)
+
+    return te.compute(a.shape, value, name="kqadd")

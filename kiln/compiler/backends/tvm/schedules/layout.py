@@ -17,7 +17,7 @@ from tvm import relax
 from kiln.compiler.backends.tvm.schedules import compute, integer
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec
 from kiln.compiler.backends.tvm.schedules.fold import fold
-from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedConv
+from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedAdd, QuantizedConv
 
 _BINARY = {"relax.add": relax.op.add, "relax.multiply": relax.op.multiply, "relax.subtract": relax.op.subtract,
            "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
@@ -45,6 +45,7 @@ class _Rewriter:
     def __init__(self, mod: tvm.IRModule, spec: CpuSpec):
         self.mod, self.lanes, self.isa = mod, spec.lanes, spec.int8
         self.matcher = QdqMatcher(mod["main"])
+        self.values = self.matcher.values  # the original bindings
         self.report: list[dict] = []
         self.bb = relax.BlockBuilder(mod)
         self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
@@ -218,11 +219,33 @@ class _Rewriter:
         new, block = self.env[fields[0]]
         return self.bb.emit(clamp(new, relax.const(bound.reshape(())))), block
 
-    def max_pool(self, call):
-        (new, block), a = self.env[call.args[0]], call.attrs
-        layout = f"NCHW{block}c"
+    def max_pool(self, call, data=None):
+        """call's max_pool2d in the blocked layout, on `data` (default: its own input)."""
+        (new, block), a = self.env[call.args[0] if data is None else data], call.attrs
+        layout = f"NCHW{block}c" if block else "NCHW"
         return self.bb.emit(relax.op.nn.max_pool2d(new, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
                                                    a.count_include_pad, layout=layout, out_layout=layout)), block
+
+    def integer_op(self, var):
+        """The quantized op ending at quantize binding `var` as an integer kernel; None keeps it float."""
+        if self.isa is None:
+            return self.integer_conv(var)  # reports why it stays float
+        if (pool := self.matcher.max_pool(var)) is not None and pool.args[0] in self.values:
+            self.report.append({"op": "max_pool", "kernel": "int8"})
+            return self.max_pool(pool, data=self.values[pool.args[0]].args[0])
+        if (add := self.matcher.add(var)) is not None:
+            return self.integer_add(add)
+        return self.integer_conv(var)
+
+    def integer_add(self, add: QuantizedAdd):
+        block = self.block_of(add.a) or self.block_of(add.b)
+        if block and add.a.ty.ndim != 4:
+            return None
+        self.report.append({"op": "add", "kernel": "int8"})
+        operands = [self.blocked(x, block) if block else self.plain(x) for x in (add.a, add.b)]
+        te_func = functools.partial(integer.add_int8, inputs=(add.a_input, add.b_input), output=add.output,
+                                    clamp=add.clamp)
+        return self.bb.emit(self.bb.call_te(te_func, *operands, primfunc_name_hint="kqadd")), block
 
     def rewrite(self, var, call):
         """(new expr, block) for one binding's call, or None to keep it in NCHW."""
@@ -250,7 +273,7 @@ class _Rewriter:
         if folded is not None:
             self.env[var] = (relax.const(folded), None)
             return
-        result = self.integer_conv(var) if _op_name(value) == "relax.quantize" else None
+        result = self.integer_op(var) if _op_name(value) == "relax.quantize" else None
         result = result or self.rewrite(var, value)
         if result is None:
             args = [self.plain(x) for x in value.args]

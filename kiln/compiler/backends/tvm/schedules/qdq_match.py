@@ -1,9 +1,11 @@
-"""Find the quantized convolutions and matrix products of a QDQ model in its imported Relax `main`.
+"""Find the quantized convs, matrix products, adds and max pools of a QDQ model in its imported Relax `main`.
 
 The pattern, as ONNX QDQ models import (DequantizeLinear -> relax.dequantize, and so on):
 
     quantize( [clamp]( [add]( conv2d( dequantize(x_q), dequantize(W_q) ), bias ) ) )
     quantize( [clamp]( [add]( matmul( dequantize(x_q), [permute_dims]( dequantize(W_q) ) ), bias ) ) )
+    quantize( [clamp]( dequantize(a_q) + dequantize(b_q) ) )         a residual add
+    quantize( max_pool2d( dequantize(x_q) ) ), one quantization     max pooling the quantized values
 
 with x_q, the output and their scales per tensor, W_q int8 per output channel, the bias a constant
 (the int32 DequantizeLinear kiln's quantizer writes, or float), and the clamp a Relu, a Clip or
@@ -55,11 +57,25 @@ class QuantizedConv:
     dense: bool = False
 
 
+@dataclass(frozen=True)
+class QuantizedAdd:
+    a: relax.Expr
+    a_input: Quantization
+    b: relax.Expr
+    b_input: Quantization
+    output: Quantization
+    clamp: tuple[int, int]
+
+
 def _op(call) -> str | None:
     return getattr(getattr(call, "op", None), "name", None)
 
 
 _PRODUCTS = ("relax.nn.conv2d", "relax.matmul")
+
+
+def _same_shape(x, y) -> bool:
+    return [int(d) for d in x.ty.shape] == [int(d) for d in y.ty.shape]  # static: kiln pins every dim
 
 
 class QdqMatcher:
@@ -98,18 +114,54 @@ class QdqMatcher:
             return None
         return Quantization(float(scale), int(zero), dtype)
 
-    def conv(self, var) -> QuantizedConv | None:
-        """The quantized conv or matmul whose quantize is bound to `var`, or None."""
+    def _requantized(self, var) -> tuple[Quantization, tuple[int, int], relax.Var] | None:
+        """For quantize bound to `var`: its quantization, the quantized bounds of the clamps before it, and
+        what the clamps read."""
         quantize = self.values.get(var)
-        if _op(quantize) != "relax.quantize":
-            return None
-        output = self._quantization(quantize)
-        if output is None:
+        if _op(quantize) != "relax.quantize" or (output := self._quantization(quantize)) is None:
             return None
         low, high, x = -math.inf, math.inf, quantize.args[0]
         while (call := self._only_reader(x)) is not None and (bound := self._clamp(call)) is not None:
             low, high = max(low, bound[0]), min(high, bound[1])
             x = call.args[0] if _op(call) != "relax.call_tir" else call.args[1].fields[0]
+        out_low, out_high = output.bounds
+        bounds = (out_low if low == -math.inf else max(out_low, output.quantize(low)),
+                  out_high if high == math.inf else min(out_high, output.quantize(high)))
+        return output, bounds, x
+
+    def add(self, var) -> QuantizedAdd | None:
+        """quantize([clamp](dequantize(a_q) + dequantize(b_q))) bound to `var`, or None."""
+        found = self._requantized(var)
+        if found is None or _op(call := self._only_reader(found[2])) != "relax.add":
+            return None
+        operands = [self.values.get(x) for x in call.args]
+        if any(_op(x) != "relax.dequantize" for x in operands):
+            return None
+        (a, qa), (b, qb) = ((x.args[0], self._quantization(x)) for x in operands)
+        if qa is None or qb is None or not _same_shape(a, b) or not _same_shape(a, call):
+            return None
+        return QuantizedAdd(a, qa, b, qb, found[0], found[1])
+
+    def max_pool(self, var) -> relax.Call | None:
+        """quantize(max_pool2d(dequantize(x_q))) bound to `var` with x_q's own quantization: the max_pool2d
+        call, which computes the same on x_q (the dequantize's input), or None."""
+        quantize = self.values.get(var)
+        if _op(quantize) != "relax.quantize" or (output := self._quantization(quantize)) is None:
+            return None
+        pool = self._only_reader(quantize.args[0])
+        if _op(pool) != "relax.nn.max_pool2d":
+            return None
+        dequantize = self.values.get(pool.args[0])
+        if _op(dequantize) != "relax.dequantize" or self._quantization(dequantize) != output:
+            return None
+        return pool
+
+    def conv(self, var) -> QuantizedConv | None:
+        """The quantized conv or matmul whose quantize is bound to `var`, or None."""
+        found = self._requantized(var)
+        if found is None:
+            return None
+        output, bounds, x = found
         bias = None
         call = self._only_reader(x)
         if _op(call) == "relax.add":
@@ -119,9 +171,9 @@ class QdqMatcher:
                     break
         call = self._only_reader(x)
         if _op(call) == "relax.nn.conv2d":
-            return self._conv(call, bias, output, (low, high))
+            return self._conv(call, bias, output, bounds)
         if _op(call) == "relax.matmul":
-            return self._matmul(call, bias, output, (low, high))
+            return self._matmul(call, bias, output, bounds)
         return None
 
     def _clamp(self, call) -> tuple[float, float] | None:
@@ -181,8 +233,5 @@ class QdqMatcher:
             if bias.size != w.shape[0]:
                 return None
             bias_int = np.round(bias.reshape(-1) / (data_q.scale * w_scale)).astype(np.int32)
-        out_low, out_high = output.bounds
-        low = out_low if clamp[0] == -math.inf else max(out_low, output.quantize(clamp[0]))
-        high = out_high if clamp[1] == math.inf else min(out_high, output.quantize(clamp[1]))
-        return QuantizedConv(data.args[0], data_q, np.ascontiguousarray(w), w_scale, bias_int, output, (low, high),
+        return QuantizedConv(data.args[0], data_q, np.ascontiguousarray(w), w_scale, bias_int, output, clamp,
                              strides, padding, groups, dense)
