@@ -8,16 +8,14 @@ leaves the blocked region, e.g. the input image and the flatten before a classif
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import tvm
 from tvm import relax
 
-from kiln.compiler.backends.tvm.schedules import compute, integer
+from kiln.compiler.backends.tvm.schedules import compute
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec
 from kiln.compiler.backends.tvm.schedules.fold import fold
-from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedAdd, QuantizedConv
+from kiln.compiler.backends.tvm.schedules.integer_rewrite import IntegerRewrites
 
 _BINARY = {"relax.add": relax.op.add, "relax.multiply": relax.op.multiply, "relax.subtract": relax.op.subtract,
            "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
@@ -31,9 +29,9 @@ def to_nchwc(mod: tvm.IRModule, spec: CpuSpec, report: list[dict] | None = None)
     """`main` in NCHW[b]c, its quantized convs as integer kernels where spec.int8 allows; `report`, when
     given, gets one entry per quantized conv: what it became, or why it stays in float."""
     rewriter = _Rewriter(mod, spec)
-    result = relax.transform.DeadCodeElimination()(rewriter.run())
+    result = relax.transform.DeadCodeElimination()(rewriter.run())  # the float ops integer kernels replaced
     if report is not None:
-        report.extend(rewriter.report)
+        report.extend(rewriter.integer.report)
     return result
 
 
@@ -43,13 +41,11 @@ def _op_name(call) -> str | None:
 
 class _Rewriter:
     def __init__(self, mod: tvm.IRModule, spec: CpuSpec):
-        self.mod, self.lanes, self.isa = mod, spec.lanes, spec.int8
-        self.matcher = QdqMatcher(mod["main"])
-        self.values = self.matcher.values  # the original bindings
-        self.report: list[dict] = []
+        self.mod, self.lanes = mod, spec.lanes
         self.bb = relax.BlockBuilder(mod)
         self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
         self.transforms: dict = {}
+        self.integer = IntegerRewrites(self, spec.int8)
 
     # -- layouts --------------------------------------------------------------------------------
     def _to_blocked(self, x, block: int):
@@ -133,55 +129,6 @@ class _Rewriter:
                                  padding, primfunc_name_hint=name)
         return self.bb.emit(result), ob
 
-    def integer_conv(self, var):
-        """The quantized conv ending at quantize binding `var` as one integer kernel; None keeps it float."""
-        conv = self.matcher.conv(var)
-        if conv is None:
-            return None
-        in_channels = int(conv.data.ty.shape[1])
-        in_block = integer.input_block(conv, self.isa, self.block_of(conv.data)) if self.isa else None
-        packed = integer.pack(conv, self.isa, in_block) if self.isa else None
-        entry = {"op": "dense" if conv.dense else "conv2d", "shape": list(conv.weight.shape),
-                 "strides": list(conv.strides), "groups": conv.groups}
-        if packed is None:
-            self.report.append({**entry, "kernel": "float", "reason": self._float_reason(conv, in_block)})
-            return None
-        self.report.append({**entry, "kernel": "int8", "isa": self.isa.name})
-        output = (conv.output.zero_point, *conv.clamp, conv.output.dtype)
-        depthwise = integer.is_depthwise(conv)
-        kernel = integer.depthwise_int8_nchwc if depthwise else integer.conv2d_int8_nchwc
-        te_func = functools.partial(kernel, strides=conv.strides, padding=conv.padding,
-                                    input_zero=conv.input.zero_point, output=output)
-        if conv.groups > 1 and not depthwise:
-            te_func = functools.partial(te_func, groups=conv.groups)
-        if conv.dense:  # [M, K] as [M, K, 1, 1]
-            rows, columns = int(conv.data.ty.shape[0]), conv.weight.shape[0]
-            data = self._to_blocked(self.bb.emit(relax.op.reshape(self.plain(conv.data), [rows, in_channels, 1, 1])),
-                                    in_block)
-        else:
-            data = self.blocked(conv.data, in_block)
-        result = self.bb.emit(self.bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
-                                              relax.const(packed.multiplier),
-                                              primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
-        if conv.dense:
-            return self.bb.emit(relax.op.reshape(self._to_plain(result, packed.out_block), [rows, columns])), None
-        return result, packed.out_block
-
-    def _float_reason(self, conv: QuantizedConv, in_block: int | None) -> str:
-        if self.isa is None:
-            return "the target has no int8 dot product kiln uses"
-        out_channels, in_channels = conv.weight.shape[:2]
-        if conv.input.dtype != self.isa.activations:
-            return f"{conv.input.dtype} activations; {self.isa.name} takes {self.isa.activations}"
-        grouped = conv.groups > 1 and not integer.is_depthwise(conv)
-        group = f" per group ({conv.groups} groups)" if grouped else ""
-        if (out_channels // (conv.groups if grouped else 1)) % self.isa.lanes:
-            return f"output channels {out_channels // (conv.groups if grouped else 1)}{group} not in blocks of " \
-                   f"{self.isa.lanes}"
-        if in_channels % 4 and (in_channels > 4 or grouped):
-            return f"input channels {in_channels}{group} not in groups of 4"
-        return f"weights beyond {self.isa.name}'s int16 pair range (quantize for this target: 7-bit weights)"
-
     def binary(self, var, call):
         a, b = call.args
         block = self.block_of(a) or self.block_of(b)
@@ -226,27 +173,6 @@ class _Rewriter:
         return self.bb.emit(relax.op.nn.max_pool2d(new, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
                                                    a.count_include_pad, layout=layout, out_layout=layout)), block
 
-    def integer_op(self, var):
-        """The quantized op ending at quantize binding `var` as an integer kernel; None keeps it float."""
-        if self.isa is None:
-            return self.integer_conv(var)  # reports why it stays float
-        if (pool := self.matcher.max_pool(var)) is not None and pool.args[0] in self.values:
-            self.report.append({"op": "max_pool", "kernel": "int8"})
-            return self.max_pool(pool, data=self.values[pool.args[0]].args[0])
-        if (add := self.matcher.add(var)) is not None:
-            return self.integer_add(add)
-        return self.integer_conv(var)
-
-    def integer_add(self, add: QuantizedAdd):
-        block = self.block_of(add.a) or self.block_of(add.b)
-        if block and add.a.ty.ndim != 4:
-            return None
-        self.report.append({"op": "add", "kernel": "int8"})
-        operands = [self.blocked(x, block) if block else self.plain(x) for x in (add.a, add.b)]
-        te_func = functools.partial(integer.add_int8, inputs=(add.a_input, add.b_input), output=add.output,
-                                    clamp=add.clamp)
-        return self.bb.emit(self.bb.call_te(te_func, *operands, primfunc_name_hint="kqadd")), block
-
     def rewrite(self, var, call):
         """(new expr, block) for one binding's call, or None to keep it in NCHW."""
         op = _op_name(call)
@@ -273,7 +199,7 @@ class _Rewriter:
         if folded is not None:
             self.env[var] = (relax.const(folded), None)
             return
-        result = self.integer_op(var) if _op_name(value) == "relax.quantize" else None
+        result = self.integer.rewrite(var) if _op_name(value) == "relax.quantize" else None
         result = result or self.rewrite(var, value)
         if result is None:
             args = [self.plain(x) for x in value.args]

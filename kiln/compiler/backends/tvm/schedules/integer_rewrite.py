@@ -1,0 +1,90 @@
+"""The integer half of the NCHW[b]c rewrite: a QDQ model's quantized ops (qdq_match.py) as integer
+kernels (integer.py) in the blocked layout, each recorded in `report`: int8, or float and why."""
+
+from __future__ import annotations
+
+import functools
+
+from tvm import relax
+
+from kiln.compiler.backends.tvm.schedules import integer
+from kiln.compiler.backends.tvm.schedules.intrinsics import Int8Isa
+from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedAdd, QuantizedConv
+
+
+class IntegerRewrites:
+    def __init__(self, layout, isa: Int8Isa | None):
+        """`layout`: the layout rewriter whose block builder, layouts and values these rewrites use."""
+        self.layout, self.isa = layout, isa
+        self.matcher = QdqMatcher(layout.mod["main"])
+        self.report: list[dict] = []
+
+    def rewrite(self, var):
+        """The quantized op ending at quantize binding `var` as an integer kernel; None keeps it float."""
+        if self.isa is None:
+            return self.conv(var)  # reports why it stays float
+        if (pool := self.matcher.max_pool(var)) is not None and pool.args[0] in self.matcher.values:
+            self.report.append({"op": "max_pool", "kernel": "int8"})
+            return self.layout.max_pool(pool, data=self.matcher.values[pool.args[0]].args[0])
+        if (add := self.matcher.add(var)) is not None:
+            return self.add(add)
+        return self.conv(var)
+
+    def add(self, add: QuantizedAdd):
+        block = self.layout.block_of(add.a) or self.layout.block_of(add.b)
+        if block and add.a.ty.ndim != 4:
+            return None
+        self.report.append({"op": "add", "kernel": "int8"})
+        operands = [self.layout.blocked(x, block) if block else self.layout.plain(x) for x in (add.a, add.b)]
+        te_func = functools.partial(integer.add_int8, inputs=(add.a_input, add.b_input), output=add.output,
+                                    clamp=add.clamp)
+        return self.layout.bb.emit(self.layout.bb.call_te(te_func, *operands, primfunc_name_hint="kqadd")), block
+
+    def conv(self, var):
+        """The quantized conv ending at quantize binding `var` as one integer kernel; None keeps it float."""
+        conv = self.matcher.conv(var)
+        if conv is None:
+            return None
+        in_channels = int(conv.data.ty.shape[1])
+        in_block = integer.input_block(conv, self.isa, self.layout.block_of(conv.data)) if self.isa else None
+        packed = integer.pack(conv, self.isa, in_block) if self.isa else None
+        entry = {"op": "dense" if conv.dense else "conv2d", "shape": list(conv.weight.shape),
+                 "strides": list(conv.strides), "groups": conv.groups}
+        if packed is None:
+            self.report.append({**entry, "kernel": "float", "reason": self._float_reason(conv, in_block)})
+            return None
+        self.report.append({**entry, "kernel": "int8", "isa": self.isa.name})
+        output = (conv.output.zero_point, *conv.clamp, conv.output.dtype)
+        depthwise = integer.is_depthwise(conv)
+        kernel = integer.depthwise_int8_nchwc if depthwise else integer.conv2d_int8_nchwc
+        te_func = functools.partial(kernel, strides=conv.strides, padding=conv.padding,
+                                    input_zero=conv.input.zero_point, output=output)
+        if conv.groups > 1 and not depthwise:
+            te_func = functools.partial(te_func, groups=conv.groups)
+        if conv.dense:  # [M, K] as [M, K, 1, 1]
+            rows, columns = int(conv.data.ty.shape[0]), conv.weight.shape[0]
+            data = self.layout._to_blocked(self.layout.bb.emit(relax.op.reshape(self.layout.plain(conv.data), [rows, in_channels, 1, 1])),
+                                    in_block)
+        else:
+            data = self.layout.blocked(conv.data, in_block)
+        result = self.layout.bb.emit(self.layout.bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
+                                              relax.const(packed.multiplier),
+                                              primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
+        if conv.dense:
+            return self.layout.bb.emit(relax.op.reshape(self.layout._to_plain(result, packed.out_block), [rows, columns])), None
+        return result, packed.out_block
+
+    def _float_reason(self, conv: QuantizedConv, in_block: int | None) -> str:
+        if self.isa is None:
+            return "the target has no int8 dot product kiln uses"
+        out_channels, in_channels = conv.weight.shape[:2]
+        if conv.input.dtype != self.isa.activations:
+            return f"{conv.input.dtype} activations; {self.isa.name} takes {self.isa.activations}"
+        grouped = conv.groups > 1 and not integer.is_depthwise(conv)
+        group = f" per group ({conv.groups} groups)" if grouped else ""
+        if (out_channels // (conv.groups if grouped else 1)) % self.isa.lanes:
+            return f"output channels {out_channels // (conv.groups if grouped else 1)}{group} not in blocks of " \
+                   f"{self.isa.lanes}"
+        if in_channels % 4 and (in_channels > 4 or grouped):
+            return f"input channels {in_channels}{group} not in groups of 4"
+        return f"weights beyond {self.isa.name}'s int16 pair range (quantize for this target: 7-bit weights)"
