@@ -66,6 +66,23 @@ def _conv_model(path: Path, channels: int, out_channels: int, kernel: int, strid
     return path
 
 
+def _concat_model(path: Path) -> Path:
+    """Two convs of one input, concatenated on channels, then a conv of both: an Inception-style join."""
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+             for name, shape in (("w1", (16, 8, 3, 3)), ("w2", (8, 8, 1, 1)), ("w3", (16, 24, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], name="conv1", pads=[1] * 4),
+             helper.make_node("Conv", ["input", "w2"], ["b"], name="conv2"),
+             helper.make_node("Concat", ["a", "b"], ["joined"], name="concat", axis=1),
+             helper.make_node("Conv", ["joined", "w3"], ["output"], name="conv3", pads=[1] * 4)]
+    graph = helper.make_graph(nodes, "concat_case", [helper.make_tensor_value_info(
+        "input", TensorProto.FLOAT, [BATCH, 8, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [BATCH, 16, SIZE, SIZE])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
 def _compile_int8(model: Path, calib: Path, output: Path, target: str = "x86-64",
                   shapes: dict | None = None) -> Path:
     return compile_model(model, CompileOptions(resolve(target), output, ImportOptions(shapes or {}),
@@ -126,6 +143,18 @@ def test_quantized_conv_becomes_an_integer_kernel_that_agrees_with_onnxruntime(c
     else:
         assert report["isa"] == "avx2-vpmaddubsw" and not report["float_ops"], report
     feed = {"input": rng.standard_normal((BATCH, shape[0], SIZE, SIZE)).astype(np.float32)}
+    assert _steps_from_onnxruntime(artifact, feed) <= 1.0 + 1e-3
+
+
+def test_concat_of_quantized_convs_stays_integer(tmp_path: Path):
+    model = _concat_model(tmp_path / "concat.onnx")
+    rng = np.random.default_rng(5)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=rng.standard_normal((16, 8, SIZE, SIZE)).astype(np.float32))
+    artifact = _compile_int8(model, calib, tmp_path / "concat.kiln")
+    report = read_manifest(artifact)["integer_kernels"]
+    assert report["int8_by_op"] == {"conv2d": 3, "concat": 1} and not report["float_ops"], report
+    feed = {"input": rng.standard_normal((BATCH, 8, SIZE, SIZE)).astype(np.float32)}
     assert _steps_from_onnxruntime(artifact, feed) <= 1.0 + 1e-3
 
 

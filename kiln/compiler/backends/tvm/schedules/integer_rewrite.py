@@ -28,7 +28,17 @@ class IntegerRewrites:
             return self.layout.max_pool(pool, data=self.matcher.values[pool.args[0]].args[0])
         if (add := self.matcher.add(var)) is not None:
             return self.add(add)
+        if (concat := self.matcher.concat(var)) is not None:
+            return self.concat(*concat)
         return self.conv(var)
+
+    def concat(self, parts: list, axis: int):
+        """Blocked when every part is in the same channel block (a channel concat of whole blocks)."""
+        blocks = {self.layout.block_of(x) for x in parts}
+        block = blocks.pop() if len(blocks) == 1 and axis == 1 else None
+        self.report.append({"op": "concat", "kernel": "int8"})
+        operands = [self.layout.env[x][0] for x in parts] if block else [self.layout.plain(x) for x in parts]
+        return self.layout.bb.emit(relax.op.concat(operands, axis=axis)), block
 
     def add(self, add: QuantizedAdd):
         block = self.layout.block_of(add.a) or self.layout.block_of(add.b)

@@ -1,4 +1,4 @@
-"""Find the quantized convs, matrix products, adds and max pools of a QDQ model in its imported Relax `main`.
+"""Find the quantized convs, matrix products, adds, max pools and concats of a QDQ model's Relax `main`.
 
 The pattern, as ONNX QDQ models import (DequantizeLinear -> relax.dequantize, and so on):
 
@@ -6,6 +6,7 @@ The pattern, as ONNX QDQ models import (DequantizeLinear -> relax.dequantize, an
     quantize( [clamp]( [add]( matmul( dequantize(x_q), [permute_dims]( dequantize(W_q) ) ), bias ) ) )
     quantize( [clamp]( dequantize(a_q) + dequantize(b_q) ) )         a residual add
     quantize( max_pool2d( dequantize(x_q) ) ), one quantization     max pooling the quantized values
+    quantize( concat( dequantize(x_q), ... ) ), one quantization    concatenating them
 
 with x_q, the output and their scales per tensor, W_q int8 per output channel, the bias a constant
 (the int32 DequantizeLinear kiln's quantizer writes, or float), and the clamp a Relu, a Clip or
@@ -155,6 +156,20 @@ class QdqMatcher:
         if _op(dequantize) != "relax.dequantize" or self._quantization(dequantize) != output:
             return None
         return pool
+
+    def concat(self, var) -> tuple[list, int] | None:
+        """quantize(concat(dequantize(x_q), ...)) bound to `var` with one quantization for all: the x_q and
+        the axis (a concat of the quantized values), or None."""
+        quantize = self.values.get(var)
+        if _op(quantize) != "relax.quantize" or (output := self._quantization(quantize)) is None:
+            return None
+        concat = self._only_reader(quantize.args[0])
+        if _op(concat) != "relax.concat":
+            return None
+        parts = [self.values.get(x) for x in concat.args[0].fields]
+        if any(_op(p) != "relax.dequantize" or self._quantization(p) != output for p in parts):
+            return None
+        return [p.args[0] for p in parts], int(concat.attrs.axis)
 
     def conv(self, var) -> QuantizedConv | None:
         """The quantized conv or matmul whose quantize is bound to `var`, or None."""
