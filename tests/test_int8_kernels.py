@@ -164,6 +164,8 @@ def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: 
     report = read_manifest(artifact)["integer_kernels"]
     # the three convs (the first one's 1 input channel padded to 4) and the max pool between them
     assert report["int8_by_op"] == {"conv2d": 3, "max_pool": 1}, report
+    lowered = read_manifest(artifact)["build"]["schedules"]  # PrimFuncs of the lowered module, per rule
+    assert lowered.get("conv2d_int8", 0) >= 2, lowered  # fusion may merge kernels, but int8 ones are there
     assert [(entry["op"], entry["reason"]) for entry in report["float_ops"]] == [
         ("dense", "output channels 10 not in blocks of 8")], report
     assert max(_steps_from_onnxruntime(artifact, {"input": batch}) for batch in batches) <= 1.0 + 1e-3
