@@ -158,6 +158,23 @@ def test_concat_of_quantized_convs_stays_integer(tmp_path: Path):
     assert _steps_from_onnxruntime(artifact, feed) <= 1.0 + 1e-3
 
 
+def test_matmul_with_a_k_by_n_weight_is_an_integer_kernel(tmp_path: Path):
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["product"], name="matmul"),
+             helper.make_node("Add", ["product", "b"], ["output"], name="bias")]
+    graph = helper.make_graph(nodes, "matmul_case", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 32])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [4, 16])], inits)
+    model = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=rng.standard_normal((16, 32)).astype(np.float32))
+    artifact = _compile_int8(model, calib, tmp_path / "matmul.kiln")
+    assert read_manifest(artifact)["integer_kernels"]["int8_by_op"] == {"dense": 1}
+    assert _steps_from_onnxruntime(artifact, {"input": rng.standard_normal((4, 32)).astype(np.float32)}) <= 1.001
+
+
 def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: Path):
     batches = np.split(DIGITS_TEST, 9)  # the 450 held-out digits, 50 at a time
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", shapes={"input": batches[0].shape})
