@@ -50,35 +50,48 @@ def _desc(lanes: int, activations: str):
     return desc
 
 
-@T.prim_func(s_tir=True)
-def _avx2_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-    B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
-    C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        broadcast = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
-                                  dtype="uint8x32")
-        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), broadcast,
-                                        B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16),
-            dtype="int32x8")
+def _pmaddubsw_impl(lanes: int, pmaddubsw: str, pmaddwd: str):
+    """u8 x s8 pairs summed into int16 (pmaddubsw), then int16 pairs into int32 (pmaddwd with ones)."""
+    u8_vector, i8_vector, i16_vector, i32_vector = (f"{t}x{n}" for t, n in (
+        ("uint8", 4 * lanes), ("int8", 4 * lanes), ("int16", 2 * lanes), ("int32", lanes)))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            broadcast = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), lanes),
+                                      dtype=u8_vector)
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(pmaddubsw), broadcast,
+                                            B.vload([0, 0], dtype=i8_vector), dtype=i16_vector)
+            C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(pmaddwd), pairs, T.broadcast(T.int16(1), 2 * lanes), dtype=i32_vector)
+
+    return impl
 
 
-@T.prim_func(s_tir=True)
-def _vnni_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-    B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
-    C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), C.vload([0], dtype="int32x8"),
-            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="int8x32"),
-            B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+def _vpdpbusd_impl(lanes: int, vpdpbusd: str):
+    """u8 x s8 quadruples summed straight into the int32 accumulators (VNNI)."""
+    i8_vector, i32_vector = f"int8x{4 * lanes}", f"int32x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(vpdpbusd), C.vload([0], dtype=i32_vector),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), lanes),
+                              dtype=i8_vector),
+                B.vload([0, 0], dtype=i8_vector), dtype=i32_vector)
+
+    return impl
 
 
 @T.prim_func(s_tir=True)
@@ -96,10 +109,15 @@ def _sdot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
 
 
 AVX2_DOT = Int8Isa("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128)
-VNNI_DOT = Int8Isa("avx512-vnni-vpdpbusd", "kiln_dot_8x4_vnni", 8, "uint8")
+AVX512_DOT = Int8Isa("avx512-vpmaddubsw", "kiln_dot_16x4_avx512", 16, "uint8", pair_limit=128)
+VNNI_DOT = Int8Isa("avx512-vnni-vpdpbusd", "kiln_dot_16x4_vnni", 16, "uint8")
 SDOT = Int8Isa("neon-sdot", "kiln_dot_4x4_sdot", 4, "int8")
 
-for _isa, _impl in ((AVX2_DOT, _avx2_impl), (VNNI_DOT, _vnni_impl), (SDOT, _sdot_impl)):
+for _isa, _impl in (
+        (AVX2_DOT, _pmaddubsw_impl(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")),
+        (AVX512_DOT, _pmaddubsw_impl(16, "llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")),
+        (VNNI_DOT, _vpdpbusd_impl(16, "llvm.x86.avx512.vpdpbusd.512")),
+        (SDOT, _sdot_impl)):
     TensorIntrin.register(_isa.intrinsic, _desc(_isa.lanes, _isa.activations), _impl)
 
 
@@ -108,6 +126,8 @@ def int8_isa(features: set[str], aarch64: bool) -> Int8Isa | None:
     (AArch64 without the dot-product extension among them)."""
     if aarch64:
         return SDOT if "dotprod" in features else None
-    if {"avx512vnni", "avx512vl"} <= features:
+    if "avx512vnni" in features:
         return VNNI_DOT
+    if "avx512bw" in features:
+        return AVX512_DOT
     return AVX2_DOT if "avx2" in features else None

@@ -130,6 +130,14 @@ class QdqMatcher:
                   out_high if high == math.inf else min(out_high, output.quantize(high)))
         return output, bounds, x
 
+    def _quantized_result(self, var, op: str) -> tuple[Quantization, relax.Call] | None:
+        """For quantize bound to `var`: its quantization and the `op` call it quantizes (read by nothing else)."""
+        quantize = self.values.get(var)
+        if _op(quantize) != "relax.quantize" or (output := self._quantization(quantize)) is None:
+            return None
+        call = self._only_reader(quantize.args[0])
+        return (output, call) if _op(call) == op else None
+
     def add(self, var) -> QuantizedAdd | None:
         """quantize([clamp](dequantize(a_q) + dequantize(b_q))) bound to `var`, or None."""
         found = self._requantized(var)
@@ -146,12 +154,9 @@ class QdqMatcher:
     def max_pool(self, var) -> relax.Call | None:
         """quantize(max_pool2d(dequantize(x_q))) bound to `var` with x_q's own quantization: the max_pool2d
         call, which computes the same on x_q (the dequantize's input), or None."""
-        quantize = self.values.get(var)
-        if _op(quantize) != "relax.quantize" or (output := self._quantization(quantize)) is None:
+        if (found := self._quantized_result(var, "relax.nn.max_pool2d")) is None:
             return None
-        pool = self._only_reader(quantize.args[0])
-        if _op(pool) != "relax.nn.max_pool2d":
-            return None
+        output, pool = found
         dequantize = self.values.get(pool.args[0])
         if _op(dequantize) != "relax.dequantize" or self._quantization(dequantize) != output:
             return None
@@ -160,12 +165,9 @@ class QdqMatcher:
     def concat(self, var) -> tuple[list, int] | None:
         """quantize(concat(dequantize(x_q), ...)) bound to `var` with one quantization for all: the x_q and
         the axis (a concat of the quantized values), or None."""
-        quantize = self.values.get(var)
-        if _op(quantize) != "relax.quantize" or (output := self._quantization(quantize)) is None:
+        if (found := self._quantized_result(var, "relax.concat")) is None:
             return None
-        concat = self._only_reader(quantize.args[0])
-        if _op(concat) != "relax.concat":
-            return None
+        output, concat = found
         parts = [self.values.get(x) for x in concat.args[0].fields]
         if any(_op(p) != "relax.dequantize" or self._quantization(p) != output for p in parts):
             return None
