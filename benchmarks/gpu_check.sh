@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: compile the example ONNX models for this GPU with kiln, check
-# their outputs against ONNX Runtime (CPU), and print latency for both.
+# their outputs against ONNX Runtime (CPU), and print latency for both; then the digits CNN in INT8
+# (integer kernels on dp4a) against ONNX Runtime's execution of the same QDQ model.
 #
 #   benchmarks/gpu_check.sh            # uses .venv/bin/python (make test builds it)
 #   PYTHON=python3 benchmarks/gpu_check.sh
@@ -89,5 +90,29 @@ for model in sorted(Path("examples").glob("*/*.onnx")):
         print(f"{model.stem} batch {batch}: build {build_s:.1f} s, max |kiln - onnxruntime| {error:.2e} "
               f"{'OK' if ok else 'MISMATCH'}, latency kiln {kiln_ms:.3f} ms (GPU, incl. copies) vs "
               f"onnxruntime {ort_ms:.3f} ms (CPU, 2 threads)")
+# INT8 (integer kernels on dp4a) against ONNX Runtime computing the same QDQ model as written
+from onnx import numpy_helper
+
+from kiln.compiler.artifact import read_manifest
+from kiln.compiler.pipeline import Precision
+
+digits = Path("examples/digits_cnn")
+test = np.load(digits / "digits_test.npz")["input"][:50]
+artifact = out / "digits-int8.kiln"
+compile_model(digits / "digits_cnn.onnx", CompileOptions(resolve(target), artifact, ImportOptions({"input": test.shape}),
+                                                         precision=Precision.INT8, calib=digits / "digits_calib.npz"))
+qdq = artifact / "model.int8.onnx"
+options = ort.SessionOptions()
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+session = ort.InferenceSession(str(qdq), options, providers=["CPUExecutionProvider"])
+predictor = kiln.load(artifact)
+got, (expected,) = list(predictor.run({"input": test}).values())[0], session.run(None, {"input": test})
+scales = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(qdq)).graph.initializer}
+steps = float(np.max(np.abs(got - expected))) / float(scales[f"{onnx.load(str(qdq)).graph.output[0].name}_scale"])
+ok = steps <= 1.001
+failures += not ok
+print(f"digits_cnn int8 batch 50: integer kernels {read_manifest(artifact)['integer_kernels']['int8_by_op']}, "
+      f"max difference {steps:.2f} output steps {'OK' if ok else 'MISMATCH'}, latency kiln "
+      f"{latency_ms(lambda: predictor.run({'input': test})):.3f} ms")
 sys.exit(1 if failures else 0)
 EOF

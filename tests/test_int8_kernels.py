@@ -4,6 +4,7 @@ the VNNI and dot-product builds use those instructions."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -244,6 +245,27 @@ def _unfused_onnxruntime_outputs(model: Path, feed: dict[str, np.ndarray]) -> li
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     return session.run(None, feed)
+
+
+def test_cuda_int8_build_runs_its_convs_on_dp4a(tmp_path: Path, monkeypatch):
+    import shutil
+
+    from kiln.compiler.backends.tvm import cuda
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed (CUDA toolkit); CUDA builds need it")
+    sources: list[str] = []
+    compile_fatbin = cuda._compile_fatbin
+    monkeypatch.setattr(cuda, "_compile_fatbin", lambda source, preset: (sources.append(source),
+                                                                         compile_fatbin(source, preset))[1])
+    artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", "cuda-sm80",
+                             shapes={"input": DIGITS.shape})
+    report = read_manifest(artifact)["integer_kernels"]
+    assert report["isa"] == "cuda-dp4a" and report["int8_by_op"]["conv2d"] == 3, report
+    definitions = re.split(r"(?=extern \"C\" __global__)", "\n".join(sources))
+    names = [re.match(r"extern \"C\" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", d) for d in definitions]
+    dp4a = {match.group(1) for match, body in zip(names, definitions) if match and "__dp4a(" in body}
+    assert len(dp4a) == 3 and all("kqconv" in name for name in dp4a), dp4a  # one kernel per integer conv
 
 
 def test_fp32_build_reports_no_integer_kernels(tmp_path: Path):

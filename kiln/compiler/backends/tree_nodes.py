@@ -59,7 +59,6 @@ class _Tables:
 def tables_header(model: "treelite.Model", *, quantized: bool) -> str:
     """kiln_trees.h: the model's nodes, group roots and depths, categories, leaf vectors, quantization."""
     header = model.get_header_accessor()
-    num_class = int(max(header.get_field("num_class")))
     leaf_width = int(header.get_field("leaf_vector_shape")[1])
     class_ids = header.get_field("class_id")
     trees = [model.get_tree_accessor(i) for i in range(model.num_tree)]

@@ -80,6 +80,10 @@ def build_library(graph: Graph, preset: Preset, library: Path, schedule: Schedul
 def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Path | None, report: BuildReport):
     from kiln.compiler.backends.tvm.schedules.common import cpu_spec
 
+    if preset.family is Family.CUDA and schedule is ScheduleMode.DEFAULT and records is None:
+        from kiln.compiler.backends.tvm.schedules.gpu import cuda_pipeline
+
+        return cuda_pipeline(target, report.integer)
     if preset.family is Family.CUDA or schedule is ScheduleMode.NONE or cpu_spec(target) is None:
         if records is not None:
             raise InputError(f"--records applies kiln's CPU schedules, which do not build {preset.name} with "

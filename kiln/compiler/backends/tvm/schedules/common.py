@@ -26,6 +26,7 @@ class CpuSpec:
     lanes: int
     max_accumulators: int
     int8: Int8Isa | None = None
+    float_convs: bool = True  # float convs in NCHW[lanes]c too (False on GPUs: integer kernels only)
 
 
 AVX2 = CpuSpec(lanes=8, max_accumulators=12)  # 16 ymm registers: 12 accumulators + operands

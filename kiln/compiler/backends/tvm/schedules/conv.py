@@ -33,7 +33,7 @@ def register_tile(out_width: int, oc_blocks: int, max_accumulators: int) -> tupl
     return best[1], best[2]
 
 
-def _fuse_epilogue(sch, write_back) -> None:
+def fuse_epilogue(sch, write_back) -> None:
     """Inline the consumers (bias, activation, residual add) into the accumulator write-back."""
     while True:
         consumers = sch.get_consumers(write_back)
@@ -71,7 +71,7 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     outer = [n, oco, oh]
     sch.reorder(*outer, owo, *reduce_inner, *([oci] if oci else []), owi, ob, *lanes_inner)
     write_back = sch.cache_write(conv, 0, "local")
-    _fuse_epilogue(sch, write_back)
+    fuse_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, owo)
     if not lanes_inner:
         sch.vectorize(ob)

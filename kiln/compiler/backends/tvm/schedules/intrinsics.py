@@ -108,10 +108,40 @@ def _sdot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             B.vload([0, 0], dtype="int8x16"), dtype="int32x4")
 
 
+@T.prim_func(s_tir=True)
+def _dp4a_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+    C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(C[0], A[0:4], B[0:4])
+        T.writes(C[0])
+        for k in T.serial(0, 4):
+            with T.sblock("update"):
+                vk = T.axis.remap("R", [k])
+                C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dp4a_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+    B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+    C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(C[0], A[0:4], B[0:4])
+        T.writes(C[0])
+        C[0] += T.call_pure_extern("__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0),
+                                   dtype="int32")
+
+
 AVX2_DOT = Int8Isa("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128)
 AVX512_DOT = Int8Isa("avx512-vpmaddubsw", "kiln_dot_16x4_avx512", 16, "uint8", pair_limit=128)
 VNNI_DOT = Int8Isa("avx512-vnni-vpdpbusd", "kiln_dot_16x4_vnni", 16, "uint8")
 SDOT = Int8Isa("neon-sdot", "kiln_dot_4x4_sdot", 4, "int8")
+# One thread per output channel, each summing four int8 products per instruction: the channel block
+# (4) only sets the layout, the intrinsic covers the 4 products of one output.
+DP4A = Int8Isa("cuda-dp4a", "kiln_dp4a", 4, "int8")
+TensorIntrin.register(DP4A.intrinsic, _dp4a_desc, _dp4a_impl)
 
 for _isa, _impl in (
         (AVX2_DOT, _pmaddubsw_impl(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")),

@@ -41,7 +41,7 @@ def _op_name(call) -> str | None:
 
 class _Rewriter:
     def __init__(self, mod: tvm.IRModule, spec: CpuSpec):
-        self.mod, self.lanes = mod, spec.lanes
+        self.mod, self.lanes, self.float_convs = mod, spec.lanes, spec.float_convs
         self.bb = relax.BlockBuilder(mod)
         self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
         self.transforms: dict = {}
@@ -177,7 +177,7 @@ class _Rewriter:
         """(new expr, block) for one binding's call, or None to keep it in NCHW."""
         op = _op_name(call)
         if op == "relax.nn.conv2d":
-            return self.conv2d(call)
+            return self.conv2d(call) if self.float_convs else None
         if op in _BINARY:
             return self.binary(var, call)
         if op in _UNARY and self.block_of(call.args[0]):

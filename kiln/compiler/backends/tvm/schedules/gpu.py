@@ -1,0 +1,86 @@
+"""CUDA builds of QDQ models: the integer rewrite (NCHW4c integer kernels; float ops keep their layout),
+then TVM's CUDA pipeline with one more dlight rule in front, for the integer convs:
+
+    blockIdx/threadIdx over every output element . ic blocks . kh . kw . ic/4 . dp4a(4 products)
+
+one thread per output (its int32 sum in a register), the requantization fused into the write-back.
+The padding stays a separate kernel, since dp4a reads four bytes straight from a buffer."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.s_tir import Schedule, dlight
+from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+
+from kiln.compiler.backends.tvm.schedules.common import CpuSpec, block_names, blocks, inline_spatial
+from kiln.compiler.backends.tvm.schedules.compute import PAD
+from kiln.compiler.backends.tvm.schedules.conv import fuse_epilogue
+from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV
+from kiln.compiler.backends.tvm.schedules.intrinsics import DP4A
+from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
+
+# The layout rewrite's parameters on a GPU: integer kernels in 4-channel blocks, float convs untouched.
+GPU_SPEC = CpuSpec(lanes=DP4A.lanes, max_accumulators=1, int8=DP4A, float_convs=False)
+THREADS = 256
+
+
+class Int8ConvDp4a(GPUScheduleRule):
+    def apply(self, func, target, _tunable: bool):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        if INT8_CONV not in block_names(Schedule(func)):
+            return None
+        # 32-bit indices (as CUDA threads count), so the thread-bound loops and the dp4a intrinsic agree
+        sch = Schedule(tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"])
+        inline_spatial(sch, keep=frozenset({INT8_CONV, PAD}))
+        conv = sch.get_sblock(INT8_CONV)
+        write_back = sch.cache_write(conv, 0, "local")
+        fuse_epilogue(sch, write_back)
+        *spatial, ico, _kh, _kw, _icg, k = sch.get_loops(conv)
+        grid, thread = _split(sch, spatial)
+        _bind(sch, grid, thread)
+        sch.reverse_compute_at(write_back, thread)
+        sch.decompose_reduction(conv, ico)
+        sch.tensorize(k, DP4A.intrinsic)
+        for block in blocks(sch):
+            if sch.get(block).name_hint == PAD:
+                _bind(sch, *_split(sch, sch.get_loops(block)))
+        return sch
+
+
+def _split(sch: Schedule, loops):
+    """`loops` fused, split into (blocks, THREADS threads)."""
+    return sch.split(sch.fuse(*loops), factors=[None, THREADS])
+
+
+def _bind(sch: Schedule, grid, thread) -> None:
+    sch.bind(grid, "blockIdx.x")
+    sch.bind(thread, "threadIdx.x")
+
+
+def cuda_pipeline(target, integer: list[dict]) -> tvm.transform.Pass:
+    """TVM's CUDA pipeline, after the integer rewrite when the module holds quantize ops (reported into
+    `integer`)."""
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    @tvm.transform.module_pass(opt_level=0, name="KilnCUDAPipeline")
+    def apply(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            if _quantized(mod):
+                mod = to_nchwc(mod, GPU_SPEC, integer)
+            legalize = [p for p in cuda.legalize_passes(target) if not isinstance(p, dlight.ApplyDefaultSchedule)]
+            schedule = dlight.ApplyDefaultSchedule(Int8ConvDp4a(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
+                                                   dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(),
+                                                   dlight.gpu.Fallback())
+            return tvm.transform.Sequential([*cuda.library_dispatch_passes(target), *legalize, schedule,
+                                             *cuda.dataflow_lower_passes(target), *cuda.finalize_passes(target)])(mod)
+
+    return apply
+
+
+def _quantized(mod: tvm.IRModule) -> bool:
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(
+        isinstance(e, relax.Call) and getattr(e.op, "name", None) == "relax.quantize"))
+    return any(found)
