@@ -15,7 +15,8 @@ from tvm import relax
 from tvm.s_tir import Schedule, dlight
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 
-from kiln.compiler.backends.tvm.schedules.common import CpuSpec, block_names, blocks, inline_spatial
+from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, block_names, blocks, extent, inline_spatial,
+                                                       largest_divisor)
 from kiln.compiler.backends.tvm.schedules.compute import PAD
 from kiln.compiler.backends.tvm.schedules.conv import fuse_epilogue
 from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV
@@ -63,8 +64,10 @@ def _schedule(sch: Schedule) -> Schedule:
 
 
 def _split(sch: Schedule, loops):
-    """`loops` fused, split into (blocks, THREADS threads)."""
-    return sch.split(sch.fuse(*loops), factors=[None, THREADS])
+    """`loops` fused, split into (blocks, threads): the most threads up to THREADS that divide the work
+    evenly, since dp4a cannot be tensorized under the bounds check of an uneven split."""
+    fused = sch.fuse(*loops)
+    return sch.split(fused, factors=[None, largest_divisor(extent(sch, fused), THREADS)])
 
 
 def _bind(sch: Schedule, grid, thread) -> None:
