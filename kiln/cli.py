@@ -94,11 +94,13 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
 
 def _echo_integer_kernels(integer: dict[str, Any]) -> None:
     ops = ", ".join(f"{op} \u00d7{count}" for op, count in integer["int8_by_op"].items())
+    floats = len(integer["float_ops"])
     click.echo(f"  integer kernels: {integer['int8_ops']} quantized ops run int8 ({ops or 'none'}; dot product: "
-               f"{integer['isa'] or 'none'}), {len(integer['float_ops'])} stay float")
+               f"{integer['isa'] or 'none'}), {floats} stay{'s' if floats == 1 else ''} float")
     for entry in integer["float_ops"]:
         shape = "x".join(str(d) for d in entry["shape"])
-        click.echo(f"    float: {entry['op']} {shape} stride {entry['strides'][0]}: {entry['reason']}")
+        stride = f" stride {entry['strides'][0]}" if "strides" in entry else ""
+        click.echo(f"    float: {entry['op']} {shape}{stride}: {entry['reason']}")
 
 
 def _quantization_summary(path: Path) -> dict[str, Any] | None:

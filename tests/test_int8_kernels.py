@@ -268,6 +268,25 @@ def test_cuda_int8_build_runs_its_convs_on_dp4a(tmp_path: Path, monkeypatch):
     assert len(dp4a) == 3 and all("kqconv" in name for name in dp4a), dp4a  # one kernel per integer conv
 
 
+def test_compile_and_inspect_say_which_ops_run_int8_and_which_stay_float(cli_runner, tmp_path: Path):
+    import json
+
+    from kiln.cli import cli
+
+    artifact = tmp_path / "digits.kiln"
+    args = ["compile", str(DIGITS_CNN), "--input-shape", "input:1x1x8x8", "-o", str(artifact), "--int8", "--calib",
+            str(DIGITS_CALIB)]
+    compiled = cli_runner.invoke(cli, args)
+    assert compiled.exit_code == 0, compiled.output
+    inspected = cli_runner.invoke(cli, ["inspect", str(artifact)])
+    for output in (compiled.stdout, inspected.stdout):
+        assert ("integer kernels: 4 quantized ops run int8 (conv2d \u00d73, max_pool \u00d71; dot product: "
+                "avx2-vpmaddubsw), 1 stays float") in output
+        assert "float: dense 10x32: output channels 10 not in blocks of 8" in output
+    as_json = cli_runner.invoke(cli, [*args[:5], str(tmp_path / "json.kiln"), *args[6:], "--json"])
+    assert json.loads(as_json.stdout)["integer_kernels"]["int8_by_op"] == {"conv2d": 3, "max_pool": 1}
+
+
 def test_fp32_build_reports_no_integer_kernels(tmp_path: Path):
     artifact = compile_model(DIGITS_CNN, CompileOptions(resolve("x86-64"), tmp_path / "fp32.kiln",
                                                         ImportOptions({"input": DIGITS.shape})))

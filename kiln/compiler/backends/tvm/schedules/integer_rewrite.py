@@ -58,8 +58,9 @@ class IntegerRewrites:
         in_channels = int(conv.data.ty.shape[1])
         in_block = integer.input_block(conv, self.isa, self.layout.block_of(conv.data)) if self.isa else None
         packed = integer.pack(conv, self.isa, in_block) if self.isa else None
-        entry = {"op": "dense" if conv.dense else "conv2d", "shape": list(conv.weight.shape),
-                 "strides": list(conv.strides), "groups": conv.groups}
+        entry = ({"op": "dense", "shape": list(conv.weight.shape[:2])} if conv.dense else
+                 {"op": "conv2d", "shape": list(conv.weight.shape), "strides": list(conv.strides),
+                  "groups": conv.groups})
         if packed is None:
             self.report.append({**entry, "kernel": "float", "reason": self._float_reason(conv, in_block)})
             return None
