@@ -187,3 +187,28 @@ def test_external_data_through_a_symlink_is_refused(tmp_path: Path):
     (model.parent / "link.bin").symlink_to(outside / "weights.bin")
     with pytest.raises(InputError, match="outside the model's folder"):
         _compile(model, tmp_path / "out.kiln", input=(1, 1, 8, 8))
+
+
+def test_loaded_artifact_runs_on_the_threads_asked_for(tmp_path: Path):
+    """TVM caps its pool at half the CPUs unless told (it assumes hyper-threading): a fresh process that
+    compiles (constant folding starts the pool) and then loads with threads=2 must get 2 threads."""
+    import os
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    script = f"""
+import tvm, kiln
+from pathlib import Path
+from kiln.compiler.frontends import ImportOptions
+from kiln.compiler.pipeline import CompileOptions, compile_model
+from kiln.targets import resolve
+artifact = compile_model(Path({str(DIGITS_CNN)!r}), CompileOptions(resolve("x86-64"), Path({str(tmp_path)!r}) / "d.kiln",
+                                                                 ImportOptions({{"input": (1, 1, 8, 8)}})))
+kiln.load(artifact, threads=2)
+print(tvm.get_global_func("runtime.NumThreads")())
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.split()[-1] == "2"

@@ -60,6 +60,9 @@ class BuildReport:
 def build_library(graph: Graph, preset: Preset, library: Path, schedule: ScheduleMode = ScheduleMode.DEFAULT,
                   records: Path | None = None) -> BuildReport:
     """Compile; on CPU targets with kiln's schedules (and the best of tuning `records`) unless schedule is NONE."""
+    from kiln.compiler.backends.tvm.runner import prepare_thread_pool
+
+    prepare_thread_pool()  # compiling runs kernels (constant folding), which starts TVM's pool
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 

@@ -14,7 +14,7 @@ from kiln.targets.presets import Family, Preset
 class TVMPredictor(Predictor):
     def __init__(self, library: Path, preset: Preset, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], threads: int | None = None):
-        unbind_threads()
+        prepare_thread_pool()
         import tvm
         from tvm import relax
 
@@ -39,13 +39,17 @@ class TVMPredictor(Predictor):
         return profile_vm(self._vm, self._main, args, runs)
 
 
-def unbind_threads() -> None:
-    """Let the OS place TVM's pool threads: pinned to fixed cores (TVM's default) they stall whenever
-    another process or ONNX Runtime holds those cores (2-5x slower under load). TVM reads this when it
-    starts its pool, so call it before the first run; an explicit TVM_BIND_THREADS wins."""
+def prepare_thread_pool() -> None:
+    """Settings TVM reads once, when it starts its thread pool (so call this before the first run; explicit
+    settings in the environment win):
+    - TVM_BIND_THREADS=0 lets the OS place the threads: pinned to fixed cores (TVM's default) they stall
+      whenever another process or ONNX Runtime holds those cores (2-5x slower under load);
+    - TVM_NUM_THREADS = every CPU this process may use: without it TVM caps its pool at half the CPUs,
+      assuming hyper-threading, which on a 2-core machine meant one thread whatever --threads said."""
     import os
 
     os.environ.setdefault("TVM_BIND_THREADS", "0")
+    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 def set_threads(threads: int) -> None:

@@ -96,14 +96,14 @@ def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progres
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import meta_schedule as ms
 
-    from kiln.compiler.backends.tvm.runner import unbind_threads
+    from kiln.compiler.backends.tvm.runner import prepare_thread_pool
     from kiln.compiler.backends.tvm.schedules.pipeline import fuse
     from kiln.targets.host import check_can_run
 
     if preset.family is Family.CUDA:
         raise TargetError("kiln tune searches CPU schedules; for CUDA targets compile without --records")
     check_can_run(preset)  # candidates are measured on this machine
-    unbind_threads()
+    prepare_thread_pool()
     database = open_records(records, preset, create=True)
     started = time.perf_counter()
     target = tvm.target.Target({**preset.tvm_target, "num-cores": os.cpu_count() or 1})
