@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,18 @@ class TVMPredictor(Predictor):
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self._device)
         self._main = self._vm["main"]
         self._tensor = tvm.runtime.tensor
+        # Inputs are copied into tensors made once (neural shapes are static): a new TVM tensor per
+        # call costs more than a small model's whole run. The lock keeps concurrent calls apart.
+        self._inputs = [tvm.runtime.empty(spec.shape, spec.dtype, self._device) for spec in inputs]
+        self._lock = threading.Lock()
 
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        result = self._main(*(self._tensor(a, self._device) for a in arrays))
-        results = [result] if hasattr(result, "numpy") else list(result)
-        return [r.numpy() for r in results]
+        with self._lock:
+            for tensor, array in zip(self._inputs, arrays):
+                tensor.copyfrom(array)
+            result = self._main(*self._inputs)
+            results = [result] if hasattr(result, "numpy") else list(result)
+            return [r.numpy() for r in results]
 
     def profile(self, feed: dict[str, np.ndarray], runs: int):
         """Time per kernel over `runs` runs on `feed`: a list of profile.KernelTime, largest first."""
