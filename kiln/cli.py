@@ -98,9 +98,9 @@ def _echo_integer_kernels(integer: dict[str, Any]) -> None:
     click.echo(f"  integer kernels: {integer['int8_ops']} quantized ops run int8 ({ops or 'none'}; dot product: "
                f"{integer['isa'] or 'none'}), {floats} stay{'s' if floats == 1 else ''} float")
     for entry in integer["float_ops"]:
-        shape = "x".join(str(d) for d in entry["shape"])
+        shape = " " + "x".join(str(d) for d in entry["shape"]) if "shape" in entry else ""
         stride = f" stride {entry['strides'][0]}" if "strides" in entry else ""
-        click.echo(f"    float: {entry['op']} {shape}{stride}: {entry['reason']}")
+        click.echo(f"    float: {entry['op']}{shape}{stride}: {entry['reason']}")
 
 
 def _quantization_summary(path: Path) -> dict[str, Any] | None:

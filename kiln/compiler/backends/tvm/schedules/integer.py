@@ -134,3 +134,23 @@ def add_int8(a, b, inputs: tuple[Quantization, Quantization], output: Quantizati
         return tirx.max(tirx.min(te.round(total).astype("int32") + output.zero_point, high), low).astype(output.dtype)
 
     return te.compute(a.shape, value, name="kqadd")
+
+
+def spatial_mean_int8(data, input: Quantization, output: Quantization):
+    """GlobalAveragePool of a quantized [N, C(/b), H, W(, b)] tensor: the int32 sum over H and W, requantized
+    once: round((sum - H*W*input zero point) * input scale / (output scale * H*W)) + output zero point."""
+    shape = [int(x) for x in data.shape]
+    height, width = shape[2], shape[3]
+    ry, rx = te.reduce_axis((0, height), "h"), te.reduce_axis((0, width), "w")
+    out_shape = (shape[0], shape[1], 1, 1, *shape[4:])
+    sums = te.compute(out_shape, lambda n, c, y, x, *k: te.sum(data[(n, c, ry, rx, *k)].astype("int32"), axis=[ry, rx]),
+                      name="kqsum")
+    ratio = input.scale / (output.scale * height * width)
+    low, high = output.bounds
+
+    def requantize(*index):
+        centered = (sums[index] - height * width * input.zero_point).astype("float32")
+        return tirx.max(tirx.min(te.round(centered * ratio).astype("int32") + output.zero_point, high),
+                        low).astype(output.dtype)
+
+    return te.compute(out_shape, requantize, name="kqmean")

@@ -12,6 +12,10 @@ from kiln.compiler.backends.tvm.schedules.intrinsics import Int8Isa
 from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedAdd, QuantizedConv
 
 
+# Ops that only move or relabel values: quantizing their result is exact, float or not.
+DATA_MOVEMENT = frozenset({"reshape", "permute_dims", "flatten", "layout_transform", "squeeze", "expand_dims"})
+
+
 class IntegerRewrites:
     def __init__(self, layout, isa: Int8Isa | None):
         """`layout`: the layout rewriter whose block builder, layouts and values these rewrites use."""
@@ -30,7 +34,16 @@ class IntegerRewrites:
             return self.add(add)
         if (concat := self.matcher.concat(var)) is not None:
             return self.concat(*concat)
+        if (mean := self.matcher.spatial_mean(var)) is not None:
+            return self.spatial_mean(*mean)
         return self.conv(var)
+
+    def spatial_mean(self, data, data_q, output):
+        block = self.layout.block_of(data)
+        self.report.append({"op": "global_avg_pool", "kernel": "int8"})
+        te_func = functools.partial(integer.spatial_mean_int8, input=data_q, output=output)
+        operand = self.layout.env[data][0] if data in self.layout.env else data
+        return self.layout.bb.emit(self.layout.bb.call_te(te_func, operand, primfunc_name_hint="kqmean")), block
 
     def concat(self, parts: list, axis: int):
         """Blocked when every part is in the same channel block (a channel concat of whole blocks)."""
@@ -54,6 +67,7 @@ class IntegerRewrites:
         """The quantized conv ending at quantize binding `var` as one integer kernel; None keeps it float."""
         conv = self.matcher.conv(var)
         if conv is None:
+            self._report_unmatched(var)
             return None
         in_channels = int(conv.data.ty.shape[1])
         in_block = integer.input_block(conv, self.isa, self.layout.block_of(conv.data)) if self.isa else None
@@ -84,6 +98,12 @@ class IntegerRewrites:
         if conv.dense:
             return self.layout.bb.emit(relax.op.reshape(self.layout._to_plain(result, packed.out_block), [rows, columns])), None
         return result, packed.out_block
+
+    def _report_unmatched(self, var) -> None:
+        """A quantized result no integer kernel produces: listed unless it only moves data."""
+        op = self.matcher.producer(var)
+        if op is not None and op not in DATA_MOVEMENT:
+            self.report.append({"op": op, "kernel": "float", "reason": f"no integer kernel for {op}"})
 
     def _float_reason(self, conv: QuantizedConv, in_block: int | None) -> str:
         if self.isa is None:

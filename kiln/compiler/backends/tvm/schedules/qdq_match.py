@@ -1,4 +1,4 @@
-"""Find the quantized convs, matrix products, adds, max pools and concats of a QDQ model's Relax `main`.
+"""Find the quantized convs, matrix products, adds, pools and concats of a QDQ model's Relax `main`.
 
 The pattern, as ONNX QDQ models import (DequantizeLinear -> relax.dequantize, and so on):
 
@@ -7,6 +7,7 @@ The pattern, as ONNX QDQ models import (DequantizeLinear -> relax.dequantize, an
     quantize( [clamp]( dequantize(a_q) + dequantize(b_q) ) )         a residual add
     quantize( max_pool2d( dequantize(x_q) ) ), one quantization     max pooling the quantized values
     quantize( concat( dequantize(x_q), ... ) ), one quantization    concatenating them
+    quantize( mean( dequantize(x_q), axis=[2, 3] ) )                 a global average pool
 
 with x_q, the output and their scales per tensor, W_q int8 per output channel, the bias a constant
 (the int32 DequantizeLinear kiln's quantizer writes, or float), and the clamp a Relu, a Clip or
@@ -161,6 +162,26 @@ class QdqMatcher:
         if _op(dequantize) != "relax.dequantize" or self._quantization(dequantize) != output:
             return None
         return pool
+
+    def spatial_mean(self, var) -> tuple[relax.Expr, Quantization, Quantization] | None:
+        """quantize(mean(dequantize(x_q), axis=[2, 3], keepdims)) bound to `var` (GlobalAveragePool):
+        x_q, its quantization and the output's, or None."""
+        if (found := self._quantized_result(var, "relax.mean")) is None:
+            return None
+        output, mean = found
+        dequantize = self.values.get(mean.args[0])
+        axes = [int(a) for a in mean.attrs.axis] if mean.attrs.axis is not None else []
+        if (_op(dequantize) != "relax.dequantize" or axes != [2, 3] or not mean.attrs.keepdims
+                or (data_q := self._quantization(dequantize)) is None or mean.ty.ndim != 4):
+            return None
+        return dequantize.args[0], data_q, output
+
+    def producer(self, var) -> str | None:
+        """The op whose result the quantize bound to `var` quantizes (None for a graph input)."""
+        value = self.values.get(self.values[var].args[0])
+        if not isinstance(value, relax.Call):
+            return None
+        return value.args[0].name_hint if _op(value) == "relax.call_tir" else _op(value).removeprefix("relax.")
 
     def concat(self, var) -> tuple[list, int] | None:
         """quantize(concat(dequantize(x_q), ...)) bound to `var` with one quantization for all: the x_q and
