@@ -76,8 +76,9 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
     from kiln.compiler import artifact
 
     path = compile_model(model, options, progress_printer(quiet or as_json))
-    quantization = _quantization_summary(path)
-    integer = artifact.read_manifest(path).get("integer_kernels")
+    manifest = artifact.read_manifest(path)
+    quantization = _quantization_summary(path, manifest)
+    integer = manifest.get("integer_kernels")
     if as_json:
         echo_json({"artifact": str(path), "target": options.target.name,
                     **({"quantization": quantization} if quantization else {}),
@@ -103,11 +104,10 @@ def _echo_integer_kernels(integer: dict[str, Any]) -> None:
         click.echo(f"    float: {entry['op']}{shape}{stride}: {entry['reason']}")
 
 
-def _quantization_summary(path: Path) -> dict[str, Any] | None:
+def _quantization_summary(path: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """A neural INT8 artifact's manifest quantization section, with its report."""
     from kiln.compiler import artifact
 
-    manifest = artifact.read_manifest(path)
     if "quantization" not in manifest:
         return None
     report = json.loads(artifact.verified_file(path, manifest["files"]["report"]).read_text())

@@ -97,6 +97,17 @@ def _output_scale(artifact: Path) -> float:
     return float(scales[f"{name}_scale"])
 
 
+def _quantize_compile_compare(model: Path, input_shape: tuple[int, ...], seed: int, tmp_path: Path) -> tuple[dict, float]:
+    """Calibrate on 16 random inputs, compile INT8 for x86-64, run a random batch: (integer_kernels report,
+    steps from ONNX Runtime)."""
+    rng = np.random.default_rng(seed)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=rng.standard_normal((16, *input_shape[1:])).astype(np.float32))
+    artifact = _compile_int8(model, calib, tmp_path / f"{model.stem}.kiln")
+    feed = {"input": rng.standard_normal(input_shape).astype(np.float32)}
+    return read_manifest(artifact)["integer_kernels"], _steps_from_onnxruntime(artifact, feed)
+
+
 def _steps_from_onnxruntime(artifact: Path, feed: dict[str, np.ndarray]) -> float:
     """The largest difference between kiln's outputs and ONNX Runtime's on the same QDQ model, in output scales."""
     (got,) = kiln.load(artifact).run(feed).values()
@@ -133,30 +144,20 @@ CASES = {
 def test_quantized_conv_becomes_an_integer_kernel_that_agrees_with_onnxruntime(case: str, tmp_path: Path):
     shape, int8_ops, float_reason = CASES[case]
     model = _conv_model(tmp_path / f"{case}.onnx", *shape)
-    rng = np.random.default_rng(7)
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, input=rng.standard_normal((16, shape[0], SIZE, SIZE)).astype(np.float32))
-    artifact = _compile_int8(model, calib, tmp_path / f"{case}.kiln")
-    report = read_manifest(artifact)["integer_kernels"]
+    report, steps = _quantize_compile_compare(model, (BATCH, shape[0], SIZE, SIZE), 7, tmp_path)
     assert report["int8_ops"] == int8_ops, report
     if float_reason:
         assert [entry["reason"] for entry in report["float_ops"]] == [float_reason], report
     else:
         assert report["isa"] == "avx2-vpmaddubsw" and not report["float_ops"], report
-    feed = {"input": rng.standard_normal((BATCH, shape[0], SIZE, SIZE)).astype(np.float32)}
-    assert _steps_from_onnxruntime(artifact, feed) <= 1.0 + 1e-3
+    assert steps <= 1.0 + 1e-3
 
 
 def test_concat_of_quantized_convs_stays_integer(tmp_path: Path):
-    model = _concat_model(tmp_path / "concat.onnx")
-    rng = np.random.default_rng(5)
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, input=rng.standard_normal((16, 8, SIZE, SIZE)).astype(np.float32))
-    artifact = _compile_int8(model, calib, tmp_path / "concat.kiln")
-    report = read_manifest(artifact)["integer_kernels"]
+    report, steps = _quantize_compile_compare(_concat_model(tmp_path / "concat.onnx"), (BATCH, 8, SIZE, SIZE), 5,
+                                              tmp_path)
     assert report["int8_by_op"] == {"conv2d": 3, "concat": 1} and not report["float_ops"], report
-    feed = {"input": rng.standard_normal((BATCH, 8, SIZE, SIZE)).astype(np.float32)}
-    assert _steps_from_onnxruntime(artifact, feed) <= 1.0 + 1e-3
+    assert steps <= 1.0 + 1e-3
 
 
 def test_global_average_pool_of_a_quantized_conv_is_integer(tmp_path: Path):
@@ -170,13 +171,9 @@ def test_global_average_pool_of_a_quantized_conv_is_integer(tmp_path: Path):
         [numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.3, "w")])
     model = tmp_path / "gap.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, input=rng.standard_normal((16, 8, SIZE, SIZE)).astype(np.float32))
-    artifact = _compile_int8(model, calib, tmp_path / "gap.kiln")
-    report = read_manifest(artifact)["integer_kernels"]
+    report, steps = _quantize_compile_compare(model, (BATCH, 8, SIZE, SIZE), 13, tmp_path)
     assert report["int8_by_op"] == {"conv2d": 1, "global_avg_pool": 1} and not report["float_ops"], report
-    feed = {"input": rng.standard_normal((BATCH, 8, SIZE, SIZE)).astype(np.float32)}
-    assert _steps_from_onnxruntime(artifact, feed) <= 1.0 + 1e-3
+    assert steps <= 1.0 + 1e-3
 
 
 def test_matmul_with_a_k_by_n_weight_is_an_integer_kernel(tmp_path: Path):
@@ -189,11 +186,9 @@ def test_matmul_with_a_k_by_n_weight_is_an_integer_kernel(tmp_path: Path):
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [4, 16])], inits)
     model = tmp_path / "matmul.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, input=rng.standard_normal((16, 32)).astype(np.float32))
-    artifact = _compile_int8(model, calib, tmp_path / "matmul.kiln")
-    assert read_manifest(artifact)["integer_kernels"]["int8_by_op"] == {"dense": 1}
-    assert _steps_from_onnxruntime(artifact, {"input": rng.standard_normal((4, 32)).astype(np.float32)}) <= 1.001
+    report, steps = _quantize_compile_compare(model, (4, 32), 9, tmp_path)
+    assert report["int8_by_op"] == {"dense": 1}
+    assert steps <= 1.001
 
 
 def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: Path):

@@ -68,8 +68,8 @@ def _compile_neural(graph: Graph, options: CompileOptions, build: dict, progress
         source = stage / "model.onnx"
         onnx.save_model(graph.body, str(source))
         files, extra = {"onnx": source}, {"build": {**build, "schedules": report.schedules}}
-        if report.integer_summary(options.target):
-            extra["integer_kernels"] = report.integer_summary(options.target)
+        if integer := report.integer_summary(options.target):
+            extra["integer_kernels"] = integer
         if quantized:
             files.update(quantized.write(stage))
             extra["quantization"] = quantized.manifest_section()

@@ -2,7 +2,8 @@
 
 conv2d: data [N, IC/ib, H, W, ib] uint8/int8, weights int8 [OC/ob, IC/ib, KH, KW, ib/4, ob, 4] (each
 ob x 4 slab one dot-product instruction's operand); depthwise: data [N, C/ob, H, W, ob], weights
-[C/ob, KH, KW, ob]. Both sum in int32, then requantize in the same kernel: clip(round((sum + bias') * multiplier) + output zero point, low, high). The input's zero
+[C/ob, KH, KW, ob]. Both sum in int32, then requantize in the same kernel:
+clip(round((sum + bias') * multiplier) + output zero point, low, high). The input's zero
 point is folded into bias' (bias - zero_point * sum(weights)), which is exact because the padding
 is filled with that zero point."""
 
@@ -46,25 +47,29 @@ def input_block(conv: QuantizedConv, isa: Int8Isa, current: int | None) -> int:
     return isa.lanes if per_group % isa.lanes == 0 else GROUP
 
 
-def pack(conv: QuantizedConv, isa: Int8Isa, in_block: int) -> PackedConv | None:
-    """The conv's constants for `isa`'s kernel, or None where that kernel cannot compute it exactly."""
+def pack(conv: QuantizedConv, isa: Int8Isa, in_block: int) -> PackedConv | str:
+    """The conv's constants for `isa`'s kernel, or why that kernel cannot compute it exactly."""
     w = conv.weight
     out_channels, in_channels, kh, kw = w.shape
     ob = isa.lanes
     depthwise = is_depthwise(conv)
-    if (out_channels // (1 if depthwise else conv.groups)) % ob or conv.input.dtype != isa.activations:
-        return None
+    groups = 1 if depthwise else conv.groups
+    per_group = f" per group ({groups} groups)" if groups > 1 else ""
+    if conv.input.dtype != isa.activations:
+        return f"{conv.input.dtype} activations; {isa.name} takes {isa.activations}"
+    if (out_channels // groups) % ob:
+        return f"output channels {out_channels // groups}{per_group} not in blocks of {ob}"
     if depthwise:
         return _packed(conv, w.reshape(out_channels // ob, ob, kh, kw).transpose(0, 2, 3, 1), in_block, ob)
-    padded = in_channels < GROUP and conv.groups == 1
+    padded = in_channels < GROUP and groups == 1
     if in_block % GROUP or (GROUP if padded else in_channels) % in_block:
-        return None
+        return f"input channels {in_channels}{per_group} not in groups of {GROUP}"
     if padded:  # zero weights for the padding channels: their values never count
         w = np.concatenate([w, np.zeros((out_channels, GROUP - in_channels, kh, kw), w.dtype)], axis=1)
         in_channels = GROUP
     pairs = np.abs(w.astype(np.int32)).reshape(out_channels, in_channels // 2, 2, kh, kw).sum(axis=2)
     if isa.pair_limit is not None and pairs.max() > isa.pair_limit:
-        return None
+        return f"weights beyond {isa.name}'s int16 pair range (quantize for this target: 7-bit weights)"
     packed = w.reshape(out_channels // ob, ob, in_channels // in_block, in_block // GROUP, GROUP, kh, kw)
     return _packed(conv, packed.transpose(0, 2, 5, 6, 3, 1, 4), in_block, ob)
 
@@ -117,21 +122,27 @@ def _requantize(sums, bias, multiplier, output: tuple[int, int, int, str]):
     zero, low, high, dtype = output
 
     def requantize(b, oc, y, x, o):
-        scaled = te.round((sums[b, oc, y, x, o] + bias[oc, o]).astype("float32") * multiplier[oc, o])
-        return tirx.max(tirx.min(scaled.astype("int32") + zero, high), low).astype(dtype)
+        scaled = (sums[b, oc, y, x, o] + bias[oc, o]).astype("float32") * multiplier[oc, o]
+        return _rounded(scaled, zero, (low, high), dtype)
 
     return te.compute(sums.shape, requantize, name=REQUANTIZE)
+
+
+def _rounded(value, zero_point: int, bounds: tuple[int, int], dtype: str):
+    """A float value in output steps as the quantized integer: rounded half to even, offset, clamped."""
+    low, high = bounds
+    return tirx.max(tirx.min(te.round(value).astype("int32") + zero_point, high), low).astype(dtype)
 
 
 def add_int8(a, b, inputs: tuple[Quantization, Quantization], output: Quantization, clamp: tuple[int, int]):
     """dequantize(a) + dequantize(b), quantized, as ONNX Runtime's QLinearAdd computes it: each input's offset
     from its zero point times (its scale / the output scale), summed in float, rounded once."""
-    (qa, qb), (low, high) = inputs, clamp
+    qa, qb = inputs
 
     def value(*index):
         total = ((a[index].astype("int32") - qa.zero_point).astype("float32") * (qa.scale / output.scale)
                  + (b[index].astype("int32") - qb.zero_point).astype("float32") * (qb.scale / output.scale))
-        return tirx.max(tirx.min(te.round(total).astype("int32") + output.zero_point, high), low).astype(output.dtype)
+        return _rounded(total, output.zero_point, clamp, output.dtype)
 
     return te.compute(a.shape, value, name="kqadd")
 
@@ -146,11 +157,9 @@ def spatial_mean_int8(data, input: Quantization, output: Quantization):
     sums = te.compute(out_shape, lambda n, c, y, x, *k: te.sum(data[(n, c, ry, rx, *k)].astype("int32"), axis=[ry, rx]),
                       name="kqsum")
     ratio = input.scale / (output.scale * height * width)
-    low, high = output.bounds
 
     def requantize(*index):
         centered = (sums[index] - height * width * input.zero_point).astype("float32")
-        return tirx.max(tirx.min(te.round(centered * ratio).astype("int32") + output.zero_point, high),
-                        low).astype(output.dtype)
+        return _rounded(centered * ratio, output.zero_point, output.bounds, output.dtype)
 
     return te.compute(out_shape, requantize, name="kqmean")

@@ -9,7 +9,7 @@ from tvm import relax
 
 from kiln.compiler.backends.tvm.schedules import integer
 from kiln.compiler.backends.tvm.schedules.intrinsics import Int8Isa
-from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedAdd, QuantizedConv
+from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedAdd
 
 
 # Ops that only move or relabel values: quantizing their result is exact, float or not.
@@ -42,8 +42,8 @@ class IntegerRewrites:
         block = self.layout.block_of(data)
         self.report.append({"op": "global_avg_pool", "kernel": "int8"})
         te_func = functools.partial(integer.spatial_mean_int8, input=data_q, output=output)
-        operand = self.layout.env[data][0] if data in self.layout.env else data
-        return self.layout.bb.emit(self.layout.bb.call_te(te_func, operand, primfunc_name_hint="kqmean")), block
+        return self.layout.bb.emit(self.layout.bb.call_te(te_func, self.layout.env[data][0],
+                                                          primfunc_name_hint="kqmean")), block
 
     def concat(self, parts: list, axis: int):
         """Blocked when every part is in the same channel block (a channel concat of whole blocks)."""
@@ -69,14 +69,16 @@ class IntegerRewrites:
         if conv is None:
             self._report_unmatched(var)
             return None
-        in_channels = int(conv.data.ty.shape[1])
-        in_block = integer.input_block(conv, self.isa, self.layout.block_of(conv.data)) if self.isa else None
-        packed = integer.pack(conv, self.isa, in_block) if self.isa else None
         entry = ({"op": "dense", "shape": list(conv.weight.shape[:2])} if conv.dense else
                  {"op": "conv2d", "shape": list(conv.weight.shape), "strides": list(conv.strides),
                   "groups": conv.groups})
-        if packed is None:
-            self.report.append({**entry, "kernel": "float", "reason": self._float_reason(conv, in_block)})
+        if self.isa is None:
+            self.report.append({**entry, "kernel": "float", "reason": "the target has no int8 dot product kiln uses"})
+            return None
+        in_block = integer.input_block(conv, self.isa, self.layout.block_of(conv.data))
+        packed = integer.pack(conv, self.isa, in_block)
+        if isinstance(packed, str):
+            self.report.append({**entry, "kernel": "float", "reason": packed})
             return None
         self.report.append({**entry, "kernel": "int8", "isa": self.isa.name})
         output = (conv.output.zero_point, *conv.clamp, conv.output.dtype)
@@ -86,17 +88,17 @@ class IntegerRewrites:
                                     input_zero=conv.input.zero_point, output=output)
         if conv.groups > 1 and not depthwise:
             te_func = functools.partial(te_func, groups=conv.groups)
+        layout, bb = self.layout, self.layout.bb
         if conv.dense:  # [M, K] as [M, K, 1, 1]
-            rows, columns = int(conv.data.ty.shape[0]), conv.weight.shape[0]
-            data = self.layout._to_blocked(self.layout.bb.emit(relax.op.reshape(self.layout.plain(conv.data), [rows, in_channels, 1, 1])),
-                                    in_block)
+            rows, (columns, depth) = int(conv.data.ty.shape[0]), conv.weight.shape[:2]
+            data = layout._to_blocked(bb.emit(relax.op.reshape(layout.plain(conv.data), [rows, depth, 1, 1])), in_block)
         else:
-            data = self.layout.blocked(conv.data, in_block)
-        result = self.layout.bb.emit(self.layout.bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
-                                              relax.const(packed.multiplier),
-                                              primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
+            data = layout.blocked(conv.data, in_block)
+        result = bb.emit(bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
+                                    relax.const(packed.multiplier),
+                                    primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
         if conv.dense:
-            return self.layout.bb.emit(relax.op.reshape(self.layout._to_plain(result, packed.out_block), [rows, columns])), None
+            return bb.emit(relax.op.reshape(layout._to_plain(result, packed.out_block), [rows, columns])), None
         return result, packed.out_block
 
     def _report_unmatched(self, var) -> None:
@@ -104,18 +106,3 @@ class IntegerRewrites:
         op = self.matcher.producer(var)
         if op is not None and op not in DATA_MOVEMENT:
             self.report.append({"op": op, "kernel": "float", "reason": f"no integer kernel for {op}"})
-
-    def _float_reason(self, conv: QuantizedConv, in_block: int | None) -> str:
-        if self.isa is None:
-            return "the target has no int8 dot product kiln uses"
-        out_channels, in_channels = conv.weight.shape[:2]
-        if conv.input.dtype != self.isa.activations:
-            return f"{conv.input.dtype} activations; {self.isa.name} takes {self.isa.activations}"
-        grouped = conv.groups > 1 and not integer.is_depthwise(conv)
-        group = f" per group ({conv.groups} groups)" if grouped else ""
-        if (out_channels // (conv.groups if grouped else 1)) % self.isa.lanes:
-            return f"output channels {out_channels // (conv.groups if grouped else 1)}{group} not in blocks of " \
-                   f"{self.isa.lanes}"
-        if in_channels % 4 and (in_channels > 4 or grouped):
-            return f"input channels {in_channels}{group} not in groups of 4"
-        return f"weights beyond {self.isa.name}'s int16 pair range (quantize for this target: 7-bit weights)"

@@ -116,12 +116,19 @@ class QdqMatcher:
             return None
         return Quantization(float(scale), int(zero), dtype)
 
-    def _requantized(self, var) -> tuple[Quantization, tuple[int, int], relax.Var] | None:
-        """For quantize bound to `var`: its quantization, the quantized bounds of the clamps before it, and
-        what the clamps read."""
+    def _quantize(self, var) -> tuple[relax.Call, Quantization] | None:
+        """The quantize call bound to `var` and its quantization, if it is one with a single scale."""
         quantize = self.values.get(var)
         if _op(quantize) != "relax.quantize" or (output := self._quantization(quantize)) is None:
             return None
+        return quantize, output
+
+    def _requantized(self, var) -> tuple[Quantization, tuple[int, int], relax.Var] | None:
+        """For quantize bound to `var`: its quantization, the quantized bounds of the clamps before it, and
+        what the clamps read."""
+        if (found := self._quantize(var)) is None:
+            return None
+        quantize, output = found
         low, high, x = -math.inf, math.inf, quantize.args[0]
         while (call := self._only_reader(x)) is not None and (bound := self._clamp(call)) is not None:
             low, high = max(low, bound[0]), min(high, bound[1])
@@ -133,9 +140,9 @@ class QdqMatcher:
 
     def _quantized_result(self, var, op: str) -> tuple[Quantization, relax.Call] | None:
         """For quantize bound to `var`: its quantization and the `op` call it quantizes (read by nothing else)."""
-        quantize = self.values.get(var)
-        if _op(quantize) != "relax.quantize" or (output := self._quantization(quantize)) is None:
+        if (found := self._quantize(var)) is None:
             return None
+        quantize, output = found
         call = self._only_reader(quantize.args[0])
         return (output, call) if _op(call) == op else None
 
