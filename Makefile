@@ -21,7 +21,7 @@ test: $(VENV)/.installed system-deps
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/cpu.py
 
 clean:
 	rm -rf $(VENV) examples/out .pytest_cache

@@ -78,34 +78,42 @@ def test_conv2d_rule_alone_matches_numpy(stride: int):
     np.testing.assert_allclose(got, _nchwc(expected, 8), rtol=1e-4, atol=1e-4)
 
 
-def test_depthwise_rule_alone_matches_numpy():
+@pytest.mark.parametrize("size,stride", [(10, 2), (20, 1), (34, 2)])  # output rows 5, 20 (bands of 5), 17 (prime)
+def test_depthwise_rule_alone_matches_numpy(size: int, stride: int):
     from tvm import te
+    from tvm.s_tir import Schedule
 
-    from kiln.compiler.backends.tvm.schedules.compute import depthwise_nchwc
+    from kiln.compiler.backends.tvm.schedules.compute import PAD, depthwise_nchwc
     from kiln.compiler.backends.tvm.schedules.conv import DEPTHWISE_NCHWC
 
-    x = RNG.standard_normal((1, 16, 10, 10)).astype(np.float32)
+    x = RNG.standard_normal((2, 16, size, size)).astype(np.float32)
     w = RNG.standard_normal((16, 1, 3, 3)).astype(np.float32)
     packed = np.ascontiguousarray(w.reshape(2, 8, 3, 3).transpose(0, 2, 3, 1))
-    data, kernel = te.placeholder((1, 2, 10, 10, 8), name="data"), te.placeholder(packed.shape, name="kernel")
-    conv = depthwise_nchwc(data, kernel, (2, 2), (1, 1, 1, 1))
+    data, kernel = te.placeholder((2, 2, size, size, 8), name="data"), te.placeholder(packed.shape, name="kernel")
+    conv = depthwise_nchwc(data, kernel, (stride, stride), (1, 1, 1, 1))
     func = _scheduled(te.create_prim_func([data, kernel, conv]), DEPTHWISE_NCHWC)
     got = _run(func, [_nchwc(x, 8), packed], tuple(int(d) for d in conv.shape))
-    np.testing.assert_allclose(got, _nchwc(_conv_reference(x, w, 2, 1, groups=16), 8), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, _nchwc(_conv_reference(x, w, stride, 1, groups=16), 8), rtol=1e-4, atol=1e-4)
+    sch = Schedule(func)  # the input is padded band by band inside the conv's (parallel) tasks, never whole
+    pad_loop, conv_loop = (sch.get(sch.get_loops(sch.get_sblock(name))[0]) for name in (PAD, "kdwconv_init"))
+    assert pad_loop.same_as(conv_loop)
 
 
-def test_reduction_rule_alone_matches_numpy():
+@pytest.mark.parametrize("rows", [1, 13, 64])  # register tiles of 1, 1 (13 is prime) and 8 rows
+def test_reduction_rule_alone_matches_numpy(rows: int):
     from tvm import te
 
     from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
 
-    a, b = RNG.standard_normal((64, 32)).astype(np.float32), RNG.standard_normal((32, 48)).astype(np.float32)
+    a, b = RNG.standard_normal((rows, 32)).astype(np.float32), RNG.standard_normal((32, 48)).astype(np.float32)
     x, w = te.placeholder(a.shape, name="x"), te.placeholder(b.shape, name="w")
     k = te.reduce_axis((0, 32), "k")
-    matmul = te.compute((64, 48), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
-    bias = te.compute((64, 48), lambda i, j: matmul[i, j] + 1.0, name="bias")
-    func = _scheduled(te.create_prim_func([x, w, bias]), REDUCTION)
-    np.testing.assert_allclose(_run(func, [a, b], (64, 48)), a @ b + 1, rtol=1e-4, atol=1e-4)
+    matmul = te.compute((rows, 48), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
+    bias = te.compute((rows, 48), lambda i, j: matmul[i, j] + 1.0, name="bias")
+    relu = te.compute((rows, 48), lambda i, j: te.max(bias[i, j], 0.0), name="relu")
+    func = _scheduled(te.create_prim_func([x, w, relu]), REDUCTION)
+    np.testing.assert_allclose(_run(func, [a, b], (rows, 48)), np.maximum(a @ b + 1, 0), rtol=1e-4, atol=1e-4)
+    assert 'scope="local"' in func.script()  # the accumulators live in registers
 
 
 def test_elementwise_rule_alone_matches_numpy():

@@ -49,7 +49,7 @@ def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] =
     """The value as an array matching `spec` (string dims match any size), or an InputError saying how not."""
     array = np.asarray(value)
     dtypes = accepted_dtypes or (spec.dtype,)
-    if array.dtype.name not in dtypes:
+    if all(array.dtype != dtype for dtype in dtypes):  # not dtype.name: numpy computes it, ~3 us a call
         raise InputError(f"input {spec.name!r} has dtype {array.dtype.name}; the model takes "
                          f"{' or '.join(dtypes)} (convert with .astype(np.{dtypes[0]}))")
     shape_ok = len(array.shape) == len(spec.shape) and all(

@@ -106,6 +106,18 @@ def parallel_outer(sch: Schedule, loops: list, chunks: int = 32) -> None:
     sch.parallel(sch.fuse(*loops[:used]) if used > 1 else loops[0])
 
 
+def fuse_epilogue(sch, write_back) -> None:
+    """Inline the consumers (bias, activation, residual add) into the accumulator write-back."""
+    while True:
+        consumers = sch.get_consumers(write_back)
+        if not consumers:
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except ScheduleError:  # e.g. a consumer reading other pixels: leave it as its own loop
+            return
+
+
 def vectorize_init(sch: Schedule, block, loop) -> None:
     """Split the zero-initialisation off a reduction at `loop`, vectorizing its innermost loop.
 

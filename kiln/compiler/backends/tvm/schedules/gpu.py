@@ -15,10 +15,9 @@ from tvm import relax
 from tvm.s_tir import Schedule, dlight
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 
-from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, block_names, blocks, extent, inline_spatial,
-                                                       largest_divisor)
+from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, block_names, blocks, extent, fuse_epilogue,
+                                                       inline_spatial, largest_divisor)
 from kiln.compiler.backends.tvm.schedules.compute import PAD
-from kiln.compiler.backends.tvm.schedules.conv import fuse_epilogue
 from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV
 from kiln.compiler.backends.tvm.schedules.intrinsics import DP4A
 from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
