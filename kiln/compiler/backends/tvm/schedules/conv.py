@@ -78,10 +78,10 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     rows = sch.fuse(*outer)
     if total >= MIN_PARALLEL_WORK:
         sch.parallel(rows)
-    padding = [b for b in sch.get_producers(conv) if sch.get(b).name_hint == PAD]
-    if depthwise and padding:  # padded per band of rows, while they are in cache
-        sch.compute_at(padding[0], rows)
-        sch.vectorize(sch.get_loops(padding[0])[-1])
+    if depthwise:  # padded per band of rows, while they are in cache
+        for padding in (b for b in sch.get_producers(conv) if sch.get(b).name_hint == PAD):
+            sch.compute_at(padding, rows)
+            sch.vectorize(sch.get_loops(padding)[-1])
     vectorize_init(sch, conv, reduce_inner[0])
     if lanes_inner:
         sch.tensorize(sch.get_loops(conv)[-2], spec.int8.intrinsic)
