@@ -122,6 +122,7 @@ CASES = {
     "1x1-no-bias": ((32, 16, 1, 1, 1, False, None, False, False), 1, None),
     "1x1-strided": ((8, 32, 1, 2, 1, True, "relu", False, False), 1, None),
     "5x5": ((8, 8, 5, 1, 1, True, None, False, False), 1, None),
+    "input-channels-summed-in-chunks": ((64, 16, 3, 1, 1, True, "relu", False, False), 1, None),
     "residual-add-relu": ((16, 16, 3, 1, 1, True, "relu", True, False), 2, None),
     "conv-then-gemm": ((16, 32, 3, 1, 1, True, "relu", False, True), 2, "no integer kernel for mean"),
     "rgb-input-7x7-strided": ((3, 16, 7, 2, 1, True, "relu", False, False), 1, None),

@@ -60,22 +60,36 @@ def _conv_reference(x, w, stride, pad, groups=1):
     return out.astype(np.float32)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_conv2d_rule_alone_matches_numpy(stride: int):
+# 8 channels: one input block, summed whole in registers; 16 channels 3x3: chunks of one block; 128 channels
+# 1x1: two chunks of 8 blocks, plus a residual add in the epilogue.
+@pytest.mark.parametrize("channels,kernel,stride,chunks", [(8, 3, 1, 1), (16, 3, 2, 2), (128, 1, 1, 2)])
+def test_conv2d_rule_alone_matches_numpy(channels: int, kernel: int, stride: int, chunks: int):
     from tvm import te
+    from tvm.s_tir import Schedule
 
     from kiln.compiler.backends.tvm.schedules.compute import conv2d_nchwc
     from kiln.compiler.backends.tvm.schedules.conv import CONV2D_NCHWC
 
-    x, w = RNG.standard_normal((2, 16, 9, 9)).astype(np.float32), RNG.standard_normal((16, 16, 3, 3)).astype(np.float32)
-    packed = np.ascontiguousarray(w.reshape(2, 8, 2, 8, 3, 3).transpose(0, 2, 4, 5, 3, 1))
-    data, kernel = te.placeholder((2, 2, 9, 9, 8), name="data"), te.placeholder(packed.shape, name="kernel")
-    conv = conv2d_nchwc(data, kernel, (stride, stride), (1, 1, 1, 1))
-    relu = te.compute(conv.shape, lambda *i: te.max(conv(*i), 0.0), name="relu")
-    func = _scheduled(te.create_prim_func([data, kernel, relu]), CONV2D_NCHWC)
-    got = _run(func, [_nchwc(x, 8), packed], tuple(int(d) for d in relu.shape))
-    expected = np.maximum(_conv_reference(x, w, stride, 1), 0)
-    np.testing.assert_allclose(got, _nchwc(expected, 8), rtol=1e-4, atol=1e-4)
+    pad = kernel // 2
+    x = RNG.standard_normal((2, channels, 9, 9)).astype(np.float32)
+    w = RNG.standard_normal((16, channels, kernel, kernel)).astype(np.float32)
+    packed = np.ascontiguousarray(w.reshape(2, 8, channels // 8, 8, kernel, kernel).transpose(0, 2, 4, 5, 3, 1))
+    data, kernel_ = te.placeholder((2, channels // 8, 9, 9, 8), name="data"), te.placeholder(packed.shape, name="kernel")
+    conv = conv2d_nchwc(data, kernel_, (stride, stride), (pad, pad, pad, pad))
+    expected = _conv_reference(x, w, stride, pad)
+    residual = te.placeholder(conv.shape, name="residual")
+    relu = te.compute(conv.shape, lambda *i: te.max(conv(*i) + residual(*i), 0.0), name="relu")
+    func = _scheduled(te.create_prim_func([data, kernel_, residual, relu]), CONV2D_NCHWC)
+    res = RNG.standard_normal(expected.shape).astype(np.float32)
+    got = _run(func, [_nchwc(x, 8), packed, _nchwc(res, 8)], tuple(int(d) for d in relu.shape))
+    np.testing.assert_allclose(got, _nchwc(np.maximum(expected + res, 0), 8), rtol=1e-4, atol=1e-4)
+    sch = Schedule(func)  # chunked sums write the task's tile back (with relu and add) once, after the last chunk
+    update, write_back = (sch.get_loops(b) for b in sch.get_child_blocks(sch.get_sblock("root"))
+                          if sch.get(b).name_hint in ("kconv_update", "kconv_local"))
+    if chunks == 1:  # written back per register tile, inside the task
+        assert sch.get(update[1]).same_as(sch.get(write_back[1]))
+    else:
+        assert int(sch.get(update[1]).extent) == chunks and not sch.get(update[1]).same_as(sch.get(write_back[1]))
 
 
 @pytest.mark.parametrize("size,stride", [(10, 2), (20, 1), (34, 2)])  # output rows 5, 20 (bands of 5), 17 (prime)

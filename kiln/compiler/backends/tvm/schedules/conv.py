@@ -1,14 +1,19 @@
 """conv2d and depthwise conv in NCHW[b]c: register-blocked micro-kernels with the epilogue fused.
 
-Loop nest (conv2d): parallel(n, oc/oc_t, oh) . ow/reg . ic/ib . kh . kw . ib . [oc_t] . [reg] . vector(ob)
-with reg x oc_t vector accumulators in registers (cache_write "local"), bias/relu/residual/clip
-inlined into the write-back, and the padding block kept as a separate parallel loop. Depthwise:
-parallel(n, c/b, oh/rows) . [pad those rows] . rows . ow/reg . kh . kw . [reg] . vector(b).
+Loop nest (conv2d): parallel(n, oc/oc_t, oh/rows) . ic/chunk . rows . ow/reg . chunk . kh . kw . ib . [oc_t]
+. [reg] . vector(ob): reg x oc_t vector accumulators in registers, summed over one chunk of input-channel
+blocks at a time into the task's output tile, which bias/relu/residual/clip then turn into the output.
+A conv whose input channels make one chunk keeps its accumulators in registers for the whole sum
+(cache_write "local") and applies the epilogue as it writes them back. The padding block stays a separate
+parallel loop. Depthwise: parallel(n, c/b, oh/rows) . [pad those rows] . rows . ow/reg . kh . kw . [reg]
+. vector(b), the epilogue fused into the write-back.
 The integer conv (integer.py) has the same nest with ib split into groups of 4, and its innermost
 (ob, 4) loops tensorized with the target's int8 dot product (intrinsics.py); its requantization
-is the fused epilogue."""
+is the epilogue."""
 
 from __future__ import annotations
+
+import math
 
 from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuSpec, Rule, block_names, blocks, extent,
                                                        fuse_epilogue, inline_spatial, largest_divisor, vectorize_init,
@@ -43,6 +48,17 @@ INT8_OPERANDS = 2
 DEPTHWISE_ROWS = 8
 
 
+# Reduction steps (kh x kw x input-channel groups) a chunk of input-channel blocks should span: enough that
+# loading and storing the accumulators once per chunk costs little. Summing by chunks keeps each chunk's
+# weights in L1 while every output row of the task uses them; summing all input channels per pixel tile
+# streams the whole weight slice once per row from L2 or memory (ResNet-18's 7x7 and 14x14 layers, weights
+# of 2-9 MB: 15-20% slower in the model).
+CHUNK_STEPS = 64
+# Parallel tasks a chunked conv2d aims for, splitting its output rows into bands when channel blocks and
+# images alone give fewer.
+PARALLEL_TASKS = 16
+
+
 def _schedule(sch, name: str, spec: CpuSpec) -> None:
     conv = sch.get_sblock(name)
     total = work(sch, conv)
@@ -62,33 +78,55 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     owo, owi = sch.split(ow, [None, reg])
     oco, oci = sch.split(oc, [None, oc_t]) if oc_t > 1 else (oc, None)
     depthwise = name in (DEPTHWISE, INT8_DEPTHWISE)
-    oh, band = sch.split(oh, [None, largest_divisor(extent(sch, oh), DEPTHWISE_ROWS)]) if depthwise else (oh, None)
-    outer = [n, oco, oh]
-    sch.reorder(*outer, *([band] if band else []), owo, *reduce_inner, *([oci] if oci else []), owi, ob,
-                *lanes_inner)
+    chunk = 0 if depthwise else _input_chunk(sch, reduce_inner)
+    band = None
+    if chunk:
+        oh, band = sch.split(oh, [None, _band_rows(extent(sch, oh), extent(sch, n) * extent(sch, oco))])
+        ico, in_chunk = sch.split(reduce_inner[0], [None, chunk])
+        reduce_inner = [in_chunk, *reduce_inner[1:]]
+    elif depthwise:
+        oh, band = sch.split(oh, [None, largest_divisor(extent(sch, oh), DEPTHWISE_ROWS)])
+    sch.reorder(n, oco, oh, *([ico] if chunk else []), *([band] if band else []), owo, *reduce_inner,
+                *([oci] if oci else []), owi, ob, *lanes_inner)
     write_back = sch.cache_write(conv, 0, "local")
     fuse_epilogue(sch, write_back)
-    sch.reverse_compute_at(write_back, owo)
+    if not chunk:
+        sch.reverse_compute_at(write_back, owo)
     if not lanes_inner:
         sch.vectorize(ob)
     sch.unroll(owi)
     if oci is not None:
         sch.unroll(oci)
+    rows = sch.fuse(n, oco, oh)
+    if chunk:  # the task's output tile, after its last chunk
+        sch.reverse_compute_at(write_back, rows)
     sch.vectorize(sch.get_loops(write_back)[-1])
-    rows = sch.fuse(*outer)
     if total >= MIN_PARALLEL_WORK:
         sch.parallel(rows)
     if depthwise:  # padded per band of rows, while they are in cache
         for padding in (b for b in sch.get_producers(conv) if sch.get(b).name_hint == PAD):
             sch.compute_at(padding, rows)
             sch.vectorize(sch.get_loops(padding)[-1])
-    vectorize_init(sch, conv, reduce_inner[0])
+    vectorize_init(sch, conv, ico if chunk else reduce_inner[0])
     if lanes_inner:
         sch.tensorize(sch.get_loops(conv)[-2], spec.int8.intrinsic)
     done = (name, PAD) if depthwise else (name,)
     for block in blocks(sch):  # the conv's own blocks are now {name}_init, {name}_update, {name}_..._local
         if not sch.get(block).name_hint.startswith(done):
             schedule_elementwise(sch, block, spec)  # a conv2d's padding, and any epilogue left over
+
+
+def _input_chunk(sch, reduce_loops: list) -> int:
+    """Input-channel blocks per chunk of a conv2d's sum, or 0 where one chunk would hold them all."""
+    blocks_in, *per_block = (extent(sch, loop) for loop in reduce_loops)
+    chunk = largest_divisor(blocks_in, max(1, CHUNK_STEPS // math.prod(per_block)))
+    return chunk if chunk < blocks_in else 0
+
+
+def _band_rows(height: int, tasks: int) -> int:
+    """The tallest band of output rows that still gives PARALLEL_TASKS tasks (or one row per task)."""
+    return next(r for r in range(height, 0, -1) if height % r == 0 and (tasks * height // r >= PARALLEL_TASKS
+                                                                         or r == 1))
 
 
 def _rule(name: str) -> Rule:
