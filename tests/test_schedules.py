@@ -152,7 +152,8 @@ def test_register_tile_fits_the_registers():
         assert width % reg == 0 and blocks % oc_t == 0 and reg * oc_t <= 12
 
 
-def test_layout_rewrite_transforms_only_at_the_edges():
+def test_layout_rewrite_transforms_only_at_the_edges_and_packs_the_classifier():
+    import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
     from kiln.compiler.backends.tvm.schedules.common import AVX2
@@ -161,7 +162,9 @@ def test_layout_rewrite_transforms_only_at_the_edges():
     mod = to_nchwc(from_onnx(cnn_models.resnet18(1, 32), keep_params_in_input=False), AVX2)
     text = mod["main"].script(show_meta=False)
     assert text.count("R.layout_transform") == 2  # the RGB image in (NCHW3c), the features out before the head
-    assert text.count("R.call_tir") >= 20 and "R.nn.conv2d" not in text
+    assert text.count("R.call_tir") >= 20 and "R.nn.conv2d" not in text and "R.matmul" not in text
+    (dense,) = (f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint == "matmul")
+    assert "B: T.Buffer((T.int64(125), T.int64(512), T.int64(8))" in dense.script()  # 1000 classes: 125 x [K, 8]
 
 
 def _save(model: onnx.ModelProto, tmp_path: Path) -> Path:

@@ -1,13 +1,14 @@
 """The blocked convolutions kiln emits (TE), with the block names its rules look for.
 
 data [N, C/b, H, W, b] ("NCHW[b]c"), weights pre-packed at compile time:
-conv2d [OC/ob, IC/ib, KH, KW, ib, ob], depthwise [C/b, KH, KW, b]."""
+conv2d [OC/ob, IC/ib, KH, KW, ib, ob], depthwise [C/b, KH, KW, b]; and the dense matmul, weights [N/b, K, b]."""
 
 from __future__ import annotations
 
 from tvm import te, tirx
 
 PAD, CONV2D, DEPTHWISE = "kpad", "kconv", "kdwconv"
+MATMUL = "matmul"  # also the block LegalizeOps makes of relax.matmul: one rule schedules both
 
 
 def pad(data, top: int, left: int, bottom: int, right: int, fill: float = 0.0):
@@ -50,3 +51,13 @@ def depthwise_nchwc(data, kernel, strides, padding):
     shape = (n, c_blocks, output_size(h, top, bottom, kh, sh), output_size(w, left, right, kw, sw), lanes)
     return te.compute(shape, lambda b, c, y, x, k: te.sum(
         padded[b, c, y * sh + ry, x * sw + rx, k] * kernel[c, ry, rx, k], axis=[ry, rx]), name=DEPTHWISE)
+
+
+def dense_packed(data, kernel):
+    """data [M, K] x kernel [N/b, K, b] -> [M, N]. Each block of b columns reads its weights in one
+    contiguous run; in [K, N] every k is a new row (at N = 1000, a new 4 KiB page per k)."""
+    rows, depth = (int(x) for x in data.shape)
+    blocks, _, block = (int(x) for x in kernel.shape)
+    k = te.reduce_axis((0, depth), "k")
+    return te.compute((rows, blocks * block), lambda i, j: te.sum(data[i, k] * kernel[j // block, k, j % block], axis=k),
+                      name=MATMUL)

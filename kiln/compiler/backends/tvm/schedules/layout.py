@@ -129,6 +129,19 @@ class _Rewriter:
                                  padding, primfunc_name_hint=name)
         return self.bb.emit(result), ob
 
+    def matmul(self, call):
+        """x [M, K] x constant [K, N] as compute.dense_packed, its weights [N/b, K, b]."""
+        data, weight = call.args
+        w = self.constant(weight)
+        if w is None or w.ndim != 2 or w.dtype != np.float32 or data.ty.ndim != 2 or data.ty.dtype != "float32" \
+                or w.shape[1] % self.lanes:
+            return None
+        depth, columns = w.shape
+        packed = w.reshape(depth, columns // self.lanes, self.lanes).transpose(1, 0, 2)
+        result = self.bb.call_te(compute.dense_packed, self.plain(data), relax.const(np.ascontiguousarray(packed)),
+                                 primfunc_name_hint=compute.MATMUL)
+        return self.bb.emit(result), None
+
     def binary(self, var, call):
         a, b = call.args
         block = self.block_of(a) or self.block_of(b)
@@ -178,6 +191,8 @@ class _Rewriter:
         op = _op_name(call)
         if op == "relax.nn.conv2d":
             return self.conv2d(call) if self.float_convs else None
+        if op == "relax.matmul":
+            return self.matmul(call) if self.float_convs else None
         if op in _BINARY:
             return self.binary(var, call)
         if op in _UNARY and self.block_of(call.args[0]):

@@ -1,4 +1,4 @@
-"""Reductions (dense/matmul with weights packed [K, N] at import, pooling, mean, softmax sums).
+"""Reductions (dense/matmul, its constant weights packed [N/b, K, b] by layout.py; pooling, mean, softmax sums).
 
 Parallel over the fused spatial loops; a lanes-divisible innermost spatial loop moves below the
 reduction loops and is vectorized, so each FMA updates a whole vector of outputs. A matmul
@@ -10,9 +10,8 @@ from __future__ import annotations
 from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, REDUCE, SPATIAL, CpuSpec, Rule, block_names,
                                                        blocks, extent, fuse_epilogue, inline_spatial, is_reduction,
                                                        largest_divisor, vectorize_init, work)
+from kiln.compiler.backends.tvm.schedules.compute import MATMUL
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
-
-MATMUL = "matmul"  # the block LegalizeOps makes of relax.matmul
 
 
 def schedule_block(sch, block, spec: CpuSpec) -> None:
