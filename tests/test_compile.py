@@ -189,9 +189,10 @@ def test_external_data_through_a_symlink_is_refused(tmp_path: Path):
         _compile(model, tmp_path / "out.kiln", input=(1, 1, 8, 8))
 
 
-def test_loaded_artifact_runs_on_the_threads_asked_for(tmp_path: Path):
+def test_loaded_artifact_runs_on_the_threads_asked_for_and_idles_quietly(tmp_path: Path):
     """TVM caps its pool at half the CPUs unless told (it assumes hyper-threading): a fresh process that
-    compiles (constant folding starts the pool) and then loads with threads=2 must get 2 threads."""
+    compiles (constant folding starts the pool) and then loads with threads=2 must get 2 threads. After a
+    call its workers must go to sleep: with TVM's default spin count they yield-spun ~0.2 s of CPU."""
     import os
     import subprocess
     import sys
@@ -206,9 +207,15 @@ from kiln.compiler.pipeline import CompileOptions, compile_model
 from kiln.targets import resolve
 artifact = compile_model(Path({str(DIGITS_CNN)!r}), CompileOptions(resolve("x86-64"), Path({str(tmp_path)!r}) / "d.kiln",
                                                                  ImportOptions({{"input": (1, 1, 8, 8)}})))
-kiln.load(artifact, threads=2)
-print(tvm.get_global_func("runtime.NumThreads")())
+predictor = kiln.load(artifact, threads=2)
+predictor.run(np.zeros((1, 1, 8, 8), np.float32))
+started = time.process_time()
+time.sleep(1.0)
+print(time.process_time() - started, tvm.get_global_func("runtime.NumThreads")())
 """
-    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    assert result.stdout.split()[-1] == "2"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", "TVM_THREAD_POOL_SPIN_COUNT")}
+    result = subprocess.run([sys.executable, "-c", "import time, numpy as np\n" + script], capture_output=True,
+                            text=True, env=env, check=True)
+    idle_cpu_seconds, threads = result.stdout.split()[-2:]
+    assert threads == "2" and float(idle_cpu_seconds) < 0.05

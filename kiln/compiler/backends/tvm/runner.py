@@ -62,11 +62,15 @@ def prepare_thread_pool() -> None:
     - TVM_BIND_THREADS=0 lets the OS place the threads: pinned to fixed cores (TVM's default) they stall
       whenever another process or ONNX Runtime holds those cores (2-5x slower under load);
     - TVM_NUM_THREADS = every CPU this process may use: without it TVM caps its pool at half the CPUs,
-      assuming hyper-threading, which on a 2-core machine meant one thread whatever --threads said."""
+      assuming hyper-threading, which on a 2-core machine meant one thread whatever --threads said;
+    - TVM_THREAD_POOL_SPIN_COUNT=1000: idle workers call sched_yield that many times before they sleep.
+      TVM's 300000 kept a core busy for ~0.2 s after every call (0.22 CPU-seconds per idle second here),
+      taking it from whatever runs next; 1000 (~0.5 ms) still spans the gaps between a model's kernels."""
     import os
 
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "1000")
 
 
 def set_threads(threads: int) -> None:
