@@ -144,12 +144,15 @@ def test_elementwise_rule_alone_matches_numpy():
 
 
 def test_register_tile_fits_the_registers():
-    from kiln.compiler.backends.tvm.schedules.conv import register_tile
+    from kiln.compiler.backends.tvm.schedules.conv import int8_register_tile, register_tile
 
-    assert register_tile(56, 8, 12) == (4, 2)  # 8 accumulators, 6 loads per 8 FMAs (vs 12 per 12 at reg=12)
-    for width, blocks in [(7, 64), (14, 32), (112, 8), (1, 1)]:
-        reg, oc_t = register_tile(width, blocks, 12)
-        assert width % reg == 0 and blocks % oc_t == 0 and reg * oc_t <= 12
+    assert register_tile(56, 8, 12) == (4, 2)  # 8 accumulators + 2 weights + 1 broadcast; 6 loads per 8 FMAs
+    assert register_tile(7, 64, 16) == (4, 2)  # two tiles, the second 3 wide: (7, 1) was 16% slower
+    for width, blocks in [(7, 64), (14, 32), (56, 8), (112, 12), (1, 1)]:
+        reg, oc_t = register_tile(width, blocks, 16)
+        assert blocks % oc_t == 0 and reg * oc_t + min(reg, oc_t) + 1 + (width % reg != 0) <= 16
+        reg, oc_t = int8_register_tile(width, blocks, 10)
+        assert width % reg == 0 and blocks % oc_t == 0 and reg * oc_t <= 10
 
 
 def test_layout_rewrite_transforms_only_at_the_edges_and_packs_the_classifier():

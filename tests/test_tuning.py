@@ -85,3 +85,12 @@ def test_records_with_schedule_none_are_refused(tmp_path: Path):
 
         compile_model(model, CompileOptions(resolve("x86-64"), tmp_path / "x.kiln", ImportOptions(),
                                             schedule=ScheduleMode.NONE, records=tmp_path))
+
+
+def test_tuning_measures_the_default_rule_first_then_its_variants():
+    from kiln.compiler.backends.tvm.schedules.common import AVX2, tuning_variants
+
+    variants = tuning_variants(AVX2)
+    assert variants[0] == AVX2 and len(set(variants)) == len(variants) == 4
+    assert {v.chunk_steps for v in variants} == {AVX2.chunk_steps, 0}  # conv2d summed in one pass, too
+    assert {v.registers for v in variants} == {16, 12}

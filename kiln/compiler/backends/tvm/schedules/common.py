@@ -20,17 +20,34 @@ MIN_PARALLEL_WORK = 1 << 16
 
 @dataclass(frozen=True)
 class CpuSpec:
-    """Vector lanes of fp32 (and so the NCHW[lanes]c block), how many accumulators fit in registers,
-    and the int8 dot product integer kernels use (None: quantized ops stay in float)."""
+    """Vector lanes of fp32 (and so the NCHW[lanes]c block), the vector registers, how many accumulators
+    matmuls and integer kernels keep in them, and the int8 dot product integer kernels use (None:
+    quantized ops stay in float)."""
 
     lanes: int
+    registers: int
     max_accumulators: int
     int8: Int8Isa | None = None
     float_convs: bool = True  # float convs in NCHW[lanes]c too (False on GPUs: integer kernels only)
+    # Reduction steps (kh x kw x input-channel groups) per chunk of a conv2d's input channels (conv.py);
+    # 0: every conv sums all its input channels in one pass.
+    chunk_steps: int = 64
 
 
-AVX2 = CpuSpec(lanes=8, max_accumulators=12)  # 16 ymm registers: 12 accumulators + operands
-NEON = CpuSpec(lanes=4, max_accumulators=24)  # 32 q registers
+def tuning_variants(spec: CpuSpec) -> list[CpuSpec]:
+    """`spec` first, then the variants `kiln tune` measures for each kernel besides MetaSchedule's search:
+    smaller register tiles (4 registers held back) and conv2d summed in one pass."""
+    variants = [spec]
+    for registers in (spec.registers, spec.registers - 4):
+        for chunk_steps in (spec.chunk_steps, 0):
+            variant = dataclasses.replace(spec, registers=registers, chunk_steps=chunk_steps)
+            if variant not in variants:
+                variants.append(variant)
+    return variants
+
+
+AVX2 = CpuSpec(lanes=8, registers=16, max_accumulators=12)  # 16 ymm registers: 12 accumulators + operands
+NEON = CpuSpec(lanes=4, registers=32, max_accumulators=24)
 
 
 def cpu_spec(target) -> CpuSpec | None:

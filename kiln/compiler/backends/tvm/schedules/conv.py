@@ -23,20 +23,46 @@ from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as s
 from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV, INT8_DEPTHWISE
 
 
-def register_tile(out_width: int, oc_blocks: int, max_accumulators: int) -> tuple[int, int]:
-    """(reg output pixels, oc_t channel vectors) minimising loads per FMA, (reg + oc_t) / (reg * oc_t),
-    with reg * oc_t accumulators fitting in registers; ties go to the wider pixel tile."""
+def register_tile(out_width: int, oc_blocks: int, registers: int) -> tuple[int, int]:
+    """A float conv's (reg output pixels, oc_t channel vectors) that fits `registers`: reg x oc_t accumulators,
+    the operands the inner of the two unrolled loops keeps live (min(reg, oc_t): see _tile_loops), one for
+    the other operand, and one more where reg does not divide the width (the last tile is partial).
+
+    ResNet-18's 7x7 layers ran 16% faster in (4, 2) tiles, the last one 3 wide, than in (7, 1); 12
+    accumulators needing 17 registers ran 20-50% slower than 8 needing 11."""
+    return _best_tile(out_width, oc_blocks, lambda reg, oc_t, partial: reg * oc_t + min(reg, oc_t) + 1 + partial
+                      <= registers)
+
+
+def int8_register_tile(out_width: int, oc_blocks: int, max_accumulators: int) -> tuple[int, int]:
+    """An integer conv's tile: reg dividing the width, reg x oc_t accumulators at most `max_accumulators`."""
+    return _best_tile(out_width, oc_blocks, lambda reg, oc_t, partial: not partial
+                      and reg * oc_t <= max_accumulators)
+
+
+def _best_tile(out_width: int, oc_blocks: int, fits) -> tuple[int, int]:
+    """The (reg, oc_t) that `fits` with the fewest loads per useful FMA: (reg + oc_t) / (reg * oc_t), times
+    the pixels computed over those used; ties go to the wider pixel tile."""
     best = None
-    for reg in range(1, min(out_width, max_accumulators) + 1):
-        if out_width % reg:
-            continue
+    for reg in range(1, out_width + 1):
         for oc_t in (1, 2, 3, 4):
-            if oc_blocks % oc_t or reg * oc_t > max_accumulators:
+            partial = out_width % reg != 0
+            if oc_blocks % oc_t or not fits(reg, oc_t, partial):
                 continue
-            key = ((reg + oc_t) / (reg * oc_t), -reg)
+            computed = -(-out_width // reg) * reg
+            key = ((reg + oc_t) / (reg * oc_t) * computed / out_width, -reg)
             if best is None or key < best[0]:
                 best = (key, reg, oc_t)
     return best[1], best[2]
+
+
+def _tile_loops(pixels, channels, reg: int, oc_t: int, name: str) -> list:
+    """The register tile's two unrolled loops, the shorter one inner: a float FMA's operands are a broadcast
+    pixel and a weight vector, and each of the inner loop's is kept live while the outer loop's is reused.
+    The integer kernels keep channels outer (their dot product reads the pixel inside the intrinsic)."""
+    if channels is None:
+        return [pixels]
+    return [pixels, channels] if name == CONV2D and oc_t < reg else [channels, pixels]
 
 
 # Registers the int8 dot product needs besides its accumulators: the broadcast activations, the
@@ -48,12 +74,6 @@ INT8_OPERANDS = 2
 DEPTHWISE_ROWS = 8
 
 
-# Reduction steps (kh x kw x input-channel groups) a chunk of input-channel blocks should span: enough that
-# loading and storing the accumulators once per chunk costs little. Summing by chunks keeps each chunk's
-# weights in L1 while every output row of the task uses them; summing all input channels per pixel tile
-# streams the whole weight slice once per row from L2 or memory (ResNet-18's 7x7 and 14x14 layers, weights
-# of 2-9 MB: 15-20% slower in the model).
-CHUNK_STEPS = 64
 # Parallel tasks a chunked conv2d aims for, splitting its output rows into bands when channel blocks and
 # images alone give fewer.
 PARALLEL_TASKS = 16
@@ -65,11 +85,11 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     lanes_inner = []
     if name == CONV2D:
         n, oc, oh, ow, ob, ico, kh, kw, ici = sch.get_loops(conv)
-        reg, oc_t = register_tile(extent(sch, ow), extent(sch, oc), spec.max_accumulators)
+        reg, oc_t = register_tile(extent(sch, ow), extent(sch, oc), spec.registers)
         reduce_inner = [ico, kh, kw, ici]
     elif name == INT8_CONV:
         n, oc, oh, ow, ob, ico, kh, kw, icg, k = sch.get_loops(conv)
-        reg, oc_t = register_tile(extent(sch, ow), extent(sch, oc), spec.max_accumulators - INT8_OPERANDS)
+        reg, oc_t = int8_register_tile(extent(sch, ow), extent(sch, oc), spec.max_accumulators - INT8_OPERANDS)
         reduce_inner, lanes_inner = [ico, kh, kw, icg], [k]
     else:
         n, oc, oh, ow, ob, kh, kw = sch.get_loops(conv)
@@ -78,7 +98,7 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     owo, owi = sch.split(ow, [None, reg])
     oco, oci = sch.split(oc, [None, oc_t]) if oc_t > 1 else (oc, None)
     depthwise = name in (DEPTHWISE, INT8_DEPTHWISE)
-    chunk = 0 if depthwise else _input_chunk(sch, reduce_inner)
+    chunk = 0 if depthwise else _input_chunk(sch, reduce_inner, spec.chunk_steps)
     band = None
     if chunk:
         oh, band = sch.split(oh, [None, _band_rows(extent(sch, oh), extent(sch, n) * extent(sch, oco))])
@@ -87,7 +107,7 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     elif depthwise:
         oh, band = sch.split(oh, [None, largest_divisor(extent(sch, oh), DEPTHWISE_ROWS)])
     sch.reorder(n, oco, oh, *([ico] if chunk else []), *([band] if band else []), owo, *reduce_inner,
-                *([oci] if oci else []), owi, ob, *lanes_inner)
+                *_tile_loops(owi, oci, reg, oc_t, name), ob, *lanes_inner)
     write_back = sch.cache_write(conv, 0, "local")
     fuse_epilogue(sch, write_back)
     if not chunk:
@@ -116,10 +136,17 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
             schedule_elementwise(sch, block, spec)  # a conv2d's padding, and any epilogue left over
 
 
-def _input_chunk(sch, reduce_loops: list) -> int:
-    """Input-channel blocks per chunk of a conv2d's sum, or 0 where one chunk would hold them all."""
+def _input_chunk(sch, reduce_loops: list, steps: int) -> int:
+    """Input-channel blocks per chunk of a conv2d's sum (about `steps` kh x kw x group steps: enough that
+    loading and storing the accumulators once per chunk costs little), or 0 for one pass over them all.
+
+    Chunks keep each chunk's weights in L1 while every output row of the task uses them; one pass per pixel
+    tile streams the whole weight slice once per row from L2 or memory (ResNet-18's 7x7 and 14x14 layers,
+    weights of 2-9 MB, were 15-20% slower in the model)."""
+    if not steps:
+        return 0
     blocks_in, *per_block = (extent(sch, loop) for loop in reduce_loops)
-    chunk = largest_divisor(blocks_in, max(1, CHUNK_STEPS // math.prod(per_block)))
+    chunk = largest_divisor(blocks_in, max(1, steps // math.prod(per_block)))
     return chunk if chunk < blocks_in else 0
 
 

@@ -23,7 +23,7 @@ from kiln.compiler.backends.tvm.schedules.intrinsics import DP4A
 from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
 
 # The layout rewrite's parameters on a GPU: integer kernels in 4-channel blocks, float convs untouched.
-GPU_SPEC = CpuSpec(lanes=DP4A.lanes, max_accumulators=1, int8=DP4A, float_convs=False)
+GPU_SPEC = CpuSpec(lanes=DP4A.lanes, registers=1, max_accumulators=1, int8=DP4A, float_convs=False)
 THREADS = 256
 log = logging.getLogger("kiln.schedules")
 
