@@ -1,8 +1,9 @@
 """conv2d and depthwise conv in NCHW[b]c: register-blocked micro-kernels with the epilogue fused.
 
-Loop nest (conv2d): parallel(n, oc/oc_t, oh/rows) . ic/chunk . rows . ow/reg . chunk . kh . kw . ib . [oc_t]
-. [reg] . vector(ob): reg x oc_t vector accumulators in registers, summed over one chunk of input-channel
-blocks at a time into the task's output tile, which bias/relu/residual/clip then turn into the output.
+Loop nest (conv2d): parallel(n, oc/oc_t, oh/rows) . ic/chunk . rows . ow/reg . chunk . kh . kw . ib
+. [oc_t x reg, the shorter inner] . vector(ob): reg x oc_t vector accumulators in registers (the last pixel
+tile may be partial), summed over one chunk of input-channel blocks at a time into the task's output tile,
+which bias/relu/residual/clip then turn into the output.
 A conv whose input channels make one chunk keeps its accumulators in registers for the whole sum
 (cache_write "local") and applies the epilogue as it writes them back. The padding block stays a separate
 parallel loop. Depthwise: parallel(n, c/b, oh/rows) . [pad those rows] . rows . ow/reg . kh . kw . [reg]
