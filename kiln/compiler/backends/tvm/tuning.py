@@ -168,7 +168,7 @@ def _best_seconds(database, task) -> float:
 
 def _record_rule_variants(task, target, database, measure: "_Measure") -> float:
     """Measure each distinct schedule kiln's rule makes of one task (its default spec and tuning variants)
-    and store each as a record; the default's mean seconds (inf where the rule does not apply or fails)."""
+    and store each as a record; the default's seconds (inf where the rule does not apply or fails)."""
     import tvm_ffi
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms

@@ -46,11 +46,11 @@ def _best_tile(out_width: int, oc_blocks: int, fits) -> tuple[int, int]:
     the pixels computed over those used; ties go to the wider pixel tile."""
     best = None
     for reg in range(1, out_width + 1):
+        partial = out_width % reg != 0
+        computed = -(-out_width // reg) * reg
         for oc_t in (1, 2, 3, 4):
-            partial = out_width % reg != 0
             if oc_blocks % oc_t or not fits(reg, oc_t, partial):
                 continue
-            computed = -(-out_width // reg) * reg
             key = ((reg + oc_t) / (reg * oc_t) * computed / out_width, -reg)
             if best is None or key < best[0]:
                 best = (key, reg, oc_t)
@@ -73,8 +73,6 @@ INT8_OPERANDS = 2
 # task, where a whole padded copy would cost as much memory traffic as the conv (MobileNetV2 at batch 8: a
 # stride-2 depthwise layer went from 6.6 to 2.6 ms); a band of 8 rows re-pads only 2 rows of 10.
 DEPTHWISE_ROWS = 8
-
-
 # Parallel tasks a chunked conv2d aims for, splitting its output rows into bands when channel blocks and
 # images alone give fewer.
 PARALLEL_TASKS = 16
@@ -153,8 +151,8 @@ def _input_chunk(sch, reduce_loops: list, steps: int) -> int:
 
 def _band_rows(height: int, tasks: int) -> int:
     """The tallest band of output rows that still gives PARALLEL_TASKS tasks (or one row per task)."""
-    return next(r for r in range(height, 0, -1) if height % r == 0 and (tasks * height // r >= PARALLEL_TASKS
-                                                                         or r == 1))
+    bands = -(-PARALLEL_TASKS // tasks)
+    return largest_divisor(height, max(1, height // bands))
 
 
 def _rule(name: str) -> Rule:
