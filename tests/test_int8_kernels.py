@@ -154,6 +154,36 @@ def test_quantized_conv_becomes_an_integer_kernel_that_agrees_with_onnxruntime(c
     assert steps <= 1.0 + 1e-3
 
 
+def test_large_3x3_conv_runs_as_integer_winograd_that_agrees_with_onnxruntime(tmp_path: Path):
+    # 64 -> 64 channels on 10x10 at batch 2: 7.4 M multiply-adds, over the Winograd threshold (4.2 M); the
+    # residual add and relu after it stay integer kernels of their own
+    model = _conv_model(tmp_path / "winograd.onnx", 64, 64, 3, 1, 1, True, "relu", True, False)
+    report, steps = _quantize_compile_compare(model, (BATCH, 64, SIZE, SIZE), 9, tmp_path)
+    assert report["int8_by_op"] == {"conv2d": 1, "add": 1} and not report["float_ops"], report
+    assert report["isa"] == "avx2-vpmaddwd-winograd", report
+    assert steps <= 1.0 + 1e-3
+
+
+def test_integer_winograd_weights_are_exact_and_refuse_overflow():
+    from kiln.compiler.backends.tvm.schedules.integer import pack_winograd
+    from kiln.compiler.backends.tvm.schedules.intrinsics import AVX2_DOT
+    from kiln.compiler.backends.tvm.schedules.qdq_match import Quantization, QuantizedConv
+
+    def conv(weight: np.ndarray) -> QuantizedConv:
+        out_channels = weight.shape[0]
+        return QuantizedConv(None, Quantization(0.1, 3, "uint8"), weight, np.full(out_channels, 0.01, np.float32),
+                             np.zeros(out_channels, np.int32), Quantization(0.2, 0, "uint8"), (0, 255), (1, 1),
+                             (1, 1, 1, 1), 1)
+
+    weight = np.random.default_rng(2).integers(-63, 64, (8, 16, 3, 3)).astype(np.int8)
+    packed = pack_winograd(conv(weight), AVX2_DOT)  # [16 positions, OC/8, IC/2, 8, 2] of 4 G g G^T
+    g = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+    expected = 4 * np.einsum("ai,ocij,bj->abco", g, weight.astype(np.float64), g).reshape(16, 8, 2, 1, 8)
+    np.testing.assert_array_equal(packed.weight, expected.transpose(0, 3, 1, 4, 2))
+    # 2048 input channels of weight 127: the sums could pass 2^31, so that conv stays direct
+    assert pack_winograd(conv(np.full((8, 2048, 3, 3), 127, np.int8)), AVX2_DOT) == "Winograd sums could overflow int32"
+
+
 def test_concat_of_quantized_convs_stays_integer(tmp_path: Path):
     report, steps = _quantize_compile_compare(_concat_model(tmp_path / "concat.onnx"), (BATCH, 8, SIZE, SIZE), 5,
                                               tmp_path)

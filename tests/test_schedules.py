@@ -92,6 +92,49 @@ def test_conv2d_rule_alone_matches_numpy(channels: int, kernel: int, stride: int
         assert int(sch.get(update[1]).extent) == chunks and not sch.get(update[1]).same_as(sch.get(write_back[1]))
 
 
+# 7x7 with padding 1: the last row and column of 2x2 output tiles are partial; 6x6 without padding: 4x4 outputs.
+@pytest.mark.parametrize("size,pad", [(7, 1), (6, 0)])
+def test_winograd_rule_alone_matches_numpy(size: int, pad: int):
+    from tvm import te
+
+    from tvm.s_tir import Schedule
+
+    from kiln.compiler.backends.tvm.schedules.common import block_names
+    from kiln.compiler.backends.tvm.schedules.compute import conv2d_winograd, winograd_kernel
+    from kiln.compiler.backends.tvm.schedules.winograd import CONV2D_WINOGRAD
+
+    x = RNG.standard_normal((2, 16, size, size)).astype(np.float32)
+    w = RNG.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    packed = winograd_kernel(w, 8)
+    assert packed.shape == (16, 3, 16, 8)
+    data, kernel = te.placeholder((2, 2, size, size, 8), name="data"), te.placeholder(packed.shape, name="kernel")
+    conv = conv2d_winograd(data, kernel, (pad, pad, pad, pad))
+    residual = te.placeholder(conv.shape, name="residual")
+    relu = te.compute(conv.shape, lambda *i: te.max(conv(*i) + residual(*i), 0.0), name="relu")
+    func = _scheduled(te.create_prim_func([data, kernel, residual, relu]), CONV2D_WINOGRAD)
+    expected = _conv_reference(x, w, 1, pad)
+    res = RNG.standard_normal(expected.shape).astype(np.float32)
+    got = _run(func, [_nchwc(x, 8), packed, _nchwc(res, 8)], tuple(int(d) for d in relu.shape))
+    np.testing.assert_allclose(got, _nchwc(np.maximum(expected + res, 0), 8), rtol=1e-4, atol=1e-4)
+    assert "relu" not in block_names(Schedule(func))  # the residual add and relu are in the output transform
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_winograd_only_for_convs_large_enough(batch: int):
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.backends.tvm.schedules.common import AVX2
+    from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
+
+    # ResNet-18 on 32x32 images: each 3x3 stride-1 conv has 2.4 M multiply-adds per image, under the 4.2 M
+    # threshold at batch 1 and over it at batch 8; the strided convs stay direct.
+    mod = to_nchwc(from_onnx(cnn_models.resnet18(batch, 32), keep_params_in_input=False), AVX2)
+    names = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any(n.startswith("kwino") for n in names) == (batch == 8)
+    assert any(n.startswith("kconv") for n in names)
+
+
 @pytest.mark.parametrize("size,stride", [(10, 2), (20, 1), (34, 2)])  # output rows 5, 20 (bands of 5), 17 (prime)
 def test_depthwise_rule_alone_matches_numpy(size: int, stride: int):
     from tvm import te
@@ -183,7 +226,9 @@ def test_model_matches_onnxruntime_and_every_kernel_is_scheduled(name: str, batc
     image = RNG.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     artifact = check_correctness(path, {"input": image}, tmp_path, rtol=1e-3, atol=1e-3)
     schedules = json.loads((artifact / "manifest.json").read_text())["build"]["schedules"]
-    assert "none" not in schedules and schedules.get("conv2d_nchwc", 0) >= 10
+    assert "none" not in schedules and schedules.get("conv2d_nchwc", 0) + schedules.get("conv2d_winograd", 0) >= 10
+    if name == "resnet18" and batch == 8:
+        assert schedules.get("conv2d_winograd", 0) >= 4  # its 3x3 stride-1 convs
     if name == "mobilenetv2":
         assert schedules.get("depthwise_nchwc", 0) >= 10
 

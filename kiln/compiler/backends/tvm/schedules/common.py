@@ -32,6 +32,10 @@ class CpuSpec:
     # Reduction steps (kh x kw x input-channel groups) per chunk of a conv2d's input channels (conv.py);
     # 0: every conv sums all its input channels in one pass.
     chunk_steps: int = 64
+    # Multiply-adds from which a 3x3 stride-1 conv2d runs as Winograd F(2x2, 3x3) (compute.conv2d_winograd;
+    # 0: never). ResNet-18's 3x3 layers ran in 0.57-0.76 of the direct conv's time; the digits CNN's
+    # (0.3-2.4 M multiply-adds) in 1.06-1.13.
+    winograd_work: int = 1 << 22
 
 
 def tuning_variants(spec: CpuSpec) -> list[CpuSpec]:

@@ -1,13 +1,16 @@
 """The blocked convolutions kiln emits (TE), with the block names its rules look for.
 
 data [N, C/b, H, W, b] ("NCHW[b]c"), weights pre-packed at compile time:
-conv2d [OC/ob, IC/ib, KH, KW, ib, ob], depthwise [C/b, KH, KW, b]; and the dense matmul, weights [N/b, K, b]."""
+conv2d [OC/ob, IC/ib, KH, KW, ib, ob], Winograd conv2d [16, OC/ob, IC, ob], depthwise [C/b, KH, KW, b]; and the
+dense matmul, weights [N/b, K, b]."""
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import te, tirx
 
 PAD, CONV2D, DEPTHWISE = "kpad", "kconv", "kdwconv"
+WINOGRAD_IN, WINOGRAD, WINOGRAD_OUT = "kwino_in", "kwino", "kwino_out"
 MATMUL = "matmul"  # also the block LegalizeOps makes of relax.matmul: one rule schedules both
 
 
@@ -61,3 +64,81 @@ def dense_packed(data, kernel):
     k = te.reduce_axis((0, depth), "k")
     return te.compute((rows, blocks * block), lambda i, j: te.sum(data[i, k] * kernel[j // block, k, j % block], axis=k),
                       name=MATMUL)
+
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2015): Y = A^T [(G g G^T) * (B^T d B)] A for each 4x4 input tile d and its
+# 2x2 outputs Y: 16 multiply-adds per input channel where a direct conv takes 36. Each row of B^T is
+# d[p] + s * d[q] (the (p, q, s) below); each row r of A^T is m[r] + s * (m[r + 1] + m[r + 2]), s = 1 - 2r.
+_INPUT_ROWS = ((0, 2, -1), (1, 2, 1), (2, 1, -1), (1, 3, -1))
+KERNEL_ROWS = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])  # G
+
+
+def winograd_kernel(weight: np.ndarray, block: int) -> np.ndarray:
+    """OIHW 3x3 weights -> G g G^T, packed [16, OC/block, IC, block] (16 = the 4x4 tile's positions)."""
+    out_channels, in_channels = weight.shape[:2]
+    u = np.einsum("ai,ocij,bj->abco", KERNEL_ROWS, weight.astype(np.float64), KERNEL_ROWS)
+    u = u.reshape(16, in_channels, out_channels // block, block).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(u, dtype=np.float32)
+
+
+def _row(a, column: int, dtype: str):
+    """Component `column` of _INPUT_ROWS[a], for a loop variable a."""
+    values = [tirx.const(row[column], dtype) for row in _INPUT_ROWS]
+    expr = values[-1]
+    for i in range(len(values) - 2, -1, -1):
+        expr = tirx.Select(a == i, values[i], expr)
+    return expr
+
+
+def winograd_tiles(data, padding, fill, value, dtype: str, name: str):
+    """The transformed 4x4 input tiles [16, N, C/b, tiles, b] of a 3x3 stride-1 conv's data [N, C/b, H, W, b]
+    padded by `padding` (with `fill`, and up to whole tiles), each input element read through `value` as
+    `dtype`; and the output's height and width."""
+    n, blocks, h, w, lanes = (int(x) for x in data.shape)
+    top, left, bottom, right = padding
+    oh, ow = output_size(h, top, bottom, 3, 1), output_size(w, left, right, 3, 1)
+    rows, cols = -(-oh // 2), -(-ow // 2)
+    padded = pad(data, top, left, bottom + 2 * rows - oh, right + 2 * cols - ow, fill)
+
+    def transformed(xi, b, c, t, k):
+        y, x = t // cols * 2, t % cols * 2
+
+        def d(i, j):
+            return value(padded[b, c, y + i, x + j, k])
+        (pa, qa, sa), (pb, qb, sb) = ([_row(a, 0, "int32"), _row(a, 1, "int32"), _row(a, 2, dtype)]
+                                      for a in (xi // 4, xi % 4))
+        return d(pa, pb) + sb * d(pa, qb) + sa * (d(qa, pb) + sb * d(qa, qb))
+
+    return te.compute((16, n, blocks, rows * cols, lanes), transformed, name=name), (oh, ow)
+
+
+def winograd_output(products, size: tuple[int, int], name: str, finish=lambda value: value):
+    """The conv's output [N, OC/b, OH, OW, b] from the tiles' products [16, N, OC/b, tiles, b]: A^T m A, then
+    `finish`."""
+    _, n, blocks, _, lanes = (int(x) for x in products.shape)
+    oh, ow = size
+    cols = -(-ow // 2)
+
+    def output(b, oc, y, x, o):
+        t, r, s = y // 2 * cols + x // 2, y % 2, x % 2
+
+        def row(j):
+            def m(i):
+                return products[i * 4 + j, b, oc, t, o]
+            return m(r) + (1 - 2 * r).astype(products.dtype) * (m(r + 1) + m(r + 2))
+        return finish(row(s) + (1 - 2 * s).astype(products.dtype) * (row(s + 1) + row(s + 2)))
+
+    return te.compute((n, blocks, oh, ow, lanes), output, name=name)
+
+
+def conv2d_winograd(data, kernel, padding):
+    """A 3x3 stride-1 conv, data [N, IC/ib, H, W, ib] * kernel [16, OC/ob, IC, ob] (winograd_kernel) ->
+    [N, OC/ob, OH, OW, ob] in three blocks: WINOGRAD_IN, the transformed tiles [16, N, IC/ib, tiles, ib];
+    WINOGRAD, their products with the kernel summed over IC [16, N, OC/ob, tiles, ob]; WINOGRAD_OUT, the output."""
+    ib = int(data.shape[-1])
+    _, oc_blocks, _, ob = (int(x) for x in kernel.shape)
+    tiles, size = winograd_tiles(data, padding, 0.0, lambda x: x, "float32", WINOGRAD_IN)
+    ico, ici = te.reduce_axis((0, int(data.shape[1])), "ico"), te.reduce_axis((0, ib), "ici")
+    products = te.compute((16, int(data.shape[0]), oc_blocks, int(tiles.shape[3]), ob), lambda xi, b, oc, t, o: te.sum(
+        tiles[xi, b, ico, t, ici] * kernel[xi, oc, ico * ib + ici, o], axis=[ico, ici]), name=WINOGRAD)
+    return winograd_output(products, size, WINOGRAD_OUT)

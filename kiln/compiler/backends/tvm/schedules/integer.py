@@ -14,11 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from kiln.compiler.backends.tvm.schedules.compute import output_size, pad
-from kiln.compiler.backends.tvm.schedules.intrinsics import GROUP, Int8Isa
+from kiln.compiler.backends.tvm.schedules.compute import (KERNEL_ROWS, output_size, pad, winograd_output,
+                                                        winograd_tiles)
+from kiln.compiler.backends.tvm.schedules.intrinsics import GROUP, PAIR, Int8Isa
 from kiln.compiler.backends.tvm.schedules.qdq_match import Quantization, QuantizedConv
 
 INT8_CONV, INT8_DEPTHWISE, REQUANTIZE = "kqconv", "kqdwconv", "krequant"
+INT8_WINOGRAD_IN, INT8_WINOGRAD, INT8_WINOGRAD_OUT = "kqwino_in", "kqwino", "kqwino_out"
+# The integer Winograd conv's transformed input tiles: (x - zero point) summed 4 at a time, |v| <= 4 * 255.
+_TILE_BOUND = 4 * 255
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,41 @@ def _packed(conv: QuantizedConv, weight: np.ndarray, in_block: int, ob: int) -> 
     multiplier = (conv.input.scale * conv.weight_scale / conv.output.scale).astype(np.float32)
     return PackedConv(np.ascontiguousarray(weight), bias.astype(np.int32).reshape(-1, ob), multiplier.reshape(-1, ob),
                       in_block, ob)
+
+
+def pack_winograd(conv: QuantizedConv, isa: Int8Isa) -> PackedConv | str:
+    """The constants of the integer Winograd F(2x2, 3x3) conv: int16 weights 4 G g G^T = (2G) g (2G)^T, exact
+    integers, packed [16, OC/ob, IC/2, ob, 2]; the bias as is (the input's zero point is subtracted before the
+    transform); or why the sums could leave int32, whose wrap-around is exact only if the result fits."""
+    w = conv.weight.astype(np.int64)
+    out_channels, in_channels = w.shape[:2]
+    doubled = (2 * KERNEL_ROWS).astype(np.int64)
+    u = np.einsum("ai,ocij,bj->abco", doubled, w, doubled).reshape(16, in_channels, out_channels)
+    if _TILE_BOUND * np.abs(u).sum(axis=(0, 1)).max() >= 2 ** 31:
+        return "Winograd sums could overflow int32"
+    ob = isa.lanes
+    packed = u.reshape(16, in_channels // PAIR, PAIR, out_channels // ob, ob).transpose(0, 3, 1, 4, 2)
+    multiplier = (conv.input.scale * conv.weight_scale / conv.output.scale).astype(np.float32)
+    return PackedConv(np.ascontiguousarray(packed, dtype=np.int16), conv.bias.astype(np.int32).reshape(-1, ob),
+                      multiplier.reshape(-1, ob), isa.lanes, ob)
+
+
+def conv2d_winograd_int8(data, kernel, bias, multiplier, padding, input_zero: int, output: tuple[int, int, int, str]):
+    """A 3x3 stride-1 quantized conv as Winograd F(2x2, 3x3) in integers: the tiles of (x - zero point) in int16,
+    their products with the kernel (pack_winograd) summed in int32 by int16 pairs, the output transform in
+    int32 (4x the direct sum, exactly), divided by 4 and requantized."""
+    pairs = int(kernel.shape[2]) // int(data.shape[1])
+    _, oc_blocks, _, ob, _ = (int(x) for x in kernel.shape)
+    tiles, size = winograd_tiles(data, padding, input_zero,
+                                 lambda x: x.astype("int16") - tirx.const(input_zero, "int16"), "int16",
+                                 INT8_WINOGRAD_IN)
+    ico, icp, k = (te.reduce_axis((0, e), name) for e, name in ((int(data.shape[1]), "ico"), (pairs, "icp"),
+                                                                (PAIR, "k")))
+    products = te.compute((16, int(data.shape[0]), oc_blocks, int(tiles.shape[3]), ob), lambda xi, b, oc, t, o: te.sum(
+        tiles[xi, b, ico, t, icp * PAIR + k].astype("int32") * kernel[xi, oc, ico * pairs + icp, o, k].astype("int32"),
+        axis=[ico, icp, k]), name=INT8_WINOGRAD)
+    sums = winograd_output(products, size, INT8_WINOGRAD_OUT, lambda value: value >> 2)
+    return _requantize(sums, bias, multiplier, output)
 
 
 def conv2d_int8_nchwc(data, kernel, bias, multiplier, strides, padding, input_zero: int,

@@ -75,13 +75,17 @@ class IntegerRewrites:
         if self.isa is None:
             self.report.append({**entry, "kernel": "float", "reason": "the target has no int8 dot product kiln uses"})
             return None
+        output = (conv.output.zero_point, *conv.clamp, conv.output.dtype)
+        winograd = self._winograd(conv, output)
+        if winograd is not None:
+            self.report.append({**entry, "kernel": "int8", "isa": self.isa.pair_name})
+            return winograd
         in_block = integer.input_block(conv, self.isa, self.layout.block_of(conv.data))
         packed = integer.pack(conv, self.isa, in_block)
         if isinstance(packed, str):
             self.report.append({**entry, "kernel": "float", "reason": packed})
             return None
         self.report.append({**entry, "kernel": "int8", "isa": self.isa.name})
-        output = (conv.output.zero_point, *conv.clamp, conv.output.dtype)
         depthwise = integer.is_depthwise(conv)
         kernel = integer.depthwise_int8_nchwc if depthwise else integer.conv2d_int8_nchwc
         te_func = functools.partial(kernel, strides=conv.strides, padding=conv.padding,
@@ -100,6 +104,26 @@ class IntegerRewrites:
         if conv.dense:
             return bb.emit(relax.op.reshape(layout._to_plain(result, packed.out_block), [rows, columns])), None
         return result, packed.out_block
+
+    def _winograd(self, conv, output: tuple[int, int, int, str]):
+        """The quantized conv as the integer Winograd kernel where the target has it and it pays; else None."""
+        if self.isa.pair_intrinsic is None or conv.dense or conv.groups != 1:
+            return None
+        top, left, bottom, right = conv.padding
+        n, _, h, w = (int(d) for d in conv.data.ty.shape)
+        outputs = n * (h + top + bottom - 2) * (w + left + right - 2)
+        if not self.layout.winograd(conv.weight.shape, conv.strides, outputs):
+            return None
+        packed = integer.pack_winograd(conv, self.isa)
+        if isinstance(packed, str):
+            return None
+        bb = self.layout.bb
+        te_func = functools.partial(integer.conv2d_winograd_int8, padding=conv.padding,
+                                    input_zero=conv.input.zero_point, output=output)
+        result = bb.call_te(te_func, self.layout.blocked(conv.data, packed.in_block), relax.const(packed.weight),
+                            relax.const(packed.bias), relax.const(packed.multiplier),
+                            primfunc_name_hint=integer.INT8_WINOGRAD)
+        return bb.emit(result), packed.out_block
 
     def _report_unmatched(self, var) -> None:
         """A quantized result no integer kernel produces: listed unless it only moves data."""

@@ -2,7 +2,8 @@
 
 Each computes C[i] += sum_k A[k] * B[i, k] for i < lanes, k < 4: four activations, broadcast,
 against a lanes x 4 block of int8 weights, into int32 accumulators. So integer kernels keep the
-output channels in blocks of `lanes` and reduce input channels in groups of 4."""
+output channels in blocks of `lanes` and reduce input channels in groups of 4. The integer Winograd
+conv's AVX2 pair multiply-add is the same with two int16 values for the four int8 ones."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 GROUP = 4  # activations per dot product
+PAIR = 2  # int16 values per pair multiply-add (the integer Winograd conv's)
 
 
 @dataclass(frozen=True)
@@ -23,15 +25,21 @@ class Int8Isa:
     # vpmaddubsw sums two u8 x s8 products into a saturating int16: weight pairs must keep
     # 255 * (|w0| + |w1|) <= 32767, i.e. |w0| + |w1| <= 128 (7-bit weights always do).
     pair_limit: int | None = None
+    # The int16 pair multiply-add (C[i] += A[0] * B[i, 0] + A[1] * B[i, 1]) of the integer Winograd conv, where
+    # it beats the int8 dot product (see integer.conv2d_winograd_int8), and its name in reports; None: every
+    # quantized conv is direct.
+    pair_intrinsic: str | None = None
+    pair_name: str | None = None
 
 
-def _buffers(lanes: int, activations: str):
+def _buffers(lanes: int, activations: str, group: int, weights: str):
     """The operand shapes; C is "local" because kiln's kernels keep their accumulators in registers."""
-    return ((GROUP,), activations), ((lanes, GROUP), "int8"), ((lanes,), "int32")
+    return ((group,), activations), ((lanes, group), weights), ((lanes,), "int32")
 
 
-def _desc(lanes: int, activations: str):
-    (a_shape, a_dtype), (b_shape, b_dtype), (c_shape, c_dtype) = _buffers(lanes, activations)
+def _desc(lanes: int, activations: str, group: int = GROUP, weights: str = "int8"):
+    """C[i] += sum_k A[k] * B[i, k] for i < lanes, k < group, in int32."""
+    (a_shape, a_dtype), (b_shape, b_dtype), (c_shape, c_dtype) = _buffers(lanes, activations, group, weights)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -39,10 +47,10 @@ def _desc(lanes: int, activations: str):
         B = T.match_buffer(b, b_shape, b_dtype, offset_factor=1)
         C = T.match_buffer(c, c_shape, c_dtype, offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:GROUP], B[0:lanes, 0:GROUP])
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
             T.writes(C[0:lanes])
             for i in T.serial(0, lanes):
-                for k in T.serial(0, GROUP):
+                for k in T.serial(0, group):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
@@ -134,7 +142,23 @@ def _dp4a_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
                                    dtype="int32")
 
 
-AVX2_DOT = Int8Isa("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128)
+@T.prim_func(s_tir=True)
+def _pmaddwd_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (PAIR,), "int16", offset_factor=1)
+    B = T.match_buffer(b, (8, PAIR), "int16", offset_factor=1)
+    C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:PAIR], B[0:8, 0:PAIR])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16"),
+            B.vload([0, 0], dtype="int16x16"), dtype="int32x8")
+
+
+TensorIntrin.register("kiln_pair_8x2_avx2", _desc(8, "int16", PAIR, "int16"), _pmaddwd_impl)
+AVX2_DOT = Int8Isa("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128,
+                   pair_intrinsic="kiln_pair_8x2_avx2", pair_name="avx2-vpmaddwd-winograd")
 AVX512_DOT = Int8Isa("avx512-vpmaddubsw", "kiln_dot_16x4_avx512", 16, "uint8", pair_limit=128)
 VNNI_DOT = Int8Isa("avx512-vnni-vpdpbusd", "kiln_dot_16x4_vnni", 16, "uint8")
 SDOT = Int8Isa("neon-sdot", "kiln_dot_4x4_sdot", 4, "int8")

@@ -1,12 +1,15 @@
 """The NCHW[b]c layout rewrite of a Relax `main` (b = the target's fp32 vector lanes).
 
 conv2d with constant OIHW weights (groups 1, OC % b == 0) becomes the blocked conv of compute.py
-with its weights re-laid out in numpy; depthwise likewise. Elementwise ops (with per-channel or
+with its weights re-laid out in numpy (a large 3x3 stride-1 one the Winograd conv, its weights
+transformed); depthwise likewise. Elementwise ops (with per-channel or
 scalar constants), activations and max-pooling stay blocked; anything else gets its input
 transformed back to NCHW once (memoized). So layout transforms appear only where the graph
 leaves the blocked region, e.g. the input image and the flatten before a classifier."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import tvm
@@ -42,6 +45,7 @@ def _op_name(call) -> str | None:
 class _Rewriter:
     def __init__(self, mod: tvm.IRModule, spec: CpuSpec):
         self.mod, self.lanes, self.float_convs = mod, spec.lanes, spec.float_convs
+        self.winograd_work = spec.winograd_work
         self.bb = relax.BlockBuilder(mod)
         self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
         self.transforms: dict = {}
@@ -115,19 +119,33 @@ class _Rewriter:
         out_channels, in_per_group, kh, kw = w.shape
         channels, groups = int(data.ty.shape[1]), int(attrs.groups)
         strides, padding = [int(s) for s in attrs.strides], [int(p) for p in attrs.padding]
-        if groups == 1 and out_channels % self.lanes == 0:
+        outputs = math.prod(int(d) for d in call.ty.shape) // out_channels
+        if groups == 1 and self.winograd(w.shape, strides, outputs):
+            ib = ob = self.lanes
+            packed, te_func, name = compute.winograd_kernel(w, ob), compute.conv2d_winograd, compute.WINOGRAD
+            options = (padding,)
+        elif groups == 1 and out_channels % self.lanes == 0:
             ib, ob = self._block_size(channels), self.lanes
             packed = w.reshape(out_channels // ob, ob, channels // ib, ib, kh, kw).transpose(0, 2, 4, 5, 3, 1)
-            te_func, name = compute.conv2d_nchwc, compute.CONV2D
+            te_func, name, options = compute.conv2d_nchwc, compute.CONV2D, (strides, padding)
         elif groups == channels == out_channels and in_per_group == 1 and channels % self.lanes == 0:
             ib = ob = self.lanes
             packed = w.reshape(channels // ob, ob, kh, kw).transpose(0, 2, 3, 1)
-            te_func, name = compute.depthwise_nchwc, compute.DEPTHWISE
+            te_func, name, options = compute.depthwise_nchwc, compute.DEPTHWISE, (strides, padding)
         else:
             return None
-        result = self.bb.call_te(te_func, self.blocked(data, ib), relax.const(np.ascontiguousarray(packed)), strides,
-                                 padding, primfunc_name_hint=name)
+        result = self.bb.call_te(te_func, self.blocked(data, ib), relax.const(np.ascontiguousarray(packed)), *options,
+                                 primfunc_name_hint=name)
         return self.bb.emit(result), ob
+
+    def winograd(self, weight_shape: tuple[int, ...], strides, outputs: int) -> bool:
+        """Whether a group-1 conv runs as Winograd F(2x2, 3x3): 3x3, stride 1, whole channel blocks, and at least
+        spec.winograd_work multiply-adds (`outputs`: output pixels over the batch); below that its three passes
+        cost more than they save."""
+        out_channels, channels, kh, kw = weight_shape
+        return (self.winograd_work > 0 and (kh, kw) == (3, 3) and tuple(int(s) for s in strides) == (1, 1)
+                and channels % self.lanes == 0 and out_channels % self.lanes == 0
+                and outputs * out_channels * channels * kh * kw >= self.winograd_work)
 
     def matmul(self, call):
         """x [M, K] x constant [K, N] as compute.dense_packed, its weights [N/b, K, b]."""

@@ -21,8 +21,10 @@ from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC,
 from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
 from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
 from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
+from kiln.compiler.backends.tvm.schedules.winograd import CONV2D_WINOGRAD, CONV2D_WINOGRAD_INT8
 
-RULES: tuple[Rule, ...] = (CONV2D_INT8, DEPTHWISE_INT8, CONV2D_NCHWC, DEPTHWISE_NCHWC, REDUCTION, ELEMENTWISE)
+RULES: tuple[Rule, ...] = (CONV2D_INT8, DEPTHWISE_INT8, CONV2D_WINOGRAD_INT8, CONV2D_WINOGRAD, CONV2D_NCHWC,
+                           DEPTHWISE_NCHWC, REDUCTION, ELEMENTWISE)
 RULE_ATTR, TUNED = "kiln.rule", "tuned"
 log = logging.getLogger("kiln.schedules")
 
