@@ -98,6 +98,7 @@ def test_winograd_rule_alone_matches_numpy(size: int, pad: int):
     from tvm import te
 
     from tvm.s_tir import Schedule
+    from tvm.tirx import ForKind
 
     from kiln.compiler.backends.tvm.schedules.common import block_names
     from kiln.compiler.backends.tvm.schedules.compute import conv2d_winograd, winograd_kernel
@@ -116,7 +117,10 @@ def test_winograd_rule_alone_matches_numpy(size: int, pad: int):
     res = RNG.standard_normal(expected.shape).astype(np.float32)
     got = _run(func, [_nchwc(x, 8), packed, _nchwc(res, 8)], tuple(int(d) for d in relu.shape))
     np.testing.assert_allclose(got, _nchwc(np.maximum(expected + res, 0), 8), rtol=1e-4, atol=1e-4)
-    assert "relu" not in block_names(Schedule(func))  # the residual add and relu are in the output transform
+    sch = Schedule(func)
+    assert "relu" not in block_names(sch)  # the residual add and relu are in the output transform
+    kinds = [sch.get(loop).kind for loop in sch.get_loops(sch.get_sblock("kwino_update"))]
+    assert kinds[-3:] == [ForKind.UNROLLED, ForKind.UNROLLED, ForKind.VECTORIZED]  # input channels outside the tile
 
 
 @pytest.mark.parametrize("batch", [1, 8])

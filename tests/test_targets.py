@@ -32,8 +32,8 @@ FATBIN_MAGIC, FATBIN_ELF, FATBIN_PTX = 0xBA55ED50, 2, 1
 HAS_NVCC = shutil.which("nvcc") is not None
 
 
-def _compile(target: str, output: Path, model: Path = DIGITS_CNN) -> Path:
-    shapes = {"input": DIGITS.shape} if model == DIGITS_CNN else {}
+def _compile(target: str, output: Path, model: Path = DIGITS_CNN, images: np.ndarray = DIGITS) -> Path:
+    shapes = {"input": images.shape} if model == DIGITS_CNN else {}
     return compile_model(model, CompileOptions(resolve(target), output, ImportOptions(shapes)))
 
 
@@ -235,6 +235,18 @@ def test_aarch64_artifact_runs_under_qemu_like_onnxruntime(target: str, tmp_path
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(TargetError, match="this host is x86_64"):
         kiln.load(artifact)
+
+
+def test_aarch64_winograd_conv_runs_under_qemu_like_onnxruntime(tmp_path: Path):
+    from aarch64.runner import run_artifact
+
+    # at batch 16 the digits CNN's second conv (16 -> 32 channels, 8x8) has 4.7 M multiply-adds: Winograd
+    images = np.load(DIGITS_CNN.parent / "digits_test.npz")["input"][:16]
+    artifact = _compile("aarch64", tmp_path / "digits16.kiln", images=images)
+    assert json.loads((artifact / "manifest.json").read_text())["build"]["schedules"]["conv2d_winograd"] == 1
+    (logits,) = run_artifact(artifact, [images], tmp_path / "run")
+    (expected,) = onnxruntime_outputs(DIGITS_CNN, {"input": images})
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_aarch64_sve_artifact_uses_sve_instructions(tmp_path: Path):

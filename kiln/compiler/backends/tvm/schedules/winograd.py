@@ -29,14 +29,16 @@ def _input_transform(sch, name: str) -> None:
 def _products(sch, name: str, spec: CpuSpec) -> None:
     block = sch.get_sblock(name)
     xi, n, oc, t, ob, ico, *reduce_inner = sch.get_loops(block)
-    if name == INT8_WINOGRAD:  # reduce_inner: int16 pairs, the pair
+    pair = []
+    if name == INT8_WINOGRAD:  # the int16 pair goes inside the intrinsic
+        pair = [reduce_inner.pop()]
         reg, oc_t = int8_register_tile(extent(sch, t), extent(sch, oc), spec.max_accumulators - INT8_OPERANDS)
     else:
         reg, oc_t = register_tile(extent(sch, t), extent(sch, oc), spec.registers)
     to, ti = sch.split(t, [None, reg])
     oco, oci = sch.split(oc, [None, oc_t])
     tile = [ti, oci] if name == WINOGRAD and oc_t < reg else [oci, ti]  # as conv._tile_loops
-    sch.reorder(xi, n, oco, to, ico, *reduce_inner[:-1], *tile, ob, *reduce_inner[-1:])
+    sch.reorder(xi, n, oco, to, ico, *reduce_inner, *tile, ob, *pair)
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, to)
     if name == WINOGRAD:
