@@ -73,11 +73,17 @@ _INPUT_ROWS = ((0, 2, -1), (1, 2, 1), (2, 1, -1), (1, 3, -1))
 KERNEL_ROWS = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])  # G
 
 
-def winograd_kernel(weight: np.ndarray, block: int) -> np.ndarray:
-    """OIHW 3x3 weights -> G g G^T, packed [16, OC/block, IC, block] (16 = the 4x4 tile's positions)."""
+def winograd_weights(weight: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """OIHW 3x3 weights -> rows g rows^T for each output and input channel, as [16, IC, OC] (16 = the 4x4
+    tile's positions)."""
     out_channels, in_channels = weight.shape[:2]
-    u = np.einsum("ai,ocij,bj->abco", KERNEL_ROWS, weight.astype(np.float64), KERNEL_ROWS)
-    u = u.reshape(16, in_channels, out_channels // block, block).transpose(0, 2, 1, 3)
+    return np.einsum("ai,ocij,bj->abco", rows, weight, rows).reshape(16, in_channels, out_channels)
+
+
+def winograd_kernel(weight: np.ndarray, block: int) -> np.ndarray:
+    """OIHW 3x3 weights -> G g G^T, packed [16, OC/block, IC, block]."""
+    u = winograd_weights(weight.astype(np.float64), KERNEL_ROWS)
+    u = u.reshape(16, u.shape[1], u.shape[2] // block, block).transpose(0, 2, 1, 3)
     return np.ascontiguousarray(u, dtype=np.float32)
 
 

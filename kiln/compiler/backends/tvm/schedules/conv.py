@@ -26,7 +26,7 @@ from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV, INT8_DEPTHWI
 
 def register_tile(out_width: int, oc_blocks: int, registers: int) -> tuple[int, int]:
     """A float conv's (reg output pixels, oc_t channel vectors) that fits `registers`: reg x oc_t accumulators,
-    the operands the inner of the two unrolled loops keeps live (min(reg, oc_t): see _tile_loops), one for
+    the operands the inner of the two unrolled loops keeps live (min(reg, oc_t): see tile_loops), one for
     the other operand, and one more where reg does not divide the width (the last tile is partial).
 
     ResNet-18's 7x7 layers ran 16% faster in (4, 2) tiles, the last one 3 wide, than in (7, 1); 12
@@ -57,13 +57,13 @@ def _best_tile(out_width: int, oc_blocks: int, fits) -> tuple[int, int]:
     return best[1], best[2]
 
 
-def _tile_loops(pixels, channels, reg: int, oc_t: int, name: str) -> list:
+def tile_loops(pixels, channels, reg: int, oc_t: int, integer: bool) -> list:
     """The register tile's two unrolled loops, the shorter one inner: a float FMA's operands are a broadcast
     pixel and a weight vector, and each of the inner loop's is kept live while the outer loop's is reused.
     The integer kernels keep channels outer (their dot product reads the pixel inside the intrinsic)."""
     if channels is None:
         return [pixels]
-    return [pixels, channels] if name == CONV2D and oc_t < reg else [channels, pixels]
+    return [pixels, channels] if not integer and oc_t < reg else [channels, pixels]
 
 
 # Registers the int8 dot product needs besides its accumulators: the broadcast activations, the
@@ -106,7 +106,7 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
     elif depthwise:
         oh, band = sch.split(oh, [None, largest_divisor(extent(sch, oh), DEPTHWISE_ROWS)])
     sch.reorder(n, oco, oh, *([ico] if chunk else []), *([band] if band else []), owo, *reduce_inner,
-                *_tile_loops(owi, oci, reg, oc_t, name), ob, *lanes_inner)
+                *tile_loops(owi, oci, reg, oc_t, name == INT8_CONV), ob, *lanes_inner)
     write_back = sch.cache_write(conv, 0, "local")
     fuse_epilogue(sch, write_back)
     if not chunk:

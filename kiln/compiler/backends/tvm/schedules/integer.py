@@ -15,7 +15,7 @@ import numpy as np
 from tvm import te, tirx
 
 from kiln.compiler.backends.tvm.schedules.compute import (KERNEL_ROWS, output_size, pad, winograd_output,
-                                                        winograd_tiles)
+                                                        winograd_tiles, winograd_weights)
 from kiln.compiler.backends.tvm.schedules.intrinsics import GROUP, PAIR, Int8Isa
 from kiln.compiler.backends.tvm.schedules.qdq_match import Quantization, QuantizedConv
 
@@ -89,10 +89,8 @@ def pack_winograd(conv: QuantizedConv, isa: Int8Isa) -> PackedConv | str:
     """The constants of the integer Winograd F(2x2, 3x3) conv: int16 weights 4 G g G^T = (2G) g (2G)^T, exact
     integers, packed [16, OC/ob, IC/2, ob, 2]; the bias as is (the input's zero point is subtracted before the
     transform); or why the sums could leave int32, whose wrap-around is exact only if the result fits."""
-    w = conv.weight.astype(np.int64)
-    out_channels, in_channels = w.shape[:2]
-    doubled = (2 * KERNEL_ROWS).astype(np.int64)
-    u = np.einsum("ai,ocij,bj->abco", doubled, w, doubled).reshape(16, in_channels, out_channels)
+    out_channels, in_channels = conv.weight.shape[:2]
+    u = winograd_weights(conv.weight.astype(np.int64), (2 * KERNEL_ROWS).astype(np.int64))
     if _TILE_BOUND * np.abs(u).sum(axis=(0, 1)).max() >= 2 ** 31:
         return "Winograd sums could overflow int32"
     ob = isa.lanes
@@ -106,7 +104,7 @@ def conv2d_winograd_int8(data, kernel, bias, multiplier, padding, input_zero: in
     """A 3x3 stride-1 quantized conv as Winograd F(2x2, 3x3) in integers: the tiles of (x - zero point) in int16,
     their products with the kernel (pack_winograd) summed in int32 by int16 pairs, the output transform in
     int32 (4x the direct sum, exactly), divided by 4 and requantized."""
-    pairs = int(kernel.shape[2]) // int(data.shape[1])
+    pairs = int(data.shape[-1]) // PAIR  # per input channel block
     _, oc_blocks, _, ob, _ = (int(x) for x in kernel.shape)
     tiles, size = winograd_tiles(data, padding, input_zero,
                                  lambda x: x.astype("int16") - tirx.const(input_zero, "int16"), "int16",

@@ -8,6 +8,7 @@ import functools
 from tvm import relax
 
 from kiln.compiler.backends.tvm.schedules import integer
+from kiln.compiler.backends.tvm.schedules.compute import output_size
 from kiln.compiler.backends.tvm.schedules.intrinsics import Int8Isa
 from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedAdd
 
@@ -111,7 +112,7 @@ class IntegerRewrites:
             return None
         top, left, bottom, right = conv.padding
         n, _, h, w = (int(d) for d in conv.data.ty.shape)
-        outputs = n * (h + top + bottom - 2) * (w + left + right - 2)
+        outputs = n * output_size(h, top, bottom, 3, 1) * output_size(w, left, right, 3, 1)
         if not self.layout.winograd(conv.weight.shape, conv.strides, outputs):
             return None
         packed = integer.pack_winograd(conv, self.isa)

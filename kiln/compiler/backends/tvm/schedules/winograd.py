@@ -13,7 +13,7 @@ from __future__ import annotations
 from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, Rule, block_names, blocks, extent, fuse_epilogue,
                                                        inline_spatial, vectorize_init)
 from kiln.compiler.backends.tvm.schedules.compute import WINOGRAD, WINOGRAD_IN, WINOGRAD_OUT
-from kiln.compiler.backends.tvm.schedules.conv import INT8_OPERANDS, int8_register_tile, register_tile
+from kiln.compiler.backends.tvm.schedules.conv import INT8_OPERANDS, int8_register_tile, register_tile, tile_loops
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
 from kiln.compiler.backends.tvm.schedules.integer import INT8_WINOGRAD, INT8_WINOGRAD_IN, INT8_WINOGRAD_OUT
 
@@ -37,8 +37,7 @@ def _products(sch, name: str, spec: CpuSpec) -> None:
         reg, oc_t = register_tile(extent(sch, t), extent(sch, oc), spec.registers)
     to, ti = sch.split(t, [None, reg])
     oco, oci = sch.split(oc, [None, oc_t])
-    tile = [ti, oci] if name == WINOGRAD and oc_t < reg else [oci, ti]  # as conv._tile_loops
-    sch.reorder(xi, n, oco, to, ico, *reduce_inner, *tile, ob, *pair)
+    sch.reorder(xi, n, oco, to, ico, *reduce_inner, *tile_loops(ti, oci, reg, oc_t, name == INT8_WINOGRAD), ob, *pair)
     write_back = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(write_back, to)
     if name == WINOGRAD:
