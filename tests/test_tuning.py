@@ -57,6 +57,25 @@ def test_tune_then_compile_reuses_records_across_models(cli_runner, tmp_path: Pa
     assert schedules["tuned"] >= 2 and set(schedules) - {"tuned"}
 
 
+@needs_safe_ffi
+def test_tuned_build_at_batch_8_matches_onnxruntime(cli_runner, tmp_path: Path):
+    import kiln
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.compiler.pipeline import CompileOptions, compile_model
+    from kiln.targets import resolve
+
+    model = _save(cnn_models.small_cnn(batch=8), tmp_path / "convs8.onnx")
+    records = tmp_path / "records"
+    result = cli_runner.invoke(cli, ["tune", str(model), "--trials", "4", "-o", str(records), "--json"])
+    assert result.exit_code == 0, result.output
+    output = tmp_path / "convs8.kiln"
+    compile_model(model, CompileOptions(resolve("x86-64"), output, ImportOptions(), records=records))
+    assert set(json.loads((output / "manifest.json").read_text())["build"]["schedules"]) == {"tuned"}
+    images = np.random.default_rng(6).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(kiln.load(output).predict(images),
+                               onnxruntime_outputs(model, {"input": images})[0], rtol=1e-4, atol=1e-4)
+
+
 def test_records_need_the_safe_ffi(monkeypatch, tmp_path: Path):
     from kiln.compiler.backends.tvm import tuning
     from kiln.targets import resolve
