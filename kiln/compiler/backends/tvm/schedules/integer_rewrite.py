@@ -113,9 +113,8 @@ class IntegerRewrites:
         top, left, bottom, right = conv.padding
         n, _, h, w = (int(d) for d in conv.data.ty.shape)
         outputs = n * output_size(h, top, bottom, 3, 1) * output_size(w, left, right, 3, 1)
-        out_channels, channels = conv.weight.shape[:2]
-        if not self.layout.winograd(conv.weight.shape, conv.strides, outputs) or channels < self.isa.pair_min_channels \
-                or outputs * out_channels * channels * 9 < self.isa.pair_min_work:
+        if not self.layout.winograd(conv.weight.shape, conv.strides, outputs, self.isa.pair_min_work,
+                                    self.isa.pair_min_channels):
             return None
         packed = integer.pack_winograd(conv, self.isa)
         if isinstance(packed, str):

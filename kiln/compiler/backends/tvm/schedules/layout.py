@@ -138,14 +138,15 @@ class _Rewriter:
                                  primfunc_name_hint=name)
         return self.bb.emit(result), ob
 
-    def winograd(self, weight_shape: tuple[int, ...], strides, outputs: int) -> bool:
+    def winograd(self, weight_shape: tuple[int, ...], strides, outputs: int, min_work: int = 0,
+                 min_channels: int = 0) -> bool:
         """Whether a group-1 conv runs as Winograd F(2x2, 3x3): 3x3, stride 1, whole channel blocks, and at least
         spec.winograd_work multiply-adds (`outputs`: output pixels over the batch); below that its three passes
-        cost more than they save."""
+        cost more than they save. A kernel of its own (the integer one) may ask for more work and input channels."""
         out_channels, channels, kh, kw = weight_shape
         return (self.winograd_work > 0 and (kh, kw) == (3, 3) and tuple(int(s) for s in strides) == (1, 1)
-                and channels % self.lanes == 0 and out_channels % self.lanes == 0
-                and outputs * out_channels * channels * kh * kw >= self.winograd_work)
+                and channels % self.lanes == 0 and out_channels % self.lanes == 0 and channels >= min_channels
+                and outputs * out_channels * channels * kh * kw >= max(self.winograd_work, min_work))
 
     def matmul(self, call):
         """x [M, K] x constant [K, N] as compute.dense_packed, its weights [N/b, K, b]."""
