@@ -19,7 +19,9 @@ from conftest import DIGITS_CNN, onnxruntime_outputs
 from kiln.compiler.artifact import read_manifest
 from kiln.compiler.frontends import ImportOptions
 from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
-from kiln.targets import resolve
+from kiln.errors import TargetError
+from kiln.targets import PRESETS, resolve
+from kiln.targets.host import cpu_flags
 
 SIZE, BATCH = 10, 2
 DIGITS_CALIB = DIGITS_CNN.parent / "digits_calib.npz"
@@ -244,6 +246,40 @@ def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: 
         ("mean", "no integer kernel for mean"),  # GlobalAveragePool, whose float result Flatten reads
         ("dense", "output channels 10 not in blocks of 8")], report
     assert max(_steps_from_onnxruntime(artifact, {"input": batch}) for batch in batches) <= 1.0 + 1e-3
+
+
+def _steps_where_this_cpu_runs(artifact: Path, target: str, feeds: list[dict]) -> float:
+    """The most output steps from ONNX Runtime over `feeds`; 0 where this CPU lacks the target's instruction
+    sets, after checking that loading the artifact names what is missing."""
+    missing = sorted(set(PRESETS[target].requires) - cpu_flags())
+    if missing:
+        with pytest.raises(TargetError, match=missing[0]):
+            kiln.load(artifact)
+        return 0.0
+    return max(_steps_from_onnxruntime(artifact, feed) for feed in feeds)
+
+
+@pytest.mark.parametrize("target, isa", [("x86-avx512", "avx512-vpmaddubsw"), ("x86-vnni", "avx512-vnni-vpdpbusd")])
+def test_avx512_int8_build_agrees_with_onnxruntime_or_names_the_missing_isa(target: str, isa: str, tmp_path: Path):
+    batches = np.split(DIGITS_TEST, 9)
+    artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", target,
+                             shapes={"input": batches[0].shape})
+    assert read_manifest(artifact)["integer_kernels"]["isa"] == isa
+    assert _steps_where_this_cpu_runs(artifact, target, [{"input": batch} for batch in batches]) <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize("target, narrow", [("x86-avx512", "avx2-vpmaddubsw"), ("x86-vnni", "avx512-vnni-vpdpbusd-ymm")])
+def test_avx512_conv_with_channels_short_of_a_block_runs_on_half_the_lanes(target: str, narrow: str, tmp_path: Path):
+    # 24 output channels (MobileNetV2's) are not whole blocks of 16: the 8-lane form of the dot product
+    model = _conv_model(tmp_path / "conv24.onnx", 16, 24, 3, 1, 1, True, "relu", False, False)
+    rng = np.random.default_rng(3)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=rng.standard_normal((16, 16, SIZE, SIZE)).astype(np.float32))
+    artifact = _compile_int8(model, calib, tmp_path / "conv24.kiln", target)
+    report = read_manifest(artifact)["integer_kernels"]
+    assert report["int8_ops"] == 1 and report["isa"] == narrow and not report["float_ops"], report
+    feed = {"input": rng.standard_normal((BATCH, 16, SIZE, SIZE)).astype(np.float32)}
+    assert _steps_where_this_cpu_runs(artifact, target, [feed]) <= 1.0 + 1e-3
 
 
 def test_resnet_block_model_runs_its_convs_and_classifier_as_integer_kernels(tmp_path: Path):

@@ -192,6 +192,7 @@ def test_elementwise_rule_alone_matches_numpy():
 
 def test_register_tile_fits_the_registers():
     from kiln.compiler.backends.tvm.schedules.conv import int8_conv_tile, int8_register_tile, register_tile
+    from kiln.compiler.backends.tvm.schedules.intrinsics import AVX2_DOT, VNNI_DOT
 
     assert register_tile(56, 8, 12) == (4, 2)  # 8 accumulators + 2 weights + 1 broadcast; 6 loads per 8 FMAs
     assert register_tile(7, 64, 16) == (4, 2)  # two tiles, the second 3 wide: (7, 1) was 16% slower
@@ -200,12 +201,20 @@ def test_register_tile_fits_the_registers():
         assert blocks % oc_t == 0 and reg * oc_t + min(reg, oc_t) + 1 + (width % reg != 0) <= 16
         reg, oc_t = int8_register_tile(width, blocks, 10)
         assert width % reg == 0 and blocks % oc_t == 0 and reg * oc_t <= 10
-        for accumulators in (4, 8):
-            reg, oc_t = int8_conv_tile(width, blocks, accumulators)
+        for window, accumulators in ((True, 4), (False, 8)):
+            reg, oc_t = int8_conv_tile(width, blocks, window, AVX2_DOT, 12)
             assert width % reg == 0 and blocks % oc_t == 0 and reg * oc_t <= accumulators
-    # direct integer convs: channels first (one pixel x 4 blocks with a 3x3 window, 8 for 1x1), then pixels
-    assert int8_conv_tile(56, 8, 4) == (1, 4) and int8_conv_tile(7, 120, 8) == (1, 8)
-    assert int8_conv_tile(56, 3, 8) == (2, 3) and int8_conv_tile(8, 2, 4) == (2, 2)
+    # direct integer convs with pmaddubsw pairs: channels first (one pixel x 4 blocks with a 3x3 window, 8 for
+    # 1x1), then pixels
+    assert int8_conv_tile(56, 8, True, AVX2_DOT, 12) == (1, 4)
+    assert int8_conv_tile(7, 120, False, AVX2_DOT, 12) == (1, 8)
+    assert int8_conv_tile(56, 3, False, AVX2_DOT, 12) == (2, 3) and int8_conv_tile(8, 2, True, AVX2_DOT, 12) == (2, 2)
+    # with one VNNI instruction: pixels x channel blocks, each weight vector used for several pixels
+    assert int8_conv_tile(56, 4, True, VNNI_DOT, 12) == (4, 2)
+    assert int8_conv_tile(7, 32, True, VNNI_DOT, 12) == (7, 1)
+    for width, blocks in [(56, 4), (28, 8), (14, 16), (7, 32), (112, 4)]:
+        reg, oc_t = int8_conv_tile(width, blocks, True, VNNI_DOT, 12)
+        assert reg > 1 and width % reg == 0 and blocks % oc_t == 0 and reg * oc_t <= 10
 
 
 def test_layout_rewrite_transforms_only_at_the_edges_and_packs_the_classifier():

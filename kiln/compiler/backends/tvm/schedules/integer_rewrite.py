@@ -81,12 +81,15 @@ class IntegerRewrites:
         if winograd is not None:
             self.report.append({**entry, "kernel": "int8", "isa": self.isa.pair_name})
             return winograd
-        in_block = integer.input_block(conv, self.isa, self.layout.block_of(conv.data))
-        packed = integer.pack(conv, self.isa, in_block)
+        isa, in_block, packed = self._pack(conv, self.isa)
+        if isinstance(packed, str) and self.isa.narrow is not None:
+            narrow = self._pack(conv, self.isa.narrow)
+            if not isinstance(narrow[2], str):
+                isa, in_block, packed = narrow
         if isinstance(packed, str):
             self.report.append({**entry, "kernel": "float", "reason": packed})
             return None
-        self.report.append({**entry, "kernel": "int8", "isa": self.isa.name})
+        self.report.append({**entry, "kernel": "int8", "isa": isa.name})
         depthwise = integer.is_depthwise(conv)
         kernel = integer.depthwise_int8_nchwc if depthwise else integer.conv2d_int8_nchwc
         te_func = functools.partial(kernel, strides=conv.strides, padding=conv.padding,
@@ -105,6 +108,10 @@ class IntegerRewrites:
         if conv.dense:
             return bb.emit(relax.op.reshape(layout._to_plain(result, packed.out_block), [rows, columns])), None
         return result, packed.out_block
+
+    def _pack(self, conv, isa: Int8Isa) -> tuple[Int8Isa, int, integer.PackedConv | str]:
+        in_block = integer.input_block(conv, isa, self.layout.block_of(conv.data))
+        return isa, in_block, integer.pack(conv, isa, in_block)
 
     def _winograd(self, conv, output: tuple[int, int, int, str]):
         """The quantized conv as the integer Winograd kernel where the target has it and it pays; else None."""

@@ -35,6 +35,17 @@ class Int8Isa:
     # its 2.25x fewer products save.
     pair_min_work: int = 0
     pair_min_channels: int = 0
+    # Direct convs tile pixels x channel blocks, so each loaded weight vector serves several pixels; False:
+    # channel blocks first (conv.int8_conv_tile says why).
+    pixel_tiles: bool = False
+    # The same dot product on half the lanes, for convs whose output channels are not in whole blocks of
+    # `lanes` (MobileNetV2's 24 on AVX-512): they would stay float, and their layout transforms and
+    # float-rounded results would sit between integer kernels.
+    narrow: Int8Isa | None = None
+
+    def for_lanes(self, lanes: int) -> Int8Isa:
+        """The dot product of a kernel whose output channel block is `lanes` wide."""
+        return self if lanes == self.lanes or self.narrow is None else self.narrow
 
 
 def _buffers(lanes: int, activations: str, group: int, weights: str):
@@ -165,8 +176,9 @@ TensorIntrin.register("kiln_pair_8x2_avx2", _desc(8, "int16", PAIR, "int16"), _p
 AVX2_DOT = Int8Isa("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128,
                    pair_intrinsic="kiln_pair_8x2_avx2", pair_name="avx2-vpmaddwd-winograd",
                    pair_min_work=1 << 29, pair_min_channels=128)
-AVX512_DOT = Int8Isa("avx512-vpmaddubsw", "kiln_dot_16x4_avx512", 16, "uint8", pair_limit=128)
-VNNI_DOT = Int8Isa("avx512-vnni-vpdpbusd", "kiln_dot_16x4_vnni", 16, "uint8")
+AVX512_DOT = Int8Isa("avx512-vpmaddubsw", "kiln_dot_16x4_avx512", 16, "uint8", pair_limit=128, narrow=AVX2_DOT)
+VNNI_DOT = Int8Isa("avx512-vnni-vpdpbusd", "kiln_dot_16x4_vnni", 16, "uint8", pixel_tiles=True,
+                   narrow=Int8Isa("avx512-vnni-vpdpbusd-ymm", "kiln_dot_8x4_vnni", 8, "uint8", pixel_tiles=True))
 SDOT = Int8Isa("neon-sdot", "kiln_dot_4x4_sdot", 4, "int8")
 # One thread per output channel, each summing four int8 products per instruction: the channel block
 # (4) only sets the layout, the intrinsic covers the 4 products of one output.
@@ -177,6 +189,7 @@ for _isa, _impl in (
         (AVX2_DOT, _pmaddubsw_impl(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")),
         (AVX512_DOT, _pmaddubsw_impl(16, "llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")),
         (VNNI_DOT, _vpdpbusd_impl(16, "llvm.x86.avx512.vpdpbusd.512")),
+        (VNNI_DOT.narrow, _vpdpbusd_impl(8, "llvm.x86.avx512.vpdpbusd.256")),
         (SDOT, _sdot_impl)):
     TensorIntrin.register(_isa.intrinsic, _desc(_isa.lanes, _isa.activations), _impl)
 
