@@ -7,6 +7,10 @@ batch); INT8 (unless --no-int8): kiln's integer kernels against ONNX Runtime on 
 Prints tables of median latencies and ratios (below 1: kiln is faster), all engines measured
 interleaved in this one process so they see the same machine load, plus compile and tuning times.
 INT8 models are calibrated on 16 random inputs (the example CNN on its calibration digits).
+Exits with status 1 if an output strays from ONNX Runtime's: FP32 by more than 1e-3 of the largest
+output, INT8 by more than one output quantization step.
+With --target cuda-smXX (benchmarks/gpu_check.sh does this on a GPU machine) kiln runs on that GPU,
+timed with the copies to and from it, and ONNX Runtime on the CPU.
 """
 
 from __future__ import annotations
@@ -43,14 +47,18 @@ def _model(name: str, batch: int, folder: Path) -> Path:
     return path
 
 
-def _compile(path: Path, output: Path, records: Path | None, calib: Path | None = None) -> float:
+FP32_TOLERANCE = 1e-3  # of the largest reference output
+INT8_TOLERANCE = 1.001  # output quantization steps
+
+
+def _compile(path: Path, output: Path, target: str, records: Path | None, calib: Path | None = None) -> float:
     """Seconds to compile `path` (INT8 when given calibration data)."""
     from kiln.compiler.frontends import ImportOptions
     from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
     from kiln.targets import resolve
 
     started = time.perf_counter()
-    compile_model(path, CompileOptions(resolve("x86-64"), output, ImportOptions(), records=records, calib=calib,
+    compile_model(path, CompileOptions(resolve(target), output, ImportOptions(), records=records, calib=calib,
                                        precision=Precision.INT8 if calib else Precision.FP32))
     return time.perf_counter() - started
 
@@ -72,18 +80,20 @@ def _row(name: str, batch: int, args, folder: Path) -> dict:
     from kiln.targets import resolve
 
     path = _model(name, batch, folder)
-    row = {"model": name, "batch": batch, "compile_s": _compile(path, folder / f"{path.stem}.kiln", None)}
+    row = {"model": name, "batch": batch,
+           "compile_s": _compile(path, folder / f"{path.stem}.kiln", args.target, None)}
     artifacts = {"kiln": folder / f"{path.stem}.kiln"}
     if args.trials:
         records = folder / f"{path.stem}.records"
-        report = tune_model(load_graph(path, ImportOptions()), resolve("x86-64"), records, args.trials,
+        report = tune_model(load_graph(path, ImportOptions()), resolve(args.target), records, args.trials,
                             lambda done, total: None)
         row["tune_s"], row["improved"], row["tasks"] = report.seconds, report.improved, report.tasks
         artifacts["tuned"] = folder / f"{path.stem}.tuned.kiln"
-        row["tuned_compile_s"] = _compile(path, artifacts["tuned"], records)
+        row["tuned_compile_s"] = _compile(path, artifacts["tuned"], args.target, records)
     if args.int8:
         artifacts["int8"] = folder / f"{path.stem}.int8.kiln"
-        row["int8_compile_s"] = _compile(path, artifacts["int8"], None, _calibration(name, onnx.load(str(path)), folder))
+        calib = _calibration(name, onnx.load(str(path)), folder)
+        row["int8_compile_s"] = _compile(path, artifacts["int8"], args.target, None, calib)
     predictors = {key: kiln.load(artifact, threads=args.threads) for key, artifact in artifacts.items()}
     runners = {key: (lambda feed, p=p: list(p.run(feed).values())) for key, p in predictors.items()}
     runners["onnxruntime"] = onnxruntime_runner(path, args.threads)
@@ -113,7 +123,8 @@ def _output_scale(artifact: Path) -> float:
 
 def _print(rows: list[dict], args) -> None:
     tuned = bool(args.trials)
-    print(f"\nkiln FP32 vs ONNX Runtime FP32, {args.threads} threads, medians over >= {args.seconds:.0f} s interleaved"
+    print(f"\nkiln FP32 ({args.target}) vs ONNX Runtime FP32 (CPU), {args.threads} threads, "
+          f"medians over >= {args.seconds:.0f} s interleaved"
           + (f"; tuned: {args.trials} trials per model and batch" if tuned else ""))
     header = f"{'model':12} {'batch':>5} {'ORT ms':>9} {'kiln ms':>9} {'ratio':>6} {'compile s':>9}"
     if tuned:
@@ -126,13 +137,13 @@ def _print(rows: list[dict], args) -> None:
             line += (f" {r['tuned_ms']:9.2f} {r['tuned_ms'] / r['onnxruntime_ms']:6.2f} {r['tune_s']:7.0f} "
                      f"{r['improved']:>3}/{r['tasks']:<3}")
         print(line + f" {r['max_rel_err']:11.1e}")
-    print("ratio = kiln median / ONNX Runtime median (goal: untuned <= 1.5, tuned <= 1.0); "
-          "better = kernels where tuning beat the default schedule")
+    goal = "" if args.target.startswith("cuda") else " (goal on CPU: untuned <= 1.5, tuned <= 1.0)"
+    print(f"ratio = kiln median / ONNX Runtime median{goal}; better = kernels where tuning beat the default schedule")
     if args.int8:
-        _print_int8(rows)
+        _print_int8(rows, args.target)
 
 
-def _print_int8(rows: list[dict]) -> None:
+def _print_int8(rows: list[dict], target: str) -> None:
     print("\nINT8 (same QDQ model for kiln and ONNX Runtime), same run")
     print(f"{'model':12} {'batch':>5} {'ORT fp32':>9} {'kiln fp32':>9} {'ORT int8':>9} {'kiln int8':>9} "
           f"{'/kiln fp32':>10} {'/ORT int8':>9} {'int8 ops':>8} {'steps':>5}")
@@ -142,12 +153,26 @@ def _print_int8(rows: list[dict]) -> None:
               f"{r['onnxruntime_int8_ms']:9.2f} {r['int8_ms']:9.2f} {r['int8_ms'] / r['kiln_ms']:10.2f} "
               f"{r['int8_ms'] / r['onnxruntime_int8_ms']:9.2f} "
               f"{kernels['int8_ops']:>3}/{kernels['int8_ops'] + len(kernels['float_ops']):<4} {r['int8_steps']:5.1f}")
-    print("goal on AVX2: kiln int8 <= 0.7 x kiln fp32 and < ONNX Runtime int8; int8 ops = quantized convs/matmuls "
-          "run as integer kernels; steps = largest output difference from ONNX Runtime int8, in output scales")
+    isa = rows[0]["int8_kernels"]["isa"] if rows else ""
+    print(f"int8 ops = quantized convs/matmuls run as integer kernels ({isa}); steps = largest output difference "
+          "from ONNX Runtime int8, in output scales")
+    if not target.startswith("cuda"):
+        print("goal: kiln int8 <= 0.7 x kiln fp32 and < ONNX Runtime int8")
+
+
+def _mismatches(rows: list[dict]) -> list[str]:
+    found = [f"{r['model']} batch {r['batch']}: FP32 max rel err {r['max_rel_err']:.1e} > {FP32_TOLERANCE}"
+             for r in rows if r["max_rel_err"] > FP32_TOLERANCE]
+    found += [f"{r['model']} batch {r['batch']}: INT8 {r['int8_steps']:.2f} steps from ONNX Runtime"
+              for r in rows if r.get("int8_steps", 0) > INT8_TOLERANCE]
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="host",
+                        help="kiln's target: host (this CPU's instruction sets, which ONNX Runtime uses too), another "
+                             "preset this machine runs, or cuda-smXX to run kiln on the GPU")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trials", type=int, default=0, help="MetaSchedule trials per model and batch (0: no tuning)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per model and batch")
@@ -164,6 +189,10 @@ def main() -> None:
                 rows.append(_row(name, batch, args, Path(folder)))
                 print(f"done {name} batch {batch}", file=sys.stderr, flush=True)
     _print(rows, args)
+    mismatches = _mismatches(rows)
+    for mismatch in mismatches:
+        print(f"MISMATCH {mismatch}", file=sys.stderr)
+    sys.exit(1 if mismatches else 0)
 
 
 if __name__ == "__main__":
