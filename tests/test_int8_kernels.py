@@ -160,7 +160,7 @@ def test_quantized_conv_becomes_an_integer_kernel_that_agrees_with_onnxruntime(c
 
 def test_large_3x3_conv_runs_as_integer_winograd_that_agrees_with_onnxruntime(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch):
-    from kiln.compiler.backends.tvm.schedules import intrinsics
+    from kiln.compiler.backends.tvm.kernels import intrinsics
 
     # 64 -> 64 channels on 10x10 at batch 2: 7.4 M multiply-adds, over the float Winograd threshold (4.2 M) but
     # under AVX2's integer one (537 M, 128 channels: ResNet-18's layers at batch 8), lowered here to keep the test
@@ -175,9 +175,9 @@ def test_large_3x3_conv_runs_as_integer_winograd_that_agrees_with_onnxruntime(tm
 
 
 def test_integer_winograd_weights_are_exact_and_refuse_overflow():
-    from kiln.compiler.backends.tvm.schedules.integer import pack_winograd
-    from kiln.compiler.backends.tvm.schedules.intrinsics import AVX2_DOT
-    from kiln.compiler.backends.tvm.schedules.qdq_match import Quantization, QuantizedConv
+    from kiln.compiler.backends.tvm.kernels.integer import pack_winograd
+    from kiln.compiler.backends.tvm.kernels.intrinsics import AVX2_DOT
+    from kiln.compiler.backends.tvm.rewrite.qdq_match import Quantization, QuantizedConv
 
     def conv(weight: np.ndarray) -> QuantizedConv:
         out_channels = weight.shape[0]

@@ -67,7 +67,7 @@ def test_conv2d_rule_alone_matches_numpy(channels: int, kernel: int, stride: int
     from tvm import te
     from tvm.s_tir import Schedule
 
-    from kiln.compiler.backends.tvm.schedules.compute import conv2d_nchwc
+    from kiln.compiler.backends.tvm.kernels.compute import conv2d_nchwc
     from kiln.compiler.backends.tvm.schedules.conv import CONV2D_NCHWC
 
     pad = kernel // 2
@@ -101,7 +101,7 @@ def test_winograd_rule_alone_matches_numpy(size: int, pad: int):
     from tvm.tirx import ForKind
 
     from kiln.compiler.backends.tvm.schedules.common import block_names
-    from kiln.compiler.backends.tvm.schedules.compute import conv2d_winograd, winograd_kernel
+    from kiln.compiler.backends.tvm.kernels.compute import conv2d_winograd, winograd_kernel
     from kiln.compiler.backends.tvm.schedules.winograd import CONV2D_WINOGRAD
 
     x = RNG.standard_normal((2, 16, size, size)).astype(np.float32)
@@ -129,7 +129,7 @@ def test_winograd_only_for_convs_large_enough(batch: int):
     from tvm.relax.frontend.onnx import from_onnx
 
     from kiln.compiler.backends.tvm.schedules.common import AVX2
-    from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
+    from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
 
     # ResNet-18 on 32x32 images: each 3x3 stride-1 conv has 2.4 M multiply-adds per image, under the 4.2 M
     # threshold at batch 1 and over it at batch 8; the strided convs stay direct.
@@ -144,7 +144,7 @@ def test_depthwise_rule_alone_matches_numpy(size: int, stride: int):
     from tvm import te
     from tvm.s_tir import Schedule
 
-    from kiln.compiler.backends.tvm.schedules.compute import PAD, depthwise_nchwc
+    from kiln.compiler.backends.tvm.kernels.compute import PAD, depthwise_nchwc
     from kiln.compiler.backends.tvm.schedules.conv import DEPTHWISE_NCHWC
 
     x = RNG.standard_normal((2, 16, size, size)).astype(np.float32)
@@ -192,7 +192,7 @@ def test_elementwise_rule_alone_matches_numpy():
 
 def test_register_tile_fits_the_registers():
     from kiln.compiler.backends.tvm.schedules.conv import int8_conv_tile, int8_register_tile, register_tile
-    from kiln.compiler.backends.tvm.schedules.intrinsics import AVX2_DOT, VNNI_DOT
+    from kiln.compiler.backends.tvm.kernels.intrinsics import AVX2_DOT, VNNI_DOT
 
     assert register_tile(56, 8, 12) == (4, 2)  # 8 accumulators + 2 weights + 1 broadcast; 6 loads per 8 FMAs
     assert register_tile(7, 64, 16) == (4, 2)  # two tiles, the second 3 wide: (7, 1) was 16% slower
@@ -222,7 +222,7 @@ def test_layout_rewrite_transforms_only_at_the_edges_and_packs_the_classifier():
     from tvm.relax.frontend.onnx import from_onnx
 
     from kiln.compiler.backends.tvm.schedules.common import AVX2
-    from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
+    from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
 
     mod = to_nchwc(from_onnx(cnn_models.resnet18(1, 32), keep_params_in_input=False), AVX2)
     text = mod["main"].script(show_meta=False)

@@ -10,7 +10,7 @@ from typing import Callable
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
-from kiln.compiler.backends.tvm.schedules.intrinsics import Int8Isa, int8_isa
+from kiln.compiler.backends.tvm.kernels.intrinsics import Int8Isa, int8_isa, register_intrinsics
 
 SPATIAL, REDUCE = 0, 2  # tirx IterVar iter_type values
 # Kernels with less work than this (elements or multiply-adds: ~10 us on one core) run on one thread:
@@ -148,3 +148,8 @@ def vectorize_init(sch: Schedule, block, loop) -> None:
     if sch.get(inner).kind != tirx.ForKind.VECTORIZED:
         sch.vectorize(inner)
 
+
+def tensorize(sch: Schedule, loop, intrinsic: str) -> None:
+    """Replace `loop` with a dot-product intrinsic, registering kiln's intrinsics with TVM first."""
+    register_intrinsics()
+    sch.tensorize(loop, intrinsic)

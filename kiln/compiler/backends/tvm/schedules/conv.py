@@ -18,11 +18,11 @@ import math
 
 from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuSpec, Rule, block_names, blocks, extent,
                                                        fuse_epilogue, inline_spatial, largest_divisor, vectorize_init,
-                                                       work)
-from kiln.compiler.backends.tvm.schedules.compute import CONV2D, DEPTHWISE, PAD
+                                                       tensorize, work)
+from kiln.compiler.backends.tvm.kernels.compute import CONV2D, DEPTHWISE, PAD
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
-from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV, INT8_DEPTHWISE
-from kiln.compiler.backends.tvm.schedules.intrinsics import Int8Isa
+from kiln.compiler.backends.tvm.kernels.integer import INT8_CONV, INT8_DEPTHWISE
+from kiln.compiler.backends.tvm.kernels.intrinsics import Int8Isa
 
 
 def register_tile(out_width: int, oc_blocks: int, registers: int) -> tuple[int, int]:
@@ -152,7 +152,7 @@ def _schedule(sch, name: str, spec: CpuSpec) -> None:
             sch.vectorize(sch.get_loops(padding)[-1])
     vectorize_init(sch, conv, ico if chunk else reduce_inner[0])
     if lanes_inner:
-        sch.tensorize(sch.get_loops(conv)[-2], isa.intrinsic)
+        tensorize(sch, sch.get_loops(conv)[-2], isa.intrinsic)
     done = (name, PAD) if depthwise else (name,)
     for block in blocks(sch):  # the conv's own blocks are now {name}_init, {name}_update, {name}_..._local
         if not sch.get(block).name_hint.startswith(done):

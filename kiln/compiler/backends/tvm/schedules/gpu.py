@@ -16,11 +16,11 @@ from tvm.s_tir import Schedule, dlight
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 
 from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, block_names, blocks, extent, fuse_epilogue,
-                                                       inline_spatial, largest_divisor)
-from kiln.compiler.backends.tvm.schedules.compute import PAD
-from kiln.compiler.backends.tvm.schedules.integer import INT8_CONV
-from kiln.compiler.backends.tvm.schedules.intrinsics import DP4A
-from kiln.compiler.backends.tvm.schedules.layout import to_nchwc
+                                                       inline_spatial, largest_divisor, tensorize)
+from kiln.compiler.backends.tvm.kernels.compute import PAD
+from kiln.compiler.backends.tvm.kernels.integer import INT8_CONV
+from kiln.compiler.backends.tvm.kernels.intrinsics import DP4A
+from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
 
 # The layout rewrite's parameters on a GPU: integer kernels in 4-channel blocks, float convs untouched.
 GPU_SPEC = CpuSpec(lanes=DP4A.lanes, registers=1, max_accumulators=1, int8=DP4A, float_convs=False)
@@ -54,7 +54,7 @@ def _schedule(sch: Schedule) -> Schedule:
     _bind(sch, grid, thread)
     sch.reverse_compute_at(write_back, thread)
     sch.decompose_reduction(conv, ico)
-    sch.tensorize(k, DP4A.intrinsic)
+    tensorize(sch, k, DP4A.intrinsic)
     for block in blocks(sch):  # the padding, and any epilogue block the write-back could not take
         loops = sch.get_loops(block)
         if loops and sch.get(loops[0]).thread_binding is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, REDUCE, SPATIAL, CpuSpec, Rule, block_names,
                                                        blocks, extent, fuse_epilogue, inline_spatial, is_reduction,
                                                        largest_divisor, vectorize_init, work)
-from kiln.compiler.backends.tvm.schedules.compute import MATMUL
+from kiln.compiler.backends.tvm.kernels.compute import MATMUL
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
 
 

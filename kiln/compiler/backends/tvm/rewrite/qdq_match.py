@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from kiln.compiler.backends.tvm.schedules.fold import fold
+from kiln.compiler.backends.tvm.rewrite.fold import fold
 
 
 @dataclass(frozen=True)

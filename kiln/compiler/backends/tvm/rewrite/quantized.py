@@ -7,10 +7,10 @@ import functools
 
 from tvm import relax
 
-from kiln.compiler.backends.tvm.schedules import integer
-from kiln.compiler.backends.tvm.schedules.compute import output_size
-from kiln.compiler.backends.tvm.schedules.intrinsics import Int8Isa
-from kiln.compiler.backends.tvm.schedules.qdq_match import QdqMatcher, QuantizedAdd
+from kiln.compiler.backends.tvm.kernels import integer
+from kiln.compiler.backends.tvm.kernels.compute import output_size
+from kiln.compiler.backends.tvm.kernels.intrinsics import Int8Isa
+from kiln.compiler.backends.tvm.rewrite.qdq_match import QdqMatcher, QuantizedAdd
 
 
 # Ops that only move or relabel values: quantizing their result is exact, float or not.
@@ -99,14 +99,14 @@ class IntegerRewrites:
         layout, bb = self.layout, self.layout.bb
         if conv.dense:  # [M, K] as [M, K, 1, 1]
             rows, (columns, depth) = int(conv.data.ty.shape[0]), conv.weight.shape[:2]
-            data = layout._to_blocked(bb.emit(relax.op.reshape(layout.plain(conv.data), [rows, depth, 1, 1])), in_block)
+            data = layout.to_blocked(bb.emit(relax.op.reshape(layout.plain(conv.data), [rows, depth, 1, 1])), in_block)
         else:
             data = layout.blocked(conv.data, in_block)
         result = bb.emit(bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
                                     relax.const(packed.multiplier),
                                     primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
         if conv.dense:
-            return bb.emit(relax.op.reshape(layout._to_plain(result, packed.out_block), [rows, columns])), None
+            return bb.emit(relax.op.reshape(layout.to_plain(result, packed.out_block), [rows, columns])), None
         return result, packed.out_block
 
     def _pack(self, conv, isa: Int8Isa) -> tuple[Int8Isa, int, integer.PackedConv | str]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from kiln.compiler.backends.tvm.schedules.compute import (KERNEL_ROWS, output_size, pad, winograd_output,
+from kiln.compiler.backends.tvm.kernels.compute import (KERNEL_ROWS, output_size, pad, winograd_output,
                                                         winograd_tiles, winograd_weights)
-from kiln.compiler.backends.tvm.schedules.intrinsics import GROUP, PAIR, Int8Isa
-from kiln.compiler.backends.tvm.schedules.qdq_match import Quantization, QuantizedConv
+from kiln.compiler.backends.tvm.kernels.intrinsics import GROUP, PAIR, Int8Isa
+from kiln.compiler.backends.tvm.rewrite.qdq_match import Quantization, QuantizedConv
 
 INT8_CONV, INT8_DEPTHWISE, REQUANTIZE = "kqconv", "kqdwconv", "krequant"
 INT8_WINOGRAD_IN, INT8_WINOGRAD, INT8_WINOGRAD_OUT = "kqwino_in", "kqwino", "kqwino_out"

@@ -7,6 +7,7 @@ conv's AVX2 pair multiply-add is the same with two int16 values for the four int
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from tvm.s_tir import TensorIntrin
@@ -172,7 +173,6 @@ def _pmaddwd_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             B.vload([0, 0], dtype="int16x16"), dtype="int32x8")
 
 
-TensorIntrin.register("kiln_pair_8x2_avx2", _desc(8, "int16", PAIR, "int16"), _pmaddwd_impl)
 AVX2_DOT = Int8Isa("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128,
                    pair_intrinsic="kiln_pair_8x2_avx2", pair_name="avx2-vpmaddwd-winograd",
                    pair_min_work=1 << 29, pair_min_channels=128)
@@ -183,15 +183,21 @@ SDOT = Int8Isa("neon-sdot", "kiln_dot_4x4_sdot", 4, "int8")
 # One thread per output channel, each summing four int8 products per instruction: the channel block
 # (4) only sets the layout, the intrinsic covers the 4 products of one output.
 DP4A = Int8Isa("cuda-dp4a", "kiln_dp4a", 4, "int8")
-TensorIntrin.register(DP4A.intrinsic, _dp4a_desc, _dp4a_impl)
 
-for _isa, _impl in (
-        (AVX2_DOT, _pmaddubsw_impl(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")),
-        (AVX512_DOT, _pmaddubsw_impl(16, "llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")),
-        (VNNI_DOT, _vpdpbusd_impl(16, "llvm.x86.avx512.vpdpbusd.512")),
-        (VNNI_DOT.narrow, _vpdpbusd_impl(8, "llvm.x86.avx512.vpdpbusd.256")),
-        (SDOT, _sdot_impl)):
-    TensorIntrin.register(_isa.intrinsic, _desc(_isa.lanes, _isa.activations), _impl)
+
+@functools.cache
+def register_intrinsics() -> None:
+    """Register every dot product with TVM, once per process; the compile pipelines call it before
+    scheduling, since tensorize looks the intrinsics up by name."""
+    TensorIntrin.register("kiln_pair_8x2_avx2", _desc(8, "int16", PAIR, "int16"), _pmaddwd_impl)
+    TensorIntrin.register(DP4A.intrinsic, _dp4a_desc, _dp4a_impl)
+    for isa, impl in (
+            (AVX2_DOT, _pmaddubsw_impl(8, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")),
+            (AVX512_DOT, _pmaddubsw_impl(16, "llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")),
+            (VNNI_DOT, _vpdpbusd_impl(16, "llvm.x86.avx512.vpdpbusd.512")),
+            (VNNI_DOT.narrow, _vpdpbusd_impl(8, "llvm.x86.avx512.vpdpbusd.256")),
+            (SDOT, _sdot_impl)):
+        TensorIntrin.register(isa.intrinsic, _desc(isa.lanes, isa.activations), impl)
 
 
 def int8_isa(features: set[str], aarch64: bool) -> Int8Isa | None:

@@ -15,10 +15,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from kiln.compiler.backends.tvm.schedules import compute
+from kiln.compiler.backends.tvm.kernels import compute
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec
-from kiln.compiler.backends.tvm.schedules.fold import fold
-from kiln.compiler.backends.tvm.schedules.integer_rewrite import IntegerRewrites
+from kiln.compiler.backends.tvm.rewrite.fold import fold
+from kiln.compiler.backends.tvm.rewrite.quantized import IntegerRewrites
 
 _BINARY = {"relax.add": relax.op.add, "relax.multiply": relax.op.multiply, "relax.subtract": relax.op.subtract,
            "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
@@ -52,7 +52,7 @@ class _Rewriter:
         self.integer = IntegerRewrites(self, spec.int8)
 
     # -- layouts --------------------------------------------------------------------------------
-    def _to_blocked(self, x, block: int):
+    def to_blocked(self, x, block: int):
         """x in NCHW[block]c; channels short of a whole block (an RGB image for an integer kernel) padded with 0."""
         key = (x, block)
         if key not in self.transforms:
@@ -61,7 +61,7 @@ class _Rewriter:
                 x, lambda n, c, h, w: (n, c // block, h, w, c % block), pad_value=None if whole else 0))
         return self.transforms[key]
 
-    def _to_plain(self, x, block: int):
+    def to_plain(self, x, block: int):
         key = (x, -block)
         if key not in self.transforms:
             self.transforms[key] = self.bb.emit(relax.op.layout_transform(
@@ -75,14 +75,14 @@ class _Rewriter:
             return relax.TupleGetItem(self.plain(expr.tuple_value), expr.index)
         if expr in self.env:
             new, block = self.env[expr]
-            return self._to_plain(new, block) if block else new
+            return self.to_plain(new, block) if block else new
         return expr
 
     def blocked(self, expr, block: int):
         new, current = self.env.get(expr, (expr, None))
         if current == block:
             return new
-        return self._to_blocked(self._to_plain(new, current) if current else new, block)
+        return self.to_blocked(self.to_plain(new, current) if current else new, block)
 
     def block_of(self, expr) -> int | None:
         return self.env[expr][1] if expr in self.env else None
