@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test test-fast bench system-deps clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ system-deps:
 
 test: $(VENV)/.installed system-deps
 	$(PY) -m pytest -q
+
+# Everything but the slow, MXNet, qemu and CUDA tests (markers in setup.cfg): a few minutes
+test-fast: $(VENV)/.installed system-deps
+	$(PY) -m pytest -q -m "not slow and not mxnet and not qemu and not cuda"
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/cpu.py

@@ -26,23 +26,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-import cnn_models  # noqa: E402  (tests/cnn_models.py: the model builders the schedule tests use too)
-
-DIGITS = REPO / "examples" / "digits_cnn" / "digits_cnn.onnx"
-DIGITS_CALIB = DIGITS.parent / "digits_calib.npz"
+from kiln.testing.models import MODELS
+from kiln.testing.paths import DIGITS_CALIB, DIGITS_CNN
+from kiln.testing.reference import compile_to, qdq_output_scale
 
 
 def _model(name: str, batch: int, folder: Path) -> Path:
     path = folder / f"{name}_b{batch}.onnx"
     if name == "digits_cnn":
-        model = onnx.load(str(DIGITS))
+        model = onnx.load(str(DIGITS_CNN))
         model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
         model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = batch
     else:
-        model = cnn_models.MODELS[name](batch)
+        model = MODELS[name](batch)
     onnx.save(model, str(path))
     return path
 
@@ -52,14 +48,14 @@ INT8_TOLERANCE = 1.001  # output quantization steps
 
 
 def _compile(path: Path, output: Path, target: str, records: Path | None, calib: Path | None = None) -> float:
-    """Seconds to compile `path` (INT8 when given calibration data)."""
-    from kiln.compiler.frontends import ImportOptions
-    from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
-    from kiln.targets import resolve
+    """Seconds to compile `path` (INT8 when given calibration data; its ranges cached beside the artifact)."""
+    from kiln.compiler.manifest import Precision
+    from kiln.quantization.config import QuantizeOptions
 
     started = time.perf_counter()
-    compile_model(path, CompileOptions(resolve(target), output, ImportOptions(), records=records, calib=calib,
-                                       precision=Precision.INT8 if calib else Precision.FP32))
+    compile_to(path, output, target, records=records, calib=calib,
+               precision=Precision.INT8 if calib else Precision.FP32,
+               quantize=QuantizeOptions(cache_dir=str(output.parent / "calib-cache")))
     return time.perf_counter() - started
 
 
@@ -75,9 +71,6 @@ def _calibration(name: str, model: onnx.ModelProto, folder: Path) -> Path:
 def _row(name: str, batch: int, args, folder: Path) -> dict:
     import kiln
     from kiln.bench import BenchOptions, measure, onnxruntime_runner, random_inputs
-    from kiln.compiler.backends.tvm.tuning import tune_model
-    from kiln.compiler.frontends import ImportOptions, load_graph
-    from kiln.targets import resolve
 
     path = _model(name, batch, folder)
     row = {"model": name, "batch": batch,
@@ -85,8 +78,7 @@ def _row(name: str, batch: int, args, folder: Path) -> dict:
     artifacts = {"kiln": folder / f"{path.stem}.kiln"}
     if args.trials:
         records = folder / f"{path.stem}.records"
-        report = tune_model(load_graph(path, ImportOptions()), resolve(args.target), records, args.trials,
-                            lambda done, total: None)
+        report = kiln.tune(path, records, target=kiln.target(args.target), trials=args.trials)
         row["tune_s"], row["improved"], row["tasks"] = report.seconds, report.improved, report.tasks
         artifacts["tuned"] = folder / f"{path.stem}.tuned.kiln"
         row["tuned_compile_s"] = _compile(path, artifacts["tuned"], args.target, records)
@@ -108,17 +100,9 @@ def _row(name: str, batch: int, args, folder: Path) -> dict:
                              for key in artifacts if key != "int8")
     if args.int8:
         row["int8_steps"] = float(np.abs(outputs["int8"][0] - outputs["onnxruntime_int8"][0]).max()
-                                  / _output_scale(artifacts["int8"]))
+                                  / qdq_output_scale(artifacts["int8"]))
         row["int8_kernels"] = json.loads((artifacts["int8"] / "manifest.json").read_text())["integer_kernels"]
     return row
-
-
-def _output_scale(artifact: Path) -> float:
-    from onnx import numpy_helper
-
-    qdq = onnx.load(str(artifact / "model.int8.onnx"))
-    scales = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
-    return float(scales[f"{qdq.graph.output[0].name}_scale"])
 
 
 def _print(rows: list[dict], args) -> None:

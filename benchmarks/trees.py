@@ -81,11 +81,10 @@ def lleaves_engine(model: Path, folder: Path, threads: int) -> Callable[[np.ndar
 
 
 def compile_with_kiln(model: Path, folder: Path) -> tuple[Path, float]:
-    from kiln.compiler.pipeline import CompileOptions, compile_model
-    from kiln.targets import resolve
+    import kiln
 
     start = time.perf_counter()
-    artifact = compile_model(model, CompileOptions(resolve("x86-64"), folder / f"{model.stem}.kiln"))
+    artifact = kiln.compile(model, kiln.CompileOptions(kiln.target("x86-64"), folder / f"{model.stem}.kiln")).path
     return artifact, time.perf_counter() - start
 
 

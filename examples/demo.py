@@ -14,10 +14,7 @@ import numpy as np
 
 import kiln
 from kiln.bench import BenchOptions, measure, onnxruntime_runner
-from kiln.compiler.frontends import ImportOptions
-from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
-from kiln.quantize.config import quantize_options
-from kiln.targets import resolve
+from kiln.cli_options import TerminalProgress
 
 HERE = Path(__file__).resolve().parent
 DIGITS = HERE / "digits_cnn"
@@ -30,9 +27,9 @@ def main() -> None:
     images, labels = data["input"], data["labels"]
     OUT.mkdir(exist_ok=True)
     runners = {}
-    for precision in (Precision.FP32, Precision.INT8):
+    for precision in (kiln.Precision.FP32, kiln.Precision.INT8):
         artifact = _compile(precision)
-        source = artifact / ("model.int8.onnx" if precision is Precision.INT8 else "model.onnx")
+        source = artifact / ("model.int8.onnx" if precision is kiln.Precision.INT8 else "model.onnx")
         runners[f"onnxruntime {precision.value}"] = onnxruntime_runner(source, THREADS)
         predictor = kiln.load(artifact, threads=THREADS)
         runners[f"kiln {precision.value}"] = lambda feed, p=predictor: list(p.run(feed).values())
@@ -44,14 +41,14 @@ def main() -> None:
     _print_table(rows, len(images))
 
 
-def _compile(precision: Precision) -> Path:
+def _compile(precision: "kiln.Precision") -> Path:
     """The digits CNN at batch 1 for this machine; INT8 is calibrated and must keep top-1 within 1 point."""
-    options = CompileOptions(
-        resolve("host"), OUT / f"digits_{precision.value}.kiln", ImportOptions({"input": (1, 1, 8, 8)}),
+    options = kiln.CompileOptions(
+        kiln.target("host"), OUT / f"digits_{precision.value}.kiln", kiln.ImportOptions({"input": (1, 1, 8, 8)}),
         precision=precision, calib=DIGITS / "digits_calib.npz",
-        quantize=quantize_options({"eval": DIGITS / "digits_test.npz", "max_accuracy_drop": 1.0,
-                                   "cache_dir": OUT / ".kiln-cache"}))
-    return compile_model(DIGITS / "digits_cnn.onnx", options, lambda message: print(f"kiln: {message}"))
+        quantize=kiln.QuantizeOptions(eval=DIGITS / "digits_test.npz", max_accuracy_drop=1.0,
+                                      cache_dir=str(OUT / ".kiln-cache")))
+    return kiln.compile(DIGITS / "digits_cnn.onnx", options, TerminalProgress(bars=False)).path
 
 
 def _row(name: str, logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, ms: float,

@@ -1,5 +1,100 @@
-"""kiln: compile and quantize trained models into fast, verified artifacts."""
+"""kiln: compile and quantize trained models into fast, verified artifacts.
+
+The verbs, each running the one pipeline (`kiln.pipeline`) and returning a typed result:
+
+    import kiln
+    options = kiln.CompileOptions(kiln.target("host"), Path("digits.kiln"), kiln.ImportOptions({"input": (1, 1, 8, 8)}))
+    result = kiln.compile("digits_cnn.onnx", options)      # CompileResult: path, manifest, INT8 report
+    kiln.load(result.path).run({"input": x})                # {output name: array}
+
+`load` needs only the runtime (numpy and TVM's or tl2cgen's runtime library); the other verbs import
+the compiler when called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kiln.compiler.artifact import load
+from kiln.progress import QUIET, Progress
 
-__all__ = ["load"]
+if TYPE_CHECKING:
+    from kiln.project.runner import BuildReport
+    from kiln.compiler.backends.tvm.tuning import TuneReport
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.compiler.manifest import Manifest
+    from kiln.pipeline import CompileOptions, CompileResult, ModelSummary, QuantizeResult
+    from kiln.quantization.config import QuantizeOptions
+    from kiln.targets.presets import Preset
+
+__all__ = ["compile", "quantize", "tune", "inspect", "load", "build", "target", "CompileOptions", "ImportOptions",
+           "QuantizeOptions", "Precision", "Progress"]
+
+# Types exported by name, imported on first use so that `import kiln` stays light for `kiln.load`.
+_LAZY = {
+    "CompileOptions": "kiln.pipeline", "CompileResult": "kiln.pipeline", "ModelSummary": "kiln.pipeline",
+    "QuantizeResult": "kiln.pipeline", "ImportOptions": "kiln.compiler.frontends",
+    "QuantizeOptions": "kiln.quantization.config", "Precision": "kiln.compiler.manifest",
+    "Manifest": "kiln.compiler.manifest",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+
+
+def target(name: str) -> "Preset":
+    """A target preset by name (`kiln targets`), `host`, or a TVM target as JSON."""
+    from kiln.targets import resolve
+
+    return resolve(name)
+
+
+def compile(model: str | os.PathLike, options: "CompileOptions", progress: Progress = QUIET) -> "CompileResult":
+    """Import, run the graph passes, quantize when options.precision is INT8, build, and write the artifact."""
+    from kiln.pipeline import compile_model
+
+    return compile_model(Path(model), options, progress)
+
+
+def quantize(model: str | os.PathLike, calib: str | os.PathLike, output: str | os.PathLike, *,
+             target: "Preset", options: "QuantizeOptions | None" = None, imports: "ImportOptions | None" = None,
+             progress: Progress = QUIET) -> "QuantizeResult":
+    """Quantize a neural model to a QDQ ONNX model at `output` for `target`'s int8 instructions."""
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.pipeline import quantize_model
+    from kiln.quantization.config import QuantizeOptions
+
+    resolved = (options or QuantizeOptions()).for_target(target)
+    return quantize_model(Path(model), Path(calib), resolved, imports or ImportOptions(), Path(output), progress)
+
+
+def tune(model: str | os.PathLike, records: str | os.PathLike, *, target: "Preset", trials: int,
+         imports: "ImportOptions | None" = None, progress: Progress = QUIET) -> "TuneReport":
+    """Search faster schedules for a neural model's kernels on this machine into a records folder."""
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.pipeline import tune_model
+
+    return tune_model(Path(model), imports or ImportOptions(), target, Path(records), trials, progress)
+
+
+def inspect(path: str | os.PathLike, imports: "ImportOptions | None" = None) -> "Manifest | ModelSummary":
+    """An artifact's Manifest, or a model file's summary (signature, ops, what kiln cannot compile)."""
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.pipeline import inspect_path
+
+    return inspect_path(Path(path), imports or ImportOptions())
+
+
+def build(config: str | os.PathLike = "kiln.toml", names: tuple[str, ...] = (), *, jobs: int = 1,
+          check: bool = False, progress: Progress = QUIET) -> "BuildReport":
+    """Build the artifacts a kiln.toml declares (or only `names`) that are out of date; with `check`, build
+    nothing and report what is stale."""
+    from kiln.project import runner
+
+    return runner.run(Path(config), names, jobs=jobs, check=check, progress=progress)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.errors import InputError
+from kiln.files import atomic_path
 
 
 def read_arrays(path: Path, default_name: str | None = None) -> dict[str, np.ndarray]:
@@ -29,7 +30,5 @@ def read_arrays(path: Path, default_name: str | None = None) -> dict[str, np.nda
 
 
 def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as stream:
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
         np.savez(stream, **arrays)
-    tmp.replace(path)

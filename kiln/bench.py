@@ -10,13 +10,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from kiln.compiler import artifact
 from kiln.compiler.graph import TensorSpec
+from kiln.compiler.manifest import Backend, Manifest
 from kiln.errors import InputError
+
+if TYPE_CHECKING:
+    from kiln.compiler.backends.tvm.profile import KernelTime
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -50,32 +54,57 @@ class Timing:
                    len(ms))
 
 
-def bench(path: Path, options: BenchOptions) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Comparison:
+    """The reference engine's timing beside kiln's, on the same inputs and threads."""
+
+    engine: str  # "onnxruntime" or "native"
+    timing: Timing
+    speedup: float  # reference median / kiln median: above 1, kiln is faster
+    max_abs_diff: float  # between kiln's and the reference's outputs
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    artifact: Path
+    batch: int
+    threads: int
+    kiln: Timing
+    reference: Comparison | None = None
+    profile: tuple[KernelTime, ...] | None = None  # TVM artifacts: time per kernel, slowest first
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"artifact": str(self.artifact), "batch": self.batch, "threads": self.threads,
+                                "kiln": vars(self.kiln)}
+        if self.reference:
+            data[self.reference.engine] = vars(self.reference.timing)
+            data["speedup"], data["max_abs_diff"] = self.reference.speedup, self.reference.max_abs_diff
+        if self.profile is not None:
+            data["profile"] = [row.to_json() for row in self.profile]
+        return data
+
+
+def bench(path: Path, options: BenchOptions) -> BenchResult:
     manifest = artifact.read_manifest(path)
     predictor = artifact.load(path, threads=options.threads)
     inputs = options.inputs or random_inputs(predictor.inputs, options.batch)
-    batch = _batch_of(inputs)
     runners: dict[str, Runner] = {"kiln": lambda feed: list(predictor.run(feed).values())}
     if options.vs:
         runners[options.vs] = reference(options.vs, path, manifest, options.threads)
     timings, outputs = measure(runners, inputs, options)
-    result: dict[str, Any] = {
-        "artifact": str(path),
-        "batch": batch,
-        "threads": options.threads,
-        "kiln": vars(timings["kiln"]),
-    }
+    comparison = None
     if options.vs:
-        result[options.vs] = vars(timings[options.vs])
-        result["speedup"] = timings[options.vs].median_ms / timings["kiln"].median_ms
-        result["max_abs_diff"] = max(float(np.max(np.abs(k.astype(np.float64) - r.astype(np.float64))))
-                                     for k, r in zip(outputs["kiln"], outputs[options.vs]))
+        difference = max(float(np.max(np.abs(k.astype(np.float64) - r.astype(np.float64))))
+                         for k, r in zip(outputs["kiln"], outputs[options.vs]))
+        comparison = Comparison(options.vs, timings[options.vs],
+                                timings[options.vs].median_ms / timings["kiln"].median_ms, difference)
+    profile = None
     if options.profile_runs:
         if not hasattr(predictor, "profile"):
-            raise InputError(f"--profile times the kernels of TVM artifacts; {path} is a {manifest['backend']} "
+            raise InputError(f"--profile times the kernels of TVM artifacts; {path} is a {manifest.backend.value} "
                              "artifact: drop --profile")
-        result["profile"] = [row.to_json() for row in predictor.profile(inputs, options.profile_runs)]
-    return result
+        profile = tuple(predictor.profile(inputs, options.profile_runs))
+    return BenchResult(path, _batch_of(inputs), options.threads, timings["kiln"], comparison, profile)
 
 
 def random_inputs(specs: tuple[TensorSpec, ...], batch: int | None) -> dict[str, np.ndarray]:
@@ -120,16 +149,16 @@ def measure(runners: dict[str, Runner], inputs: dict[str, np.ndarray],
     return {name: Timing.of(s, batch) for name, s in samples.items()}, outputs
 
 
-def reference(name: str, path: Path, manifest: dict[str, Any], threads: int) -> Runner:
-    tree = manifest["backend"] == "tl2cgen"
+def reference(name: str, path: Path, manifest: Manifest, threads: int) -> Runner:
+    tree = manifest.backend is Backend.TL2CGEN
     if name == "onnxruntime" and not tree:
         # An INT8 artifact is compared with ONNX Runtime running the same QDQ model.
-        role = "int8_onnx" if "int8_onnx" in manifest["files"] else "onnx"
-        return onnxruntime_runner(artifact.verified_file(path, manifest["files"][role]), threads)
+        role = "int8_onnx" if "int8_onnx" in manifest.files else "onnx"
+        return onnxruntime_runner(artifact.verified_file(path, manifest.files[role]), threads)
     if name == "native" and tree:
         from kiln.compiler.frontends.trees.native import native_runner
 
-        return native_runner(artifact.verified_file(path, manifest["files"]["model"]), manifest, threads)
+        return native_runner(artifact.verified_file(path, manifest.files["model"]), manifest, threads)
     if name in ("onnxruntime", "native"):
         raise InputError(f"--vs {name} does not apply to {'tree' if tree else 'neural'} artifacts; "
                          f"use --vs {'native' if tree else 'onnxruntime'}")
@@ -139,16 +168,7 @@ def reference(name: str, path: Path, manifest: dict[str, Any], threads: int) -> 
 def onnxruntime_runner(model: Path, threads: int) -> Runner:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model), ort_session_options(threads), providers=["CPUExecutionProvider"])
+    from kiln.onnxruntime_session import session_options
+
+    session = ort.InferenceSession(str(model), session_options(threads), providers=["CPUExecutionProvider"])
     return lambda feed: session.run(None, feed)
-
-
-def ort_session_options(threads: int):
-    """Options that let ONNX Runtime share the cores fairly with another engine in the same process."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kiln.cli_options import (EXIT_CODE_HELP, echo_json, handles_errors, input_shape_option, input_shapes_dict,
-                              interactive, json_option, neural_quantize_options, params_option, progress_printer,
-                              quantize_options_from, threads_option, trust_pickle_option)
+from kiln.cli_options import (EXIT_CODE_HELP, compile_options, echo_json, handles_errors, import_options, json_option,
+                              neural_quantize_options, progress_reporter, threads_option)
 from kiln.errors import OUT_OF_DATE_EXIT_CODE
+
+if TYPE_CHECKING:
+    from kiln.compiler.backends.tvm.profile import KernelTime
+    from kiln.compiler.frontends import ImportOptions
+    from kiln.pipeline import CompileOptions
+    from kiln.quantization.config import QuantizeOptions
 
 @click.group(epilog=EXIT_CODE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kiln-ml")
@@ -31,29 +35,11 @@ def cli() -> None:
 
 @cli.command("compile", epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--target", "-t", default="x86-64", show_default=True,
-              help="Target preset (see `kiln targets`), `host`, or a TVM target as JSON.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Artifact directory to write [default: MODEL's name + .kiln in the current folder].")
-@input_shape_option
-@params_option
-@trust_pickle_option
-@click.option("--int8", is_flag=True,
-              help="Quantize to INT8 (neural graphs: calibrated QDQ; trees: threshold quantization).")
-@click.option("--calib", type=click.Path(path_type=Path), default=None,
-              help="Calibration data (.npz, .npy, CSV or a folder of them): INT8 ranges, tree branch statistics.")
-@neural_quantize_options
-@click.option("--schedule", type=click.Choice(["default", "none"]), default="default", show_default=True,
-              help="Neural CPU builds: kiln's schedules (NCHWc layout, vectorized and parallel kernels), or none: "
-                   "TVM's plain loops (slow; for debugging a schedule).")
-@click.option("--records", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="A `kiln tune` records folder: tuned kernels are used where they beat the default schedules.")
+@compile_options  # every setting of CompileOptions: --target, --output, --input-shape, --int8, --calib, ...
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @json_option
 @handles_errors
-def compile_command(model: Path, target: str, output: Path | None, input_shapes, int8: bool, calib: Path | None,
-                    quiet: bool, as_json: bool, trust_pickle: bool, quantize_args: dict[str, Any],
-                    params: Path | None, schedule: str, records: Path | None):
+def compile_command(model: Path, options: CompileOptions, quiet: bool, as_json: bool):
     """Compile MODEL (ONNX, MXNet, or a tree ensemble) for a target into an artifact directory.
 
     The artifact holds manifest.json, the compiled library and the source model; it is written
@@ -63,34 +49,25 @@ def compile_command(model: Path, target: str, output: Path | None, input_shapes,
     Example:
       kiln compile examples/digits_cnn/digits_cnn.onnx --input-shape input:1x1x8x8 -o digits.kiln
     """
-    from kiln.compiler.backends.tvm.schedules import ScheduleMode
-    from kiln.compiler.frontends import ImportOptions
-    from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
-    from kiln.targets import resolve
+    import kiln
 
-    options = CompileOptions(resolve(target), output or Path(model.stem + ".kiln"),
-                             ImportOptions(input_shapes_dict(input_shapes), params=params, trust_pickle=trust_pickle),
-                             precision=Precision.INT8 if int8 else Precision.FP32, calib=calib,
-                             quantize=quantize_options_from(quantize_args, quiet or as_json),
-                             schedule=ScheduleMode(schedule), records=records)
-    from kiln.compiler import artifact
-
-    path = compile_model(model, options, progress_printer(quiet or as_json))
-    manifest = artifact.read_manifest(path)
-    quantization = _quantization_summary(path, manifest)
-    integer = manifest.get("integer_kernels")
+    result = kiln.compile(model, options, progress_reporter(quiet or as_json))
+    manifest = result.manifest
+    quantization = ({**manifest.quantization.to_json(), "report": result.report.to_json()}
+                    if manifest.quantization and result.report else None)
+    integer = manifest.integer_kernels.to_json() if manifest.integer_kernels else None
     if as_json:
-        echo_json({"artifact": str(path), "target": options.target.name,
+        echo_json({"artifact": str(result.path), "target": options.target.name,
                     **({"quantization": quantization} if quantization else {}),
                     **({"integer_kernels": integer} if integer else {})})
     else:
         if quantization:
-            from kiln.quantize.report import table
+            from kiln.quantization.report import table
 
             click.echo(table(quantization["report"]))
         if integer:
             _echo_integer_kernels(integer)
-        click.echo(f"compiled {model} for {options.target.name} -> {path}")
+        click.echo(f"compiled {model} for {options.target.name} -> {result.path}")
 
 
 def _echo_integer_kernels(integer: dict[str, Any]) -> None:
@@ -104,16 +81,6 @@ def _echo_integer_kernels(integer: dict[str, Any]) -> None:
         click.echo(f"    float: {entry['op']}{shape}{stride}: {entry['reason']}")
 
 
-def _quantization_summary(path: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """A neural INT8 artifact's manifest quantization section, with its report."""
-    from kiln.compiler import artifact
-
-    if "quantization" not in manifest:
-        return None
-    report = json.loads(artifact.verified_file(path, manifest["files"]["report"]).read_text())
-    return {**manifest["quantization"], "report": report}
-
-
 @cli.command("quantize", epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--calib", type=click.Path(path_type=Path), required=True,
@@ -124,13 +91,13 @@ def _quantization_summary(path: Path, manifest: dict[str, Any]) -> dict[str, Any
 @click.option("--target", "-t", default="x86-64", show_default=True,
               help="Where the model will run: picks uint8 (x86) or int8 (ARM, CUDA) activations and 7-bit "
                    "weights on x86 without VNNI.")
-@input_shape_option
+@import_options("input_shapes")
 @neural_quantize_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages or progress bar.")
 @json_option
 @handles_errors
-def quantize_command(model: Path, calib: Path, output: Path, target: str, input_shapes, quiet: bool, as_json: bool,
-                     quantize_args: dict[str, Any]):
+def quantize_command(model: Path, calib: Path, output: Path, target: str, imports: ImportOptions, quiet: bool,
+                     as_json: bool, quantize_options: QuantizeOptions):
     """Quantize a neural MODEL to a QDQ ONNX model (INT8) that ONNX Runtime and kiln compile run.
 
     Prints per-layer SQNR and, with --eval, float vs INT8 accuracy; with --max-accuracy-drop,
@@ -141,16 +108,13 @@ def quantize_command(model: Path, calib: Path, output: Path, target: str, input_
       kiln quantize examples/digits_cnn/digits_cnn.onnx --calib examples/digits_cnn/digits_calib.npz \\
         --eval examples/digits_cnn/digits_test.npz --max-accuracy-drop 0.5 -o digits.int8.onnx
     """
-    from kiln.compiler.frontends import ImportOptions
-    from kiln.quantize.quantizer import quantize_model
-    from kiln.quantize.report import table
-    from kiln.targets import resolve
+    import kiln
+    from kiln.quantization.report import table
 
-    options = quantize_options_from(quantize_args, quiet or as_json).for_target(resolve(target))
-    quantized = quantize_model(model, calib, options, ImportOptions(input_shapes_dict(input_shapes)), output,
-                               progress_printer(quiet or as_json))
+    quantized = kiln.quantize(model, calib, output, target=kiln.target(target), options=quantize_options,
+                              imports=imports, progress=progress_reporter(quiet or as_json)).quantized
     if as_json:
-        echo_json({"output": str(output), "quantization": quantized.manifest_section(),
+        echo_json({"output": str(output), "quantization": quantized.summary().to_json(),
                     "report": quantized.report.to_json()})
         return
     click.echo(table(quantized.report.to_json()))
@@ -197,22 +161,23 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
 
 @cli.command("inspect", epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(path_type=Path))
-@input_shape_option
-@params_option
-@trust_pickle_option
+@import_options()
 @json_option
 @handles_errors
-def inspect_command(model: Path, input_shapes, as_json: bool, trust_pickle: bool, params: Path | None):
+def inspect_command(model: Path, imports: ImportOptions, as_json: bool):
     """Show a model's inputs, outputs, ops and anything kiln cannot compile; or an artifact's manifest.
 
     \b
     Example:
       kiln inspect examples/digits_cnn/digits_cnn.onnx
     """
-    from kiln.compiler.frontends import ImportOptions
-    from kiln.inspection import inspect_path
+    import kiln
+    from kiln.compiler.manifest import Manifest
 
-    report = inspect_path(model, ImportOptions(input_shapes_dict(input_shapes), params=params, trust_pickle=trust_pickle))
+    described = kiln.inspect(model, imports)
+    report = described.to_json()
+    if isinstance(described, Manifest):
+        report = {"kind": "artifact", "path": str(model), **report}
     if as_json:
         echo_json(report)
         return
@@ -254,7 +219,7 @@ def targets_command(as_json: bool):
         return
     click.echo(f"{'name':16} {'int8 isa':12} description")
     for preset in PRESETS.values():
-        click.echo(f"{preset.name:16} {preset.int8_isa:12} {preset.description}")
+        click.echo(f"{preset.name:16} {preset.int8_isa.value:12} {preset.description}")
     click.echo(f"{'host':16} {'(detected)':12} this machine's CPU, detected at compile time")
 
 
@@ -292,32 +257,32 @@ def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: in
                            profile_runs=PROFILE_RUNS if profile else 0, **({"threads": threads} if threads else {}))
     result = bench(artifact, options)
     if as_json:
-        echo_json(result)
+        echo_json(result.to_json())
         return
-    click.echo(f"{artifact}: batch {result['batch']}, {result['threads']} threads")
+    click.echo(f"{artifact}: batch {result.batch}, {result.threads} threads")
     click.echo(f"  {'engine':12} {'median ms':>10} {'p90 ms':>10} {'p99 ms':>10} {'rows/s':>12}")
-    for engine in ["kiln"] + ([vs] if vs else []):
-        t = result[engine]
-        click.echo(f"  {engine:12} {t['median_ms']:10.3f} {t['p90_ms']:10.3f} {t['p99_ms']:10.3f} "
-                   f"{t['throughput']:12.1f}")
-    if vs:
-        click.echo(f"  speedup vs {vs}: {result['speedup']:.2f}x (max |diff| {result['max_abs_diff']:.2e})")
-    if profile:
-        _echo_profile(result["profile"])
+    timings = [("kiln", result.kiln)] + ([(vs, result.reference.timing)] if result.reference else [])
+    for engine, t in timings:
+        click.echo(f"  {engine:12} {t.median_ms:10.3f} {t.p90_ms:10.3f} {t.p99_ms:10.3f} {t.throughput:12.1f}")
+    if result.reference:
+        click.echo(f"  speedup vs {vs}: {result.reference.speedup:.2f}x "
+                   f"(max |diff| {result.reference.max_abs_diff:.2e})")
+    if result.profile is not None:
+        _echo_profile(result.profile)
 
 
 PROFILE_RUNS, PROFILE_ROWS = 20, 25
 
 
-def _echo_profile(rows: list[dict[str, Any]]) -> None:
+def _echo_profile(rows: tuple[KernelTime, ...]) -> None:
     click.echo(f"  where the time goes (median per run of {PROFILE_RUNS}; kernels and VM builtins):")
     click.echo(f"  {'ms':>9} {'share':>6} {'calls':>5}  kernel")
     for row in rows[:PROFILE_ROWS]:
-        click.echo(f"  {row['ms']:9.3f} {row['share']:6.1%} {row['calls']:5d}  {row['name']}")
+        click.echo(f"  {row.ms:9.3f} {row.share:6.1%} {row.calls:5d}  {row.name}")
     if len(rows) > PROFILE_ROWS:
         rest = rows[PROFILE_ROWS:]
-        click.echo(f"  {sum(r['ms'] for r in rest):9.3f} {sum(r['share'] for r in rest):6.1%} "
-                   f"{sum(r['calls'] for r in rest):5d}  ({len(rest)} more)")
+        click.echo(f"  {sum(r.ms for r in rest):9.3f} {sum(r.share for r in rest):6.1%} "
+                   f"{sum(r.calls for r in rest):5d}  ({len(rest)} more)")
 
 
 @cli.command("tune", epilog=EXIT_CODE_HELP)
@@ -328,13 +293,12 @@ def _echo_profile(rows: list[dict[str, Any]]) -> None:
               help="Candidate schedules to measure, over all kernels together.")
 @click.option("--output", "-o", "records", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Records folder to create or add to; pass it to `kiln compile --records`.")
-@input_shape_option
-@params_option
+@import_options("input_shapes", "params")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages or progress bar.")
 @json_option
 @handles_errors
-def tune_command(model: Path, target: str, trials: int, records: Path, input_shapes, params: Path | None,
-                 quiet: bool, as_json: bool):
+def tune_command(model: Path, target: str, trials: int, records: Path, imports: ImportOptions, quiet: bool,
+                 as_json: bool):
     """Search faster schedules for a neural MODEL's kernels with MetaSchedule, into a records folder.
 
     Records are keyed by kernel and target, so a partial tuning still helps and models that share
@@ -347,17 +311,10 @@ def tune_command(model: Path, target: str, trials: int, records: Path, input_sha
       kiln tune model.onnx --input-shape input:1x3x224x224 --trials 512 -o records/
       kiln compile model.onnx --input-shape input:1x3x224x224 --records records/ -o model.kiln
     """
-    from kiln.compiler.backends.tvm.tuning import tune
-    from kiln.compiler.frontends import ImportOptions
-    from kiln.targets import resolve
+    import kiln
 
-    imports = ImportOptions(input_shapes_dict(input_shapes), params=params)
-    if interactive(quiet or as_json):
-        with click.progressbar(length=trials, label="tuning", file=sys.stderr) as bar:
-            report = tune(model, imports, resolve(target), records, trials,
-                          lambda done, total: bar.update(done - bar.pos))
-    else:
-        report = tune(model, imports, resolve(target), records, trials, lambda done, total: None)
+    report = kiln.tune(model, records, target=kiln.target(target), trials=trials, imports=imports,
+                       progress=progress_reporter(quiet or as_json))
     if as_json:
         echo_json({"records": str(records), **report.to_json()})
         return
@@ -398,16 +355,9 @@ def build_command(names: tuple[str, ...], config_path: Path, jobs: int, check: b
       kiln build digits -j 2     # one artifact, two targets at once
       kiln build --check --json  # for CI: what is stale, exit 7 if anything
     """
-    from kiln.build import runner
-    from kiln.build.config import read_config
+    import kiln
 
-    items = read_config(config_path)
-    unknown = sorted(set(names) - {item.name for item in items})
-    if unknown:
-        raise click.UsageError(f"no artifact named {', '.join(unknown)} in {config_path}; it declares "
-                               f"{', '.join(dict.fromkeys(item.name for item in items))}")
-    selected = [item for item in items if not names or item.name in names]
-    report = runner.check(selected) if check else runner.build(selected, jobs, progress_printer(quiet or as_json))
+    report = kiln.build(config_path, names, jobs=jobs, check=check, progress=progress_reporter(quiet or as_json))
     if as_json:
         echo_json(report.to_json())
     else:

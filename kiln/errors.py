@@ -5,6 +5,9 @@ Messages name the fix: what was wrong, and what to do about it.
 
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 
 class KilnError(Exception):
     """Base of every error kiln raises on purpose."""
@@ -12,10 +15,31 @@ class KilnError(Exception):
     exit_code = 1
 
 
+class UsageError(KilnError):
+    """A setting or name given to kiln that it cannot use (the command line's usage errors)."""
+
+    exit_code = 2
+
+
 class InputError(KilnError):
     """A model, data or artifact file that is missing, malformed or inconsistent."""
 
     exit_code = 3
+
+
+class SettingError(InputError):
+    """A setting's value that kiln cannot use. The message names settings as {field} placeholders over `owner`'s
+    fields: str() reads them as field names (max_accuracy_drop); the CLI spells them as flags, kiln.toml as keys
+    (kiln.settings.as_flags, as_keys)."""
+
+    def __init__(self, owner: type, template: str):
+        self.owner, self.template = owner, template
+        super().__init__(self.spelled(lambda name: name))
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        """The message with each {name} of one of owner's fields replaced by spell(name)."""
+        names = set(getattr(self.owner, "__dataclass_fields__", ()))
+        return re.sub(r"\{(\w+)\}", lambda m: spell(m[1]) if m[1] in names else m[0], self.template)
 
 
 class UnsupportedOpError(KilnError):
@@ -51,7 +75,7 @@ OUT_OF_DATE_EXIT_CODE = 7
 EXIT_CODES = {
     0: "success",
     1: "internal error (a bug in kiln: please report it)",
-    2: "usage error (bad command-line option or argument)",
+    UsageError.exit_code: "usage error (bad command-line option or argument)",
     InputError.exit_code: "bad model, input data or artifact",
     UnsupportedOpError.exit_code: "the model uses unsupported operators",
     TargetError.exit_code: "unknown target, missing toolchain, or host lacks the target's instruction set",

@@ -16,10 +16,10 @@ import onnx
 import pytest
 
 import kiln
-from conftest import DIGITS_CNN, EXAMPLES, REPO
-from kiln.compiler import artifact
 from kiln.cli import cli
+from kiln.compiler import artifact
 from kiln.errors import OUT_OF_DATE_EXIT_CODE
+from kiln.testing.paths import DIGITS_CALIB, DIGITS_CNN, EXAMPLES, TREE_MODELS
 
 CONFIG = """
 [defaults]
@@ -135,6 +135,7 @@ def _kiln(project: Path, *args: str) -> subprocess.Popen:
                              "--quiet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_concurrent_builds_both_succeed(project: Path):
     first, second = _kiln(project, "--jobs", "2"), _kiln(project)
     assert first.wait(timeout=300) == 0, first.stderr.read()
@@ -143,11 +144,12 @@ def test_concurrent_builds_both_succeed(project: Path):
         predictor = kiln.load(project / "out" / name)
         assert predictor.predict(np.zeros(predictor.inputs[0].shape, np.float32)).shape == (1, 10)
     vnni = project / "out" / "a-x86-vnni.kiln"
-    artifact.verified_file(vnni, artifact.read_manifest(vnni)["library"])
+    artifact.verified_file(vnni, artifact.read_manifest(vnni).library)
     assert sorted(p.name for p in (project / "out").iterdir() if not p.name.startswith(".")) == ALL
     assert not list((project / "out").glob("*.staging"))
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_the_previous_artifact(project: Path):
     assert _kiln(project, "b").wait(timeout=300) == 0
     artifact = project / "out" / "b.kiln"
@@ -166,6 +168,7 @@ def test_killed_build_leaves_the_previous_artifact(project: Path):
     assert not list((project / "out").glob(".b.kiln.*.staging"))
 
 
+@pytest.mark.slow
 def test_example_makefile_is_up_to_date_after_a_build(tmp_path: Path):
     example = tmp_path / "examples"
     example.mkdir()
@@ -185,7 +188,7 @@ def test_example_makefile_is_up_to_date_after_a_build(tmp_path: Path):
 
 def test_int8_artifact_from_the_config_rebuilds_byte_identical(cli_runner, tmp_path: Path):
     shutil.copy(DIGITS_CNN, tmp_path / "m.onnx")
-    shutil.copy(DIGITS_CNN.parent / "digits_calib.npz", tmp_path / "calib.npz")
+    shutil.copy(DIGITS_CALIB, tmp_path / "calib.npz")
     (tmp_path / "kiln.toml").write_text(
         '[artifact.q]\nmodel = "m.onnx"\ninput_shapes = { input = "1x1x8x8" }\nprecision = "int8"\n'
         'calib = "calib.npz"\ncalib_method = "percentile"\npercentile = 99.9\nexclude = ["Gemm"]\n'
@@ -193,7 +196,7 @@ def test_int8_artifact_from_the_config_rebuilds_byte_identical(cli_runner, tmp_p
     code, report = _build(cli_runner, tmp_path)
     assert code == 0, report
     artifact_dir = tmp_path / "build" / "q.kiln"
-    manifest = artifact.read_manifest(artifact_dir)
+    manifest = artifact.read_manifest(artifact_dir).to_json()
     assert manifest["precision"] == "int8"
     assert manifest["quantization"]["method"] == "percentile" and manifest["quantization"]["exclude"] == ["Gemm"]
     before = {p.name: p.read_bytes() for p in artifact_dir.iterdir()}
@@ -207,15 +210,15 @@ def test_schedule_setting_reaches_the_build(cli_runner, project: Path):
     (project / "kiln.toml").write_text(_config() + 'schedule = "none"\n')
     code, report = _build(cli_runner, project, "b")
     assert code == 0 and _names(report["built"]) == ["b.kiln"]
-    assert artifact.read_manifest(project / "out" / "b.kiln")["build"].get("schedules", {}) == {}
+    assert artifact.read_manifest(project / "out" / "b.kiln").to_json()["build"].get("schedules", {}) == {}
     (project / "kiln.toml").write_text(_config())
     code, report = _build(cli_runner, project, "b")
     assert _names(report["built"]) == ["b.kiln"]
-    assert artifact.read_manifest(project / "out" / "b.kiln")["build"]["schedules"]
+    assert artifact.read_manifest(project / "out" / "b.kiln").to_json()["build"]["schedules"]
 
 
 def test_tree_artifact_rebuilds_byte_identical(cli_runner, tmp_path: Path):
-    shutil.copy(REPO / "tests" / "models" / "trees" / "lgb_binary_nan.txt", tmp_path / "model.txt")
+    shutil.copy(TREE_MODELS / "lgb_binary_nan.txt", tmp_path / "model.txt")
     (tmp_path / "kiln.toml").write_text('[artifact.t]\nmodel = "model.txt"\ntargets = ["x86-64", "aarch64"]\n')
     assert _build(cli_runner, tmp_path)[0] == 0
     first = {p: p.read_bytes() for p in (tmp_path / "build").rglob("*") if p.is_file() and "lock" not in p.name}

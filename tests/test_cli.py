@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DIGITS_CNN
 from kiln.cli import cli
 from kiln.errors import InputError, TargetError, UnsupportedOpError
-from test_compile import _two_op_model
-
-DIGITS_TEST = DIGITS_CNN.parent / "digits_test.npz"
+from kiln.testing.models import op_chain
+from kiln.testing.paths import DIGITS_CNN, DIGITS_TEST
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +91,7 @@ def test_inspect_lists_ops_and_io(cli_runner):
 
 
 def test_inspect_reports_unsupported_ops(cli_runner, tmp_path: Path):
-    model = _two_op_model(tmp_path, ["Celu", "Celu", "Relu"])
+    model = op_chain(tmp_path / "model.onnx", ["Celu", "Celu", "Relu"])
     result = cli_runner.invoke(cli, ["inspect", str(model), "--json"])
     assert result.exit_code == 0
     assert json.loads(result.stdout)["unsupported"] == {"Celu": ["celu_0", "celu_1"]}
@@ -162,7 +160,7 @@ def test_truncated_onnx_file(cli_runner, tmp_path: Path):
 
 
 def test_unsupported_ops_exit_code(cli_runner, tmp_path: Path):
-    model = _two_op_model(tmp_path, ["Celu", "LpNormalization", "Celu"])
+    model = op_chain(tmp_path / "model.onnx", ["Celu", "LpNormalization", "Celu"])
     result = cli_runner.invoke(cli, ["compile", str(model), "-o", str(tmp_path / "o.kiln")])
     assert result.exit_code == UnsupportedOpError.exit_code
     assert "Celu \u00d72 (nodes celu_0, celu_2)" in result.stderr and "LpNormalization \u00d71" in result.stderr

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 import kiln
-from conftest import DIGITS_CNN, check_correctness
 from kiln.compiler import artifact
-from kiln.compiler.frontends import ImportOptions
-from kiln.compiler.pipeline import CompileOptions, compile_model
+from kiln.compiler.manifest import SCHEMA_VERSION
 from kiln.errors import InputError, TargetError, UnsupportedOpError
-from kiln.targets import resolve
-
-DIGITS_TEST = DIGITS_CNN.parent / "digits_test.npz"
+from kiln.testing.models import op_chain
+from kiln.testing.paths import DIGITS_CNN, DIGITS_TEST
+from kiln.testing.reference import check_correctness, compile_to, library_of
 
 
 def _compile(model: Path, output: Path, target: str = "x86-64", **shapes) -> Path:
-    return compile_model(model, CompileOptions(resolve(target), output, ImportOptions(shapes)))
+    return compile_to(model, output, target, shapes=shapes)
 
 
 @pytest.mark.parametrize("batch", [1, 8])
@@ -45,7 +43,7 @@ def test_example_cnn_keeps_its_accuracy(tmp_path: Path):
 def test_artifact_layout_and_manifest(tmp_path: Path):
     output = _compile(DIGITS_CNN, tmp_path / "digits.kiln", input=(1, 1, 8, 8))
     manifest = json.loads((output / "manifest.json").read_text())
-    assert manifest["schema_version"] == artifact.SCHEMA_VERSION
+    assert manifest["schema_version"] == SCHEMA_VERSION
     assert manifest["source"]["format"] == "onnx"
     assert manifest["source"]["files"][0]["sha256"] == artifact.sha256_file(DIGITS_CNN)
     assert manifest["target"]["name"] == "x86-64"
@@ -58,7 +56,8 @@ def test_artifact_layout_and_manifest(tmp_path: Path):
     assert manifest["library"]["sha256"] == artifact.sha256_file(library)
     predictor = kiln.load(output)
     assert [s.name for s in predictor.inputs] == ["input"] and [s.name for s in predictor.outputs] == ["logits"]
-    assert sorted(p.name for p in output.iterdir()) == ["manifest.json", "model.onnx", "model.so"]
+    assert re.fullmatch(r"model-[0-9a-f]{16}\.so", library.name)  # content-addressed (see artifact.content_addressed)
+    assert sorted(p.name for p in output.iterdir()) == sorted(["manifest.json", "model.onnx", library.name])
 
 
 def test_predict_takes_dict_or_array(tmp_path: Path):
@@ -71,7 +70,7 @@ def test_predict_takes_dict_or_array(tmp_path: Path):
 
 def test_tampered_library_is_refused(tmp_path: Path):
     output = _compile(DIGITS_CNN, tmp_path / "digits.kiln", input=(1, 1, 8, 8))
-    with open(output / "model.so", "ab") as stream:
+    with open(library_of(output), "ab") as stream:
         stream.write(b"\0")
     with pytest.raises(InputError, match="sha256"):
         kiln.load(output)
@@ -83,7 +82,7 @@ def test_vnni_compiles_but_running_names_the_missing_isa(tmp_path: Path):
     if "avx512_vnni" in cpu_flags():
         pytest.skip("this CPU has VNNI, so a VNNI artifact runs here")
     output = _compile(DIGITS_CNN, tmp_path / "vnni.kiln", "x86-vnni", input=(1, 1, 8, 8))
-    assert (output / "model.so").is_file()
+    assert library_of(output).is_file()
     with pytest.raises(TargetError, match="avx512"):
         kiln.load(output)
 
@@ -125,21 +124,8 @@ def test_recompile_replaces_the_artifact(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["digits.kiln"]
 
 
-def _two_op_model(tmp_path: Path, ops: list[str]) -> Path:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    nodes, previous = [], "x"
-    for index, op in enumerate(ops):
-        nodes.append(helper.make_node(op, [previous], [f"t{index}"], name=f"{op.lower()}_{index}"))
-        previous = f"t{index}"
-    y = helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 4])
-    path = tmp_path / "model.onnx"
-    onnx.save_model(helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
-                                      opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
-
 def test_every_unsupported_op_is_listed_at_once(tmp_path: Path):
-    model = _two_op_model(tmp_path, ["Celu", "Relu", "Celu", "LpNormalization"])
+    model = op_chain(tmp_path / "model.onnx", ["Celu", "Relu", "Celu", "LpNormalization"])
     with pytest.raises(UnsupportedOpError) as caught:
         _compile(model, tmp_path / "out.kiln")
     assert caught.value.unsupported == {"Celu": ["celu_0", "celu_2"], "LpNormalization": ["lpnormalization_3"]}
@@ -202,11 +188,8 @@ def test_loaded_artifact_runs_on_the_threads_asked_for_and_idles_quietly(tmp_pat
     script = f"""
 import tvm, kiln
 from pathlib import Path
-from kiln.compiler.frontends import ImportOptions
-from kiln.compiler.pipeline import CompileOptions, compile_model
-from kiln.targets import resolve
-artifact = compile_model(Path({str(DIGITS_CNN)!r}), CompileOptions(resolve("x86-64"), Path({str(tmp_path)!r}) / "d.kiln",
-                                                                 ImportOptions({{"input": (1, 1, 8, 8)}})))
+from kiln.testing.reference import compile_to
+artifact = compile_to(Path({str(DIGITS_CNN)!r}), Path({str(tmp_path)!r}) / "d.kiln", shapes={{"input": (1, 1, 8, 8)}})
 predictor = kiln.load(artifact, threads=2)
 predictor.run(np.zeros((1, 1, 8, 8), np.float32))
 started = time.process_time()

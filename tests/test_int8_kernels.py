@@ -12,19 +12,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import kiln
-from conftest import DIGITS_CNN, onnxruntime_outputs
 from kiln.compiler.artifact import read_manifest
-from kiln.compiler.frontends import ImportOptions
-from kiln.compiler.pipeline import CompileOptions, Precision, compile_model
+from kiln.compiler.manifest import Precision
 from kiln.errors import TargetError
-from kiln.targets import PRESETS, resolve
+from kiln.quantization.config import QuantizeOptions
+from kiln.targets import PRESETS
 from kiln.targets.host import cpu_flags
+from kiln.testing import models
+from kiln.testing.aarch64 import missing_tools, run_artifact
+from kiln.testing.onnx_graphs import GraphBuilder
+from kiln.testing.paths import DIGITS_CALIB, DIGITS_CNN
+from kiln.testing.reference import compile_to, library_of, onnxruntime_outputs, qdq_output_scale
 
 SIZE, BATCH = 10, 2
-DIGITS_CALIB = DIGITS_CNN.parent / "digits_calib.npz"
 DIGITS_TEST = np.load(DIGITS_CNN.parent / "digits_test.npz")["input"]
 DIGITS = DIGITS_TEST[:2]
 
@@ -32,72 +34,50 @@ DIGITS = DIGITS_TEST[:2]
 def _conv_model(path: Path, channels: int, out_channels: int, kernel: int, stride: int, groups: int, bias: bool,
                 activation: str | None, residual: bool, dense: bool) -> Path:
     rng = np.random.default_rng(channels * 100 + out_channels + kernel + stride + groups)
-    weight = rng.standard_normal((out_channels, channels // groups, kernel, kernel)).astype(np.float32) * 0.3
-    inits = [numpy_helper.from_array(weight, "w")]
-    conv_inputs = ["input", "w"]
+    b = GraphBuilder("conv_case", opset=13)
+    x = b.input("input", [BATCH, channels, SIZE, SIZE])
+    conv_inputs = [x, b.const(rng.standard_normal((out_channels, channels // groups, kernel, kernel))
+                              .astype(np.float32) * 0.3, "w")]
     if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(out_channels).astype(np.float32), "b"))
-        conv_inputs.append("b")
-    nodes = [helper.make_node("Conv", conv_inputs, ["conv"], name="conv", kernel_shape=[kernel] * 2,
-                              strides=[stride] * 2, pads=[kernel // 2] * 4, group=groups)]
-    last = "conv"
+        conv_inputs.append(b.const(rng.standard_normal(out_channels).astype(np.float32), "b"))
+    last = b.node("Conv", conv_inputs, "conv", name="conv", kernel_shape=[kernel] * 2, strides=[stride] * 2,
+                  pads=[kernel // 2] * 4, group=groups)
     if residual:  # same shape as the input: a ResNet block's shortcut
-        nodes.append(helper.make_node("Add", ["conv", "input"], ["sum"], name="add"))
-        last = "sum"
+        last = b.node("Add", [last, x], "sum", name="add")
     if activation == "relu":
-        nodes.append(helper.make_node("Relu", [last], ["act"], name="relu"))
-        last = "act"
+        last = b.node("Relu", [last], "act", name="relu")
     elif activation == "relu6":
-        inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
-                  numpy_helper.from_array(np.array(6, np.float32), "hi")]
-        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["act"], name="clip"))
-        last = "act"
+        bounds = [b.const(np.array(0, np.float32), "lo"), b.const(np.array(6, np.float32), "hi")]
+        last = b.node("Clip", [last, *bounds], "act", name="clip")
     side = (SIZE + 2 * (kernel // 2) - kernel) // stride + 1
     out_shape = [BATCH, out_channels, side, side]
     if dense:
-        inits += [numpy_helper.from_array(rng.standard_normal((16, out_channels)).astype(np.float32), "fc_w"),
-                  numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "fc_b")]
-        nodes += [helper.make_node("GlobalAveragePool", [last], ["pooled"], name="pool"),
-                  helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
-                  helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
-        last, out_shape = "logits", [BATCH, 16]
-    graph = helper.make_graph(nodes, "conv_case", [helper.make_tensor_value_info(
-        "input", TensorProto.FLOAT, [BATCH, channels, SIZE, SIZE])],
-        [helper.make_tensor_value_info(last, TensorProto.FLOAT, out_shape)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+        dense_weights = [b.const(rng.standard_normal((16, out_channels)).astype(np.float32), "fc_w"),
+                         b.const(rng.standard_normal(16).astype(np.float32), "fc_b")]
+        flat = b.node("Flatten", [b.node("GlobalAveragePool", [last], "pooled", name="pool")], "flat", name="flatten")
+        last, out_shape = b.node("Gemm", [flat, *dense_weights], "logits", name="fc", transB=1), [BATCH, 16]
+    b.output(last, out_shape)
+    return b.save(path, check=True)
 
 
 def _concat_model(path: Path) -> Path:
     """Two convs of one input, concatenated on channels, then a conv of both: an Inception-style join."""
     rng = np.random.default_rng(11)
-    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
-             for name, shape in (("w1", (16, 8, 3, 3)), ("w2", (8, 8, 1, 1)), ("w3", (16, 24, 3, 3)))]
-    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], name="conv1", pads=[1] * 4),
-             helper.make_node("Conv", ["input", "w2"], ["b"], name="conv2"),
-             helper.make_node("Concat", ["a", "b"], ["joined"], name="concat", axis=1),
-             helper.make_node("Conv", ["joined", "w3"], ["output"], name="conv3", pads=[1] * 4)]
-    graph = helper.make_graph(nodes, "concat_case", [helper.make_tensor_value_info(
-        "input", TensorProto.FLOAT, [BATCH, 8, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [BATCH, 16, SIZE, SIZE])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.save(model, str(path))
-    return path
+    b = GraphBuilder("concat_case", opset=13)
+    x = b.input("input", [BATCH, 8, SIZE, SIZE])
+    w1, w2, w3 = (b.const(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+                  for name, shape in (("w1", (16, 8, 3, 3)), ("w2", (8, 8, 1, 1)), ("w3", (16, 24, 3, 3))))
+    joined = b.node("Concat", [b.node("Conv", [x, w1], "a", name="conv1", pads=[1] * 4),
+                               b.node("Conv", [x, w2], "b", name="conv2")], "joined", name="concat", axis=1)
+    b.output(b.node("Conv", [joined, w3], "output", name="conv3", pads=[1] * 4), [BATCH, 16, SIZE, SIZE])
+    return b.save(path)
 
 
 def _compile_int8(model: Path, calib: Path, output: Path, target: str = "x86-64",
                   shapes: dict | None = None) -> Path:
-    return compile_model(model, CompileOptions(resolve(target), output, ImportOptions(shapes or {}),
-                                               precision=Precision.INT8, calib=calib))
-
-
-def _output_scale(artifact: Path) -> float:
-    qdq = onnx.load(str(artifact / "model.int8.onnx"))
-    name = qdq.graph.output[0].name
-    scales = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
-    return float(scales[f"{name}_scale"])
+    """The calibration ranges are cached beside the artifact, not in the working directory."""
+    return compile_to(model, output, target, shapes=shapes, precision=Precision.INT8, calib=calib,
+                      quantize=QuantizeOptions(cache_dir=str(output.parent / "calib-cache")))
 
 
 def _quantize_compile_compare(model: Path, input_shape: tuple[int, ...], seed: int, tmp_path: Path) -> tuple[dict, float]:
@@ -108,14 +88,14 @@ def _quantize_compile_compare(model: Path, input_shape: tuple[int, ...], seed: i
     np.savez(calib, input=rng.standard_normal((16, *input_shape[1:])).astype(np.float32))
     artifact = _compile_int8(model, calib, tmp_path / f"{model.stem}.kiln")
     feed = {"input": rng.standard_normal(input_shape).astype(np.float32)}
-    return read_manifest(artifact)["integer_kernels"], _steps_from_onnxruntime(artifact, feed)
+    return read_manifest(artifact).to_json()["integer_kernels"], _steps_from_onnxruntime(artifact, feed)
 
 
 def _steps_from_onnxruntime(artifact: Path, feed: dict[str, np.ndarray]) -> float:
     """The largest difference between kiln's outputs and ONNX Runtime's on the same QDQ model, in output scales."""
     (got,) = kiln.load(artifact).run(feed).values()
     (expected,) = onnxruntime_outputs(artifact / "model.int8.onnx", feed)
-    return float(np.abs(got - expected).max()) / _output_scale(artifact)
+    return float(np.abs(got - expected).max()) / qdq_output_scale(artifact)
 
 
 # id: in, out, kernel, stride, groups, bias, activation, residual, dense -> int8 ops, float reason (or None)
@@ -203,15 +183,12 @@ def test_concat_of_quantized_convs_stays_integer(tmp_path: Path):
 
 def test_global_average_pool_of_a_quantized_conv_is_integer(tmp_path: Path):
     rng = np.random.default_rng(13)
-    nodes = [helper.make_node("Conv", ["input", "w"], ["conv"], name="conv", pads=[1] * 4),
-             helper.make_node("Relu", ["conv"], ["act"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["act"], ["output"], name="pool")]
-    graph = helper.make_graph(nodes, "gap_case", [helper.make_tensor_value_info(
-        "input", TensorProto.FLOAT, [BATCH, 8, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [BATCH, 16, 1, 1])],
-        [numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.3, "w")])
-    model = tmp_path / "gap.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    b = GraphBuilder("gap_case", opset=13)
+    weight = b.const(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.3, "w")
+    conv = b.node("Conv", [b.input("input", [BATCH, 8, SIZE, SIZE]), weight], "conv", name="conv", pads=[1] * 4)
+    b.output(b.node("GlobalAveragePool", [b.node("Relu", [conv], "act", name="relu")], "output", name="pool"),
+             [BATCH, 16, 1, 1])
+    model = b.save(tmp_path / "gap.onnx")
     report, steps = _quantize_compile_compare(model, (BATCH, 8, SIZE, SIZE), 13, tmp_path)
     assert report["int8_by_op"] == {"conv2d": 1, "global_avg_pool": 1} and not report["float_ops"], report
     assert steps <= 1.0 + 1e-3
@@ -219,14 +196,12 @@ def test_global_average_pool_of_a_quantized_conv_is_integer(tmp_path: Path):
 
 def test_matmul_with_a_k_by_n_weight_is_an_integer_kernel(tmp_path: Path):
     rng = np.random.default_rng(9)
-    inits = [numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b")]
-    nodes = [helper.make_node("MatMul", ["input", "w"], ["product"], name="matmul"),
-             helper.make_node("Add", ["product", "b"], ["output"], name="bias")]
-    graph = helper.make_graph(nodes, "matmul_case", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 32])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [4, 16])], inits)
-    model = tmp_path / "matmul.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    b = GraphBuilder("matmul_case", opset=13)
+    weight = b.const(rng.standard_normal((32, 16)).astype(np.float32), "w")
+    bias = b.const(rng.standard_normal(16).astype(np.float32), "b")
+    product = b.node("MatMul", [b.input("input", [4, 32]), weight], "product", name="matmul")
+    b.output(b.node("Add", [product, bias], "output", name="bias"), [4, 16])
+    model = b.save(tmp_path / "matmul.onnx")
     report, steps = _quantize_compile_compare(model, (4, 32), 9, tmp_path)
     assert report["int8_by_op"] == {"dense": 1}
     assert steps <= 1.001
@@ -235,10 +210,10 @@ def test_matmul_with_a_k_by_n_weight_is_an_integer_kernel(tmp_path: Path):
 def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: Path):
     batches = np.split(DIGITS_TEST, 9)  # the 450 held-out digits, 50 at a time
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", shapes={"input": batches[0].shape})
-    report = read_manifest(artifact)["integer_kernels"]
+    report = read_manifest(artifact).to_json()["integer_kernels"]
     # the three convs (the first one's 1 input channel padded to 4) and the max pool between them
     assert report["int8_by_op"] == {"conv2d": 3, "max_pool": 1}, report
-    lowered = read_manifest(artifact)["build"]["schedules"]  # PrimFuncs of the lowered module, per rule
+    lowered = read_manifest(artifact).to_json()["build"]["schedules"]  # PrimFuncs of the lowered module, per rule
     # all three direct: at batch 50 the second and third (14.7 M and 7.4 M multiply-adds, 16 and 32 input
     # channels) are far under the integer Winograd's threshold (intrinsics.AVX2_DOT.pair_min_work)
     assert lowered.get("conv2d_int8", 0) == 3 and "conv2d_winograd_int8" not in lowered, lowered
@@ -264,7 +239,7 @@ def test_avx512_int8_build_agrees_with_onnxruntime_or_names_the_missing_isa(targ
     batches = np.split(DIGITS_TEST, 9)
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", target,
                              shapes={"input": batches[0].shape})
-    assert read_manifest(artifact)["integer_kernels"]["isa"] == isa
+    assert read_manifest(artifact).to_json()["integer_kernels"]["isa"] == isa
     assert _steps_where_this_cpu_runs(artifact, target, [{"input": batch} for batch in batches]) <= 1.0 + 1e-3
 
 
@@ -276,22 +251,20 @@ def test_avx512_conv_with_channels_short_of_a_block_runs_on_half_the_lanes(targe
     calib = tmp_path / "calib.npz"
     np.savez(calib, input=rng.standard_normal((16, 16, SIZE, SIZE)).astype(np.float32))
     artifact = _compile_int8(model, calib, tmp_path / "conv24.kiln", target)
-    report = read_manifest(artifact)["integer_kernels"]
+    report = read_manifest(artifact).to_json()["integer_kernels"]
     assert report["int8_ops"] == 1 and report["isa"] == narrow and not report["float_ops"], report
     feed = {"input": rng.standard_normal((BATCH, 16, SIZE, SIZE)).astype(np.float32)}
     assert _steps_where_this_cpu_runs(artifact, target, [feed]) <= 1.0 + 1e-3
 
 
 def test_resnet_block_model_runs_its_convs_and_classifier_as_integer_kernels(tmp_path: Path):
-    import cnn_models
-
     path = tmp_path / "small_cnn_head.onnx"
-    onnx.save(cnn_models.small_cnn(BATCH, 16, head=True), str(path))
+    onnx.save(models.small_cnn(BATCH, 16, head=True), str(path))
     rng = np.random.default_rng(3)
     calib = tmp_path / "calib.npz"
     np.savez(calib, input=rng.random((16, 3, 16, 16), dtype=np.float32))
     artifact = _compile_int8(path, calib, tmp_path / "small.kiln")
-    report = read_manifest(artifact)["integer_kernels"]
+    report = read_manifest(artifact).to_json()["integer_kernels"]
     assert report["int8_ops"] == 2, report  # both convs; the 10-class head stays float
     assert _steps_from_onnxruntime(artifact, {"input": rng.random((BATCH, 3, 16, 16), dtype=np.float32)}) <= 1.001
 
@@ -310,36 +283,25 @@ def test_int8_build_uses_the_targets_dot_product_instruction(target: str, tool: 
                                                              isa: str, tmp_path: Path):
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", target,
                              shapes={"input": DIGITS.shape})
-    assert read_manifest(artifact)["integer_kernels"]["isa"] == isa
-    lines = [line for line in _disassembly(tool, artifact / "model.so").splitlines()
+    assert read_manifest(artifact).to_json()["integer_kernels"]["isa"] == isa
+    lines = [line for line in _disassembly(tool, library_of(artifact)).splitlines()
              if line.split("\t")[-1].startswith(f"{instruction} ") or f"\t{instruction}\t" in line]
     assert lines and all(register in line for line in lines), lines[:3]
 
 
+@pytest.mark.qemu
 def test_aarch64_dotprod_int8_artifact_runs_under_qemu_like_onnxruntime(tmp_path: Path):
-    from aarch64.runner import missing_tools, run_artifact
-
     assert not missing_tools(), f"install {' '.join(missing_tools())} (apt-get) to run aarch64 artifacts"
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", "aarch64-dotprod",
                              shapes={"input": DIGITS.shape})
     (got,) = run_artifact(artifact, [DIGITS], tmp_path / "run")
-    (expected,) = _unfused_onnxruntime_outputs(artifact / "model.int8.onnx", {"input": DIGITS})
-    assert float(np.abs(got - expected).max()) <= _output_scale(artifact) * 1.001
+    # ONNX Runtime unfused: its fused x86 int8 kernels sum u8 x s8 pairs in saturating int16 (vpmaddubsw),
+    # exact for the 7-bit weights of x86 builds, not for the full-range weights of ARM builds
+    (expected,) = onnxruntime_outputs(artifact / "model.int8.onnx", {"input": DIGITS}, fused=False)
+    assert float(np.abs(got - expected).max()) <= qdq_output_scale(artifact) * 1.001
 
 
-def _unfused_onnxruntime_outputs(model: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """ONNX Runtime computing the QDQ model as written (DequantizeLinear, float op, QuantizeLinear).
-
-    Its fused x86 int8 kernels would sum u8 x s8 pairs in saturating int16 (vpmaddubsw): exact
-    for the 7-bit weights of x86 builds, not for the full-range weights of ARM builds."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feed)
-
-
+@pytest.mark.cuda
 def test_cuda_int8_build_runs_its_convs_on_dp4a(tmp_path: Path, monkeypatch):
     import shutil
 
@@ -353,7 +315,7 @@ def test_cuda_int8_build_runs_its_convs_on_dp4a(tmp_path: Path, monkeypatch):
                                                                          compile_fatbin(source, preset))[1])
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", "cuda-sm80",
                              shapes={"input": DIGITS.shape})
-    report = read_manifest(artifact)["integer_kernels"]
+    report = read_manifest(artifact).to_json()["integer_kernels"]
     assert report["isa"] == "cuda-dp4a" and report["int8_by_op"]["conv2d"] == 3, report
     definitions = re.split(r"(?=extern \"C\" __global__)", "\n".join(sources))
     names = [re.match(r"extern \"C\" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", d) for d in definitions]
@@ -368,7 +330,7 @@ def test_compile_and_inspect_say_which_ops_run_int8_and_which_stay_float(cli_run
 
     artifact = tmp_path / "digits.kiln"
     args = ["compile", str(DIGITS_CNN), "--input-shape", "input:1x1x8x8", "-o", str(artifact), "--int8", "--calib",
-            str(DIGITS_CALIB)]
+            str(DIGITS_CALIB), "--cache-dir", str(tmp_path / "cache")]
     compiled = cli_runner.invoke(cli, args)
     assert compiled.exit_code == 0, compiled.output
     inspected = cli_runner.invoke(cli, ["inspect", str(artifact)])
@@ -382,6 +344,5 @@ def test_compile_and_inspect_say_which_ops_run_int8_and_which_stay_float(cli_run
 
 
 def test_fp32_build_reports_no_integer_kernels(tmp_path: Path):
-    artifact = compile_model(DIGITS_CNN, CompileOptions(resolve("x86-64"), tmp_path / "fp32.kiln",
-                                                        ImportOptions({"input": DIGITS.shape})))
-    assert "integer_kernels" not in read_manifest(artifact)
+    artifact = compile_to(DIGITS_CNN, tmp_path / "fp32.kiln", shapes={"input": DIGITS.shape})
+    assert "integer_kernels" not in read_manifest(artifact).to_json()

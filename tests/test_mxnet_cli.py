@@ -4,14 +4,13 @@ inspect reads MXNet models; bad inputs fail with the exit code and a message tha
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kiln.cli import cli
+from kiln.testing.paths import MXNET_DIGITS as DIGITS
 
-DIGITS = Path(__file__).resolve().parent.parent / "examples" / "mxnet_digits"
 SYMBOL, PARAMS = DIGITS / "digits-symbol.json", DIGITS / "digits-0000.params"
 
 

@@ -14,9 +14,10 @@ import pytest
 
 from kiln.compiler.frontends.mxnet.params import read_params
 from kiln.errors import InputError
+from kiln.testing.paths import MXNET_DIGITS
 
 FIXTURES = Path(__file__).resolve().parent / "mxnet" / "fixtures"
-DIGITS_PARAMS = Path(__file__).resolve().parent.parent / "examples" / "mxnet_digits" / "digits-0000.params"
+DIGITS_PARAMS = MXNET_DIGITS / "digits-0000.params"
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64")
 
 
@@ -60,7 +61,8 @@ def _mutants(data: bytes):
             yield f"{huge} at {offset}", data[:offset] + struct.pack("<Q", huge) + data[offset + 8:]
 
 
-@pytest.mark.parametrize("fixture", [FIXTURES / "dtypes.params", FIXTURES / "numpy.params"])
+@pytest.mark.parametrize("fixture", [pytest.param(FIXTURES / "dtypes.params", marks=pytest.mark.slow),
+                                     FIXTURES / "numpy.params"])
 def test_mutated_params_never_crash_hang_or_over_allocate(fixture, tmp_path):
     started = time.monotonic()
     mutant = tmp_path / "mutant.params"

@@ -11,9 +11,9 @@ import pytest
 
 from kiln.compiler.frontends.mxnet.convert import load
 from kiln.compiler.frontends.mxnet.symbol import read_symbol
-from kiln.errors import InputError, KilnError
-
-DIGITS = Path(__file__).resolve().parent.parent / "examples" / "mxnet_digits"
+from kiln.errors import InputError, KilnError, SettingError
+from kiln.settings import as_flags
+from kiln.testing.paths import MXNET_DIGITS as DIGITS
 SYMBOL, PARAMS = DIGITS / "digits-symbol.json", DIGITS / "digits-0000.params"
 SHAPES = {"data": (1, 1, 8, 8)}
 
@@ -38,8 +38,9 @@ def test_a_parameter_missing_from_the_params_file_is_named(tmp_path):
     text = SYMBOL.read_text().replace('"conv0_weight"', '"renamed_weight"')
     renamed = tmp_path / "renamed-symbol.json"
     renamed.write_text(text)
-    with pytest.raises(InputError, match="renamed_weight, found neither in the params file nor in --input-shape"):
+    with pytest.raises(SettingError) as error:
         load(renamed, PARAMS, SHAPES)
+    assert "renamed_weight, found neither in the params file nor in --input-shape" in as_flags(error.value)
 
 
 @pytest.mark.parametrize("text, message", [

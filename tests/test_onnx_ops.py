@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from conftest import check_correctness
+from kiln.testing.onnx_graphs import GraphBuilder
+from kiln.testing.reference import check_correctness
 
 RNG = np.random.default_rng(7)
 
@@ -27,23 +27,17 @@ class Case:
     second_input: bool = False  # a second graph input `y` with the same shape as x
 
     def model(self) -> onnx.ModelProto:
-        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *self.x_shape])]
-        names = ["x"]
+        b = GraphBuilder(self.op)
+        names = [b.input("x", ["batch", *self.x_shape])]
         if self.second_input:
-            inputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *self.x_shape]))
-            names.append("y")
-        initializers = []
+            names.append(b.input("y", ["batch", *self.x_shape]))
         for index, shape in enumerate(self.weights):
-            initializers.append(numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), f"w{index}"))
-            names.append(f"w{index}")
+            names.append(b.const(RNG.standard_normal(shape).astype(np.float32), f"w{index}"))
         for index, value in enumerate(self.constants):
-            initializers.append(numpy_helper.from_array(value, f"c{index}"))
-            names.append(f"c{index}" if value.size else "")
-        node = helper.make_node(self.op, names, ["out"], name=f"{self.op.lower()}_0", **self.attrs)
-        output = onnx.ValueInfoProto(name="out")  # typed by shape inference below
-        graph = helper.make_graph([node], self.op, inputs, [output], initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        return onnx.shape_inference.infer_shapes(model)
+            name = b.const(value, f"c{index}")
+            names.append(name if value.size else "")
+        b.output(b.node(self.op, names, "out", name=f"{self.op.lower()}_0", **self.attrs))  # typed by shape inference
+        return b.model(infer_shapes=True)
 
 
 CASES = {

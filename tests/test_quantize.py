@@ -7,24 +7,25 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DIGITS_CNN, EXAMPLES, onnxruntime_outputs
 from kiln.calibration.observers import CalibMethod, ObserverSettings
 from kiln.cli import cli
 from kiln.compiler.frontends.onnx import load
+from kiln.compiler.passes import run_passes
 from kiln.errors import AccuracyGateError, InputError
-from kiln.quantize.config import KeepFloat, QuantizeOptions
-from kiln.quantize.quantizer import quantize_graph
+from kiln.quantization.config import KeepFloat, QuantizeOptions
+from kiln.quantization.quantizer import quantize_graph
 from kiln.targets import resolve
-from quant_models import conv_bn_model, no_quantizable_model, outlier_cnn
-
-CALIB = EXAMPLES / "digits_cnn" / "digits_calib.npz"
-TEST = EXAMPLES / "digits_cnn" / "digits_test.npz"
+from kiln.testing.models import conv_bn_model, no_quantizable_model, outlier_cnn
+from kiln.testing.paths import DIGITS_CALIB as CALIB
+from kiln.testing.paths import DIGITS_CNN
+from kiln.testing.paths import DIGITS_TEST as TEST
+from kiln.testing.reference import onnxruntime_outputs
 
 
 def _quantize(model, tmp_path, method=CalibMethod.ENTROPY, **fields):
     options = QuantizeOptions(observers=ObserverSettings(method), eval=TEST, cache_dir=str(tmp_path / "cache"),
                               **fields).for_target(resolve("x86-64"))
-    return quantize_graph(load(model), CALIB, options, lambda _: None)
+    return quantize_graph(run_passes(load(model)), CALIB, options)
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +174,10 @@ def test_batchnorm_is_folded_into_the_conv_exactly(tmp_path):
 def test_model_pinned_to_a_batch_calibrates_and_evaluates_every_sample(tmp_path):
     """200 calibration and 450 evaluation samples do not divide into batches of 7: the last batch is padded."""
     options = QuantizeOptions(eval=TEST, cache_dir=str(tmp_path / "cache")).for_target(resolve("x86-64"))
-    pinned = quantize_graph(load(DIGITS_CNN, {"input": (7, 1, 8, 8)}), CALIB, options, lambda _: None)
+    pinned = quantize_graph(run_passes(load(DIGITS_CNN, {"input": (7, 1, 8, 8)})), CALIB, options)
     free = _quantize(DIGITS_CNN, tmp_path)
     assert pinned.report.samples == free.report.samples == 450
     assert pinned.report.metric.float_value == free.report.metric.float_value
     assert pinned.report.metric.drop <= 1.0
     with pytest.raises(InputError, match="pinned to batch 450 but the data has 200 samples"):
-        quantize_graph(load(DIGITS_CNN, {"input": (450, 1, 8, 8)}), CALIB, options, lambda _: None)
+        quantize_graph(run_passes(load(DIGITS_CNN, {"input": (450, 1, 8, 8)})), CALIB, options)

@@ -10,9 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
-import cnn_models
-from conftest import DIGITS_CNN, check_correctness
 from kiln.cli import cli
+from kiln.testing import models
+from kiln.testing.paths import DIGITS_CNN
+from kiln.testing.reference import check_correctness
 
 RNG = np.random.default_rng(3)
 TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
@@ -133,7 +134,7 @@ def test_winograd_only_for_convs_large_enough(batch: int):
 
     # ResNet-18 on 32x32 images: each 3x3 stride-1 conv has 2.4 M multiply-adds per image, under the 4.2 M
     # threshold at batch 1 and over it at batch 8; the strided convs stay direct.
-    mod = to_nchwc(from_onnx(cnn_models.resnet18(batch, 32), keep_params_in_input=False), AVX2)
+    mod = to_nchwc(from_onnx(models.resnet18(batch, 32), keep_params_in_input=False), AVX2)
     names = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert any(n.startswith("kwino") for n in names) == (batch == 8)
     assert any(n.startswith("kconv") for n in names)
@@ -224,7 +225,7 @@ def test_layout_rewrite_transforms_only_at_the_edges_and_packs_the_classifier():
     from kiln.compiler.backends.tvm.schedules.common import AVX2
     from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
 
-    mod = to_nchwc(from_onnx(cnn_models.resnet18(1, 32), keep_params_in_input=False), AVX2)
+    mod = to_nchwc(from_onnx(models.resnet18(1, 32), keep_params_in_input=False), AVX2)
     text = mod["main"].script(show_meta=False)
     assert text.count("R.layout_transform") == 2  # the RGB image in (NCHW3c), the features out before the head
     assert text.count("R.call_tir") >= 20 and "R.nn.conv2d" not in text and "R.matmul" not in text
@@ -238,10 +239,10 @@ def _save(model: onnx.ModelProto, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("name, batch", [("resnet18", 1), pytest.param("resnet18", 8, marks=pytest.mark.slow),
+                                         ("mobilenetv2", 1), ("mobilenetv2", 8)])
 def test_model_matches_onnxruntime_and_every_kernel_is_scheduled(name: str, batch: int, tmp_path: Path):
-    path = _save(cnn_models.MODELS[name](batch, 32), tmp_path)
+    path = _save(models.MODELS[name](batch, 32), tmp_path)
     image = RNG.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     artifact = check_correctness(path, {"input": image}, tmp_path, rtol=1e-3, atol=1e-3)
     schedules = json.loads((artifact / "manifest.json").read_text())["build"]["schedules"]
@@ -267,8 +268,9 @@ def test_schedule_none_builds_tvm_loops_that_still_match(cli_runner, tmp_path: P
                                kiln.load(default).run({"input": images})["logits"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bench_profile_shows_the_kernels(cli_runner, tmp_path: Path):
-    path = _save(cnn_models.resnet18(1, 32), tmp_path)
+    path = _save(models.resnet18(1, 32), tmp_path)
     artifact = check_correctness(path, {"input": RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)}, tmp_path,
                                  rtol=1e-3, atol=1e-3)
     result = cli_runner.invoke(cli, ["bench", str(artifact), "--profile", "--seconds", "0.2", "--json"])

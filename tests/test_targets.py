@@ -17,24 +17,23 @@ import numpy as np
 import pytest
 
 import kiln
-from conftest import DIGITS_CNN, check_correctness, onnxruntime_outputs
 from kiln.cli import cli
-from kiln.compiler.frontends import ImportOptions
-from kiln.compiler.pipeline import CompileOptions, compile_model
 from kiln.errors import TargetError
 from kiln.targets import PRESETS, Family, resolve
 from kiln.targets.host import cpu_flags
+from kiln.testing.aarch64 import missing_tools, run_artifact
+from kiln.testing.paths import DIGITS_CNN, DIGITS_TEST, TREE_MODELS
+from kiln.testing.reference import check_correctness, compile_to, library_of, onnxruntime_outputs
 
-DIGITS = np.load(DIGITS_CNN.parent / "digits_test.npz")["input"][:2]
-TREE_MODEL = Path(__file__).parent / "models" / "trees" / "xgb_regression_nan.json"
+DIGITS = np.load(DIGITS_TEST)["input"][:2]
+TREE_MODEL = TREE_MODELS / "xgb_regression_nan.json"
 EM_X86_64, EM_AARCH64, EM_CUDA = 62, 183, 190
 FATBIN_MAGIC, FATBIN_ELF, FATBIN_PTX = 0xBA55ED50, 2, 1
 HAS_NVCC = shutil.which("nvcc") is not None
 
 
 def _compile(target: str, output: Path, model: Path = DIGITS_CNN, images: np.ndarray = DIGITS) -> Path:
-    shapes = {"input": images.shape} if model == DIGITS_CNN else {}
-    return compile_model(model, CompileOptions(resolve(target), output, ImportOptions(shapes)))
+    return compile_to(model, output, target, shapes={"input": images.shape} if model == DIGITS_CNN else {})
 
 
 def _elf_machine(library: Path) -> int:
@@ -141,10 +140,11 @@ def cuda_sm80(tmp_path_factory) -> Path:
     return _compile("cuda-sm80", tmp_path_factory.mktemp("cuda") / "digits-sm80.kiln")
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("target", ["cuda-sm80", "cuda-sm90"])
 def test_cuda_library_carries_a_fatbin_for_the_requested_arch(target: str, cuda_sm80: Path, tmp_path: Path):
     artifact = cuda_sm80 if target == "cuda-sm80" else _compile(target, tmp_path / "digits.kiln")
-    library = artifact / "model.so"
+    library = library_of(artifact)
     assert _elf_machine(library) == EM_X86_64  # the host side
     code = _embedded_device_code(library)
     assert code.fmt == "fatbin"
@@ -181,6 +181,7 @@ print(device.get_function("fused_conv2d_add_relu_kernel") is not None)
 """
 
 
+@pytest.mark.cuda
 def test_cuda_library_loads_through_tvms_own_cuda_loader(cuda_sm80: Path, tmp_path: Path):
     """TVM's libtvm_runtime_cuda.so reads kiln's fatbin module (driver calls wait for a real GPU)."""
     import tvm
@@ -197,10 +198,11 @@ def test_cuda_library_loads_through_tvms_own_cuda_loader(cuda_sm80: Path, tmp_pa
     subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(tmp_path / "libcuda.so.1"),
                     str(stub)], check=True)
     done = subprocess.run([sys.executable, "-c", _LOAD_WITH_STUB_DRIVER, str(tmp_path / "libcuda.so.1"), str(cudart),
-                           str(cuda_sm80 / "model.so")], capture_output=True, text=True, timeout=120)
+                           str(library_of(cuda_sm80))], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-3000:]
 
 
+@pytest.mark.cuda
 def test_cuda_artifact_without_a_gpu_says_what_is_missing(cuda_sm80: Path):
     import tvm
 
@@ -223,13 +225,12 @@ def test_nvcc_that_lacks_the_arch_names_what_it_supports(tmp_path: Path, monkeyp
 
 # ---- 3. aarch64: cross-linked, run under qemu-user -------------------------------------------
 
+@pytest.mark.qemu
 @pytest.mark.parametrize("target", ["aarch64", "aarch64-dotprod", "aarch64-sve"])
 def test_aarch64_artifact_runs_under_qemu_like_onnxruntime(target: str, tmp_path: Path):
-    from aarch64.runner import missing_tools, run_artifact
-
     assert not missing_tools(), f"install {' '.join(missing_tools())} (apt-get) to run aarch64 artifacts"
     artifact = _compile(target, tmp_path / "digits.kiln")
-    assert _elf_machine(artifact / "model.so") == EM_AARCH64
+    assert _elf_machine(library_of(artifact)) == EM_AARCH64
     (logits,) = run_artifact(artifact, [DIGITS], tmp_path / "run")
     (expected,) = onnxruntime_outputs(DIGITS_CNN, {"input": DIGITS})
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
@@ -237,11 +238,10 @@ def test_aarch64_artifact_runs_under_qemu_like_onnxruntime(target: str, tmp_path
         kiln.load(artifact)
 
 
+@pytest.mark.qemu
 def test_aarch64_winograd_conv_runs_under_qemu_like_onnxruntime(tmp_path: Path):
-    from aarch64.runner import run_artifact
-
     # at batch 16 the digits CNN's second conv (16 -> 32 channels, 8x8) has 4.7 M multiply-adds: Winograd
-    images = np.load(DIGITS_CNN.parent / "digits_test.npz")["input"][:16]
+    images = np.load(DIGITS_TEST)["input"][:16]
     artifact = _compile("aarch64", tmp_path / "digits16.kiln", images=images)
     assert json.loads((artifact / "manifest.json").read_text())["build"]["schedules"]["conv2d_winograd"] == 1
     (logits,) = run_artifact(artifact, [images], tmp_path / "run")
@@ -251,14 +251,14 @@ def test_aarch64_winograd_conv_runs_under_qemu_like_onnxruntime(tmp_path: Path):
 
 def test_aarch64_sve_artifact_uses_sve_instructions(tmp_path: Path):
     artifact = _compile("aarch64-sve", tmp_path / "digits.kiln")
-    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(artifact / "model.so")], capture_output=True,
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(library_of(artifact))], capture_output=True,
                              text=True, check=True).stdout
     assert "whilelo" in listing and "ptrue" in listing  # SVE predicated loops
 
 
 def test_aarch64_tree_artifact_is_an_aarch64_library(tmp_path: Path):
-    artifact = compile_model(TREE_MODEL, CompileOptions(resolve("aarch64-dotprod"), tmp_path / "tree.kiln"))
-    assert _elf_machine(artifact / "model.so") == EM_AARCH64
+    artifact = compile_to(TREE_MODEL, tmp_path / "tree.kiln", "aarch64-dotprod")
+    assert _elf_machine(library_of(artifact)) == EM_AARCH64
 
 
 # ---- x86: every preset this CPU runs matches ONNX Runtime; the others name what is missing ----
@@ -268,10 +268,10 @@ def test_x86_preset_matches_onnxruntime_or_names_the_missing_isa(target: str, tm
     missing = sorted(set(PRESETS[target].requires) - cpu_flags())
     if not missing:
         artifact = check_correctness(DIGITS_CNN, {"input": DIGITS}, tmp_path, target=target)
-        assert _elf_machine(artifact / "model.so") == EM_X86_64
+        assert _elf_machine(library_of(artifact)) == EM_X86_64
         return
     artifact = _compile(target, tmp_path / "digits.kiln")
-    assert _elf_machine(artifact / "model.so") == EM_X86_64
+    assert _elf_machine(library_of(artifact)) == EM_X86_64
     with pytest.raises(TargetError, match=missing[0]):
         kiln.load(artifact)
 

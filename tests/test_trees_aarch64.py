@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import kiln
-from kiln.compiler.frontends import ImportOptions
-from kiln.compiler.pipeline import CompileOptions, compile_model
 from kiln.errors import TargetError
-from kiln.targets import resolve
+from kiln.testing.aarch64 import SYSROOT
+from kiln.testing.paths import TREE_MODELS as MODELS
+from kiln.testing.reference import compile_to, library_of
 
-MODELS = Path(__file__).resolve().parent / "models" / "trees"
-SYSROOT = Path("/usr/aarch64-linux-gnu")
 EM_AARCH64 = 183
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.qemu, pytest.mark.skipif(
     shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None,
-    reason="needs gcc-aarch64-linux-gnu and qemu-user (run scripts/system-deps.sh)")
+    reason="needs gcc-aarch64-linux-gnu and qemu-user (run scripts/system-deps.sh)")]
 
 # Reads rows (float32) from a file, calls the artifact's entry point, writes the outputs (float32).
 HARNESS = r"""
@@ -58,9 +55,9 @@ def test_aarch64_library_reproduces_x86_predictions_under_qemu(target, tmp_path)
     with np.load(MODELS / "heldout.npz") as archive:
         rows = np.ascontiguousarray(archive["multiclass_cat"], dtype=np.float32)
     rows[::3, 1] = np.nan
-    x86 = compile_model(model, CompileOptions(resolve("x86-64"), tmp_path / "x86.kiln"))
-    arm = compile_model(model, CompileOptions(resolve(target), tmp_path / "arm.kiln", ImportOptions()))
-    library = arm / "model.so"
+    x86 = compile_to(model, tmp_path / "x86.kiln")
+    arm = compile_to(model, tmp_path / "arm.kiln", target)
+    library = library_of(arm)
     header = library.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
     with pytest.raises(TargetError, match="aarch64"):

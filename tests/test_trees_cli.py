@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kiln.cli import cli
+from kiln.testing.paths import TREE_MODELS as MODELS
 
-MODELS = Path(__file__).resolve().parent / "models" / "trees"
 XGB_MODEL = MODELS / "xgb_multiclass_nan.ubj"
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.calibration.observers import TensorRange
 from kiln.errors import InputError
+from kiln.files import atomic_write
 
 if TYPE_CHECKING:
     import onnx
@@ -47,13 +46,14 @@ def load(path: Path) -> dict[str, TensorRange] | None:
         return None
 
 
+class CacheWriteError(InputError):
+    """The cache folder cannot be written; the caller names the setting that chose it."""
+
+
 def save(path: Path, ranges: dict[str, TensorRange]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"format": FORMAT, "ranges": {n: r.to_json() for n, r in ranges.items()}}, indent=1)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
+        atomic_write(path, text)
     except OSError as exc:
-        raise InputError(f"cannot write the calibration cache {path}: {exc}; pass a writable --cache-dir") from exc
+        raise CacheWriteError(f"cannot write the calibration cache {path}: {exc}") from exc

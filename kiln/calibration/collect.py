@@ -10,19 +10,19 @@ histograms over the now-known range.
 from __future__ import annotations
 
 import os
-import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from kiln.calibration import cache
 from kiln.calibration.datasets import CalibData, Dataset, open_dataset
 from kiln.calibration.observers import CalibMethod, ObserverSettings, TensorRange, make_observer
+from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.frontends.onnx import signature
-from kiln.errors import InputError
+from kiln.errors import InputError, SettingError
+from kiln.progress import QUIET, Advance, Progress
 
 if TYPE_CHECKING:
     import onnx
@@ -42,54 +42,40 @@ class Calibration:
 
 
 def calibrate(model: "onnx.ModelProto", data: CalibData, settings: ObserverSettings, cache_dir: Path,
-              show_bar: bool = False, progress: Callable[[str], None] = lambda _: None) -> Calibration:
+              progress: Progress = QUIET) -> Calibration:
     """Ranges of every float tensor of `model` over `data`, from the cache when its key matches."""
     dataset = open_dataset(data, signature(model).inputs)
-    key = cache.cache_key(model, dataset.digest, {**settings.to_json(), **data.settings()})
+    key = cache.cache_key(model, dataset.digest, {**settings.to_json(), **data.sampling.to_json()})
     path = cache.cache_path(cache_dir, key)
     cached = cache.load(path)
     if cached is not None:
-        progress(f"calibration ranges from cache {path}")
+        progress.step(f"calibration ranges from cache {path}")
         return Calibration(cached, dataset, True, path)
-    progress(f"calibrating with {settings.method.value} on {dataset.count} samples")
-    ranges = collect_ranges(model, dataset, settings, show_bar)
+    progress.step(f"calibrating with {settings.method.value} on {dataset.count} samples")
+    ranges = collect_ranges(model, dataset, settings, progress)
     cache.save(path, ranges)
     return Calibration(ranges, dataset, False, path)
 
 
 def collect_ranges(model: "onnx.ModelProto", dataset: Dataset, settings: ObserverSettings,
-                   show_bar: bool = False) -> dict[str, TensorRange]:
+                   progress: Progress = QUIET) -> dict[str, TensorRange]:
     runner = TensorRunner(model, float_tensors(model))
     passes = 1 if settings.method is CalibMethod.MINMAX else 2
-    bar = _bar(show_bar, dataset.count * passes)
-    with bar as ticks:
-        bounds = _observe(runner, model, dataset, {n: make_observer(settings, None) for n in runner.names}, ticks)
+    with progress.bar("calibrating", dataset.count * passes) as advance:
+        bounds = _observe(runner, model, dataset, {n: make_observer(settings, None) for n in runner.names}, advance)
         if passes == 2:
             observers = {n: make_observer(settings, bounds[n]) for n in runner.names}
-            return _observe(runner, model, dataset, observers, ticks)
+            return _observe(runner, model, dataset, observers, advance)
     return bounds
 
 
 def _observe(runner: "TensorRunner", model: "onnx.ModelProto", dataset: Dataset, observers: dict,
-             ticks) -> dict[str, TensorRange]:
+             advance: Advance) -> dict[str, TensorRange]:
     for feed, rows in model_batches(model, dataset):
         for name, values in runner.run(feed).items():
             observers[name].update(values)
-        ticks.update(rows)
+        advance(rows)
     return {name: observer.result() for name, observer in observers.items()}
-
-
-class _NoBar:
-    def update(self, _: int) -> None:
-        pass
-
-
-def _bar(show: bool, length: int):
-    if not show:
-        return nullcontext(_NoBar())
-    import click
-
-    return click.progressbar(length=length, label="calibrating", file=sys.stderr)
 
 
 def float_tensors(model: "onnx.ModelProto") -> list[str]:
@@ -120,8 +106,9 @@ def model_batches(model: "onnx.ModelProto", dataset: Dataset) -> Iterator[tuple[
         return
     batch = fixed.pop()
     if dataset.count < batch:
-        raise InputError(f"the model is pinned to batch {batch} but the data has {dataset.count} samples; "
-                         f"give at least {batch} samples, or compile with a smaller batch in --input-shape")
+        raise SettingError(ImportOptions, f"the model is pinned to batch {batch} but the data has {dataset.count} "
+                                          f"samples; give at least {batch} samples, or compile with a smaller batch "
+                                          "in {input_shapes}")
     for feed in dataset.batches(batch):
         rows = len(next(iter(feed.values())))
         if rows < batch:
@@ -136,7 +123,7 @@ class TensorRunner:
         import onnx
         import onnxruntime as ort
 
-        from kiln.bench import ort_session_options
+        from kiln.onnxruntime_session import session_options
 
         exposed = onnx.ModelProto()
         exposed.CopyFrom(model)
@@ -146,7 +133,7 @@ class TensorRunner:
             if name not in existing:
                 exposed.graph.output.append(known.get(name) or onnx.helper.make_empty_tensor_value_info(name))
         self.names = names
-        self._session = ort.InferenceSession(exposed.SerializeToString(), ort_session_options(os.cpu_count() or 1),
+        self._session = ort.InferenceSession(exposed.SerializeToString(), session_options(os.cpu_count() or 1),
                                              providers=["CPUExecutionProvider"])
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

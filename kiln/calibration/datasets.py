@@ -17,26 +17,48 @@ import numpy as np
 
 from kiln.arrays import read_arrays
 from kiln.calibration.images import IMAGE_SUFFIXES, ImageSpec, load_image
-from kiln.compiler.graph import TensorSpec, sha256_file
-from kiln.errors import InputError
+from kiln.compiler.graph import TensorSpec
+from kiln.errors import InputError, SettingError
+from kiln.files import folder_sha256
+from kiln.settings import setting
 
 ARRAY_SUFFIXES = frozenset({".npz", ".npy"})
 CSV_SUFFIXES = frozenset({".csv"})
 
 
+def _image_spec(path) -> ImageSpec:
+    return ImageSpec.from_toml(Path(path))
+
+
 @dataclass(frozen=True)
-class CalibData:
-    """Where calibration samples come from and how many to take."""
+class Sampling:
+    """Which calibration samples are used, and how a folder of images becomes inputs. Each field is also a
+    `kiln compile`/`kiln quantize` option and a kiln.toml key (see kiln.settings)."""
 
-    path: Path
-    samples: int | None = None  # None: every sample
-    seed: int = 0  # seeds the choice of `samples` rows when the data has more
-    images: ImageSpec | None = None  # preprocessing, for a folder of images
-    allow_nan: bool = False  # NaN marks a missing value (tree models), not bad data
+    samples: int | None = setting(None, key="calib_samples", parse=int,
+                                  help="Use this many calibration samples, chosen with --calib-seed [default: all].")
+    seed: int = setting(0, key="calib_seed", parse=int, help="Seed for choosing --calib-samples.")
+    images: ImageSpec | None = setting(
+        None, key="image_spec", parse=_image_spec, path=True,
+        help="TOML preprocessing for a --calib folder of images: resize, crop, scale, mean, std, layout (NCHW/NHWC), "
+             "channels (RGB/BGR/L).")
 
-    def settings(self) -> dict:
+    def __post_init__(self):
+        if self.samples is not None and self.samples < 1:
+            raise SettingError(Sampling, f"{{samples}} {self.samples}: give a positive number")
+
+    def to_json(self) -> dict:
         return {"samples": self.samples, "seed": self.seed,
                 "images": self.images.to_json() if self.images else None}
+
+
+@dataclass(frozen=True)
+class CalibData:
+    """Where calibration samples come from and which of them to take."""
+
+    path: Path
+    sampling: Sampling = Sampling()
+    allow_nan: bool = False  # NaN marks a missing value (tree models), not bad data
 
 
 class Dataset:
@@ -78,11 +100,12 @@ def open_dataset(data: CalibData, inputs: tuple[TensorSpec, ...]) -> Dataset:
     """The calibration samples in `data`, checked against the model's `inputs`."""
     files = _source_files(data.path)
     suffixes = {f.suffix.lower() for f in files}
-    digest = _digest(data.path, files, data.images)
+    digest = _digest(data.path, files, data.sampling.images)
     if suffixes <= IMAGE_SUFFIXES:
         return _image_dataset(data, files, inputs, digest)
-    if data.images is not None:
-        raise InputError(f"--image-spec is given but {data.path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if data.sampling.images is not None:
+        raise SettingError(Sampling, f"{{images}} is given but {data.path} holds no images "
+                                                f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     if suffixes <= CSV_SUFFIXES:
         arrays = _read_csv(files, inputs)
     else:
@@ -112,25 +135,23 @@ def _source_files(path: Path) -> list[Path]:
 
 
 def _digest(root: Path, files: list[Path], images: ImageSpec | None) -> str:
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.relative_to(root) if file != root else file.name}\0{sha256_file(file)}\n".encode())
-    digest.update(json.dumps(images.to_json() if images else None, sort_keys=True).encode())
-    return digest.hexdigest()
+    preprocessing = json.dumps(images.to_json() if images else None, sort_keys=True)
+    return hashlib.sha256(f"{folder_sha256(root, files)}\0{preprocessing}".encode()).hexdigest()
 
 
 def _select(data: CalibData, available: int) -> np.ndarray:
     """Row indices: all of them, or `samples` of them chosen with `seed`, in ascending order."""
     if available == 0:
         raise InputError(f"calibration data {data.path} holds no samples")
-    if data.samples is None:
+    samples = data.sampling.samples
+    if samples is None:
         return np.arange(available)
-    if data.samples > available:
-        raise InputError(f"--calib-samples {data.samples} asks for more samples than {data.path} holds "
-                         f"({available}); lower --calib-samples or add data")
-    if data.samples == available:
+    if samples > available:
+        raise SettingError(Sampling, f"{{samples}} {samples} asks for more samples than {data.path} holds "
+                                     f"({available}); lower {{samples}} or add data")
+    if samples == available:
         return np.arange(available)
-    return np.sort(np.random.default_rng(data.seed).choice(available, data.samples, replace=False))
+    return np.sort(np.random.default_rng(data.sampling.seed).choice(available, samples, replace=False))
 
 
 def _read_array_files(files: list[Path], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
@@ -211,12 +232,12 @@ def _check_array(source: Path, spec: TensorSpec, array: np.ndarray, allow_nan: b
 
 
 def _image_dataset(data: CalibData, files: list[Path], inputs: tuple[TensorSpec, ...], digest: str) -> Dataset:
-    if data.images is None:
-        raise InputError(f"calibration data {data.path} holds images; declare their preprocessing with "
-                         "--image-spec SPEC.toml (size, crop, mean, std, layout, channels)")
+    if data.sampling.images is None:
+        raise SettingError(Sampling, f"calibration data {data.path} holds images; declare their preprocessing with "
+                                     "{images} SPEC.toml (size, crop, mean, std, layout, channels)")
     if len(inputs) != 1:
         raise InputError(f"image calibration data fits single-input models; this one has {len(inputs)} inputs")
     chosen = [files[i] for i in _select(data, len(files))]
-    first = load_image(chosen[0], data.images)[None].astype(inputs[0].dtype)
+    first = load_image(chosen[0], data.sampling.images)[None].astype(inputs[0].dtype)
     _check_array(data.path, inputs[0], first)
-    return ImageDataset(chosen, data.images, inputs[0], digest)
+    return ImageDataset(chosen, data.sampling.images, inputs[0], digest)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.errors import InputError
+from kiln.errors import InputError, SettingError
+from kiln.settings import as_keys, from_raw, keys, setting
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 
@@ -37,15 +38,30 @@ class Channels(str, enum.Enum):
     L = "L"
 
 
+def _crop(value) -> tuple[int, int]:
+    height, width = (value, value) if isinstance(value, int) else value
+    return int(height), int(width)
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
 @dataclass(frozen=True)
 class ImageSpec:
-    resize: int | None = None
-    crop: tuple[int, int] | None = None
-    scale: float = 255.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    layout: Layout = Layout.NCHW
-    channels: Channels = Channels.RGB
+    """The spec's keys are these fields' names; the module docstring shows them."""
+
+    resize: int | None = setting(None, key="resize", parse=int)
+    crop: tuple[int, int] | None = setting(None, key="crop", parse=_crop)
+    scale: float = setting(255.0, key="scale", parse=float)
+    mean: tuple[float, ...] = setting((0.0,), key="mean", parse=_floats)
+    std: tuple[float, ...] = setting((1.0,), key="std", parse=_floats)
+    layout: Layout = setting(Layout.NCHW, key="layout", parse=Layout)
+    channels: Channels = setting(Channels.RGB, key="channels", parse=Channels)
+
+    def __post_init__(self):
+        if any(s == 0 for s in self.std) or self.scale == 0:
+            raise SettingError(ImageSpec, "{std} and {scale} must be non-zero")
 
     @classmethod
     def from_toml(cls, path: Path) -> "ImageSpec":
@@ -53,26 +69,14 @@ class ImageSpec:
             table = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InputError(f"image spec {path}: {exc}") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
+        known = keys(cls)
+        unknown = sorted(set(table) - set(known))
         if unknown:
             raise InputError(f"image spec {path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         try:
-            crop = table.get("crop")
-            spec = cls(
-                resize=table.get("resize"),
-                crop=(crop, crop) if isinstance(crop, int) else (tuple(crop) if crop else None),
-                scale=float(table.get("scale", 255.0)),
-                mean=tuple(float(v) for v in table.get("mean", (0.0,))),
-                std=tuple(float(v) for v in table.get("std", (1.0,))),
-                layout=Layout(table.get("layout", "NCHW")),
-                channels=Channels(table.get("channels", "RGB")),
-            )
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"image spec {path}: {exc}; see `kiln quantize --help` for the format") from exc
-        if any(s == 0 for s in spec.std) or spec.scale == 0:
-            raise InputError(f"image spec {path}: std and scale must be non-zero")
-        return spec
+            return from_raw(cls, table)
+        except SettingError as exc:
+            raise InputError(f"image spec {path}: {as_keys(exc)}; see `kiln quantize --help` for the format") from exc
 
     def to_json(self) -> dict:
         return {f.name: (v.value if isinstance(v, enum.Enum) else v)

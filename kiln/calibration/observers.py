@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kiln.errors import InputError
+from kiln.errors import InputError, SettingError
+from kiln.settings import setting
 
 
 class CalibMethod(str, enum.Enum):
@@ -29,15 +30,19 @@ class CalibMethod(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ObserverSettings:
-    method: CalibMethod = CalibMethod.ENTROPY
-    percentile: float = 99.99  # for PERCENTILE: the share of |x| kept inside the range, in percent
+    method: CalibMethod = setting(CalibMethod.ENTROPY, key="calib_method", parse=CalibMethod,
+                                  help="How activation ranges are chosen from the calibration data.")
+    percentile: float = setting(99.99, key="percentile", parse=float,
+                                help="For --calib-method percentile: the share of |activation| values kept in "
+                                     "range, in percent.")
     bins: int = 2048  # histogram bins per tensor (PERCENTILE, ENTROPY, MSE)
 
     def __post_init__(self):
         if not 50.0 < self.percentile <= 100.0:
-            raise InputError(f"--percentile {self.percentile}: give a value in (50, 100], e.g. 99.99")
+            raise SettingError(ObserverSettings, f"{{percentile}} {self.percentile}: give a value in (50, 100], "
+                                                 "e.g. 99.99")
         if self.bins < 256:
-            raise InputError(f"histogram bins {self.bins}: use at least 256")
+            raise SettingError(ObserverSettings, f"{{bins}} {self.bins}: use at least 256 histogram bins")
 
     def to_json(self) -> dict:
         return {"method": self.method.value, "bins": self.bins,

@@ -16,54 +16,60 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from kiln.compiler.graph import Graph, TensorSpec, sha256_file
+from kiln.compiler.graph import Graph
+from kiln.compiler.manifest import Backend, FileEntry, Manifest, Precision
 from kiln.errors import InputError
-from kiln.targets.presets import Preset
+from kiln.files import sha256_file
+from kiln.targets.presets import Family, Preset
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 # Each backend's predictor, imported only when an artifact of that backend is loaded.
 _PREDICTORS = {
-    "tvm": "kiln.compiler.backends.tvm.runner:TVMPredictor",
-    "tl2cgen": "kiln.compiler.backends.tree_runner:TreePredictor",
+    Backend.TVM: "kiln.compiler.backends.tvm.runner:TVMPredictor",
+    Backend.TL2CGEN: "kiln.compiler.backends.tree_runner:TreePredictor",
 }
 _DEPENDENCIES = {
-    "tvm": ("apache-tvm", "apache-tvm-ffi", "onnx", "numpy"),
-    "tl2cgen": ("treelite", "tl2cgen", "numpy"),
+    Backend.TVM: ("apache-tvm", "apache-tvm-ffi", "onnx", "numpy"),
+    Backend.TL2CGEN: ("treelite", "tl2cgen", "numpy"),
 }
 
 
-def dependency_versions(backend: str) -> dict[str, str]:
-    versions = {"kiln-ml": _version("kiln-ml")}
-    versions.update({name: _version(name) for name in _DEPENDENCIES[backend]})
+def dependency_versions(backend: Backend) -> dict[str, str]:
+    versions = {"kiln-ml": version("kiln-ml")}
+    versions.update({name: version(name) for name in _DEPENDENCIES[backend]})
     return versions
 
 
-def _version(distribution: str) -> str:
+def version(distribution: str) -> str:
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "not installed"
 
 
-def make_manifest(graph: Graph, preset: Preset, backend: str, library: Path, *, precision: str = "fp32",
-                  files: dict[str, Path] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest for a staged artifact; paths are recorded relative to the artifact directory."""
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "versions": dependency_versions(backend),
-        "source": graph.provenance.to_json(),
-        "target": preset.to_json(),
-        "backend": backend,
-        "precision": precision,
-        "inputs": [spec.to_json() for spec in graph.signature.inputs],
-        "outputs": [spec.to_json() for spec in graph.signature.outputs],
-        "library": {"file": library.name, "sha256": sha256_file(library)},
-        "files": {role: {"file": p.name, "sha256": sha256_file(p)} for role, p in sorted((files or {}).items())},
-    }
-    manifest.update(extra or {})
-    return manifest
+def content_addressed(library: Path) -> Path:
+    """Rename a staged library to model-<sha256 prefix>.so and return its new path. The dynamic loader keeps a
+    library mapped under its path: a process that loaded an earlier build of the same artifact would get the
+    old code back for the same name, and gets the new code for a new one."""
+    named = library.with_name(f"model-{sha256_file(library)[:16]}{library.suffix}")
+    library.rename(named)
+    return named
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(path.name, sha256_file(path))
+
+
+def make_manifest(graph: Graph, preset: Preset, backend: Backend, library: Path, *,
+                  precision: Precision = Precision.FP32, files: dict[str, Path] | None = None,
+                  **records: Any) -> Manifest:
+    """The manifest for a staged artifact; files are recorded by name, relative to the artifact directory.
+    `records` are the Manifest's optional fields (build, tree, integer_kernels, quantization)."""
+    return Manifest(versions=dependency_versions(backend), source=graph.provenance, target=preset, backend=backend,
+                    precision=precision, inputs=graph.signature.inputs, outputs=graph.signature.outputs,
+                    library=file_entry(library),
+                    files={role: file_entry(path) for role, path in sorted((files or {}).items())}, **records)
 
 
 def check_output_path(output: Path) -> None:
@@ -105,8 +111,8 @@ def _umask() -> int:
     return mask
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -134,30 +140,51 @@ def _move_into_place(stage: Path, output: Path) -> None:
     # `stage` now holds the previous artifact; the caller removes it.
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> Manifest:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise InputError(f"{path} is not a kiln artifact (no {MANIFEST}); build one with `kiln compile`")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        data = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{manifest_path}: not valid JSON ({exc}); rebuild the artifact") from exc
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{path}: manifest schema {manifest.get('schema_version')!r}, this kiln reads "
-                         f"{SCHEMA_VERSION}; rebuild the artifact with this kiln")
-    return manifest
+    try:
+        return Manifest.from_json(data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
-def verified_file(path: Path, entry: dict[str, str]) -> Path:
-    """The artifact file named by a manifest entry, after checking its sha256."""
-    file = path / entry["file"]
+def verified_file(path: Path, entry: FileEntry) -> Path:
+    """The artifact file named by a manifest entry, after checking that it lies in the artifact folder and
+    has the recorded sha256."""
+    file = path / entry.file
+    if entry.file != Path(entry.file).name or entry.file in ("", ".", "..") or file.is_symlink():
+        raise InputError(f"{path}: the manifest names {entry.file!r}, which is not a file of the artifact folder "
+                         "(kiln writes plain names, never paths or links); the manifest was edited. Rebuild it.")
     if not file.is_file():
-        raise InputError(f"{path}: {entry['file']} named by the manifest is missing; rebuild the artifact")
+        raise InputError(f"{path}: {entry.file} named by the manifest is missing; rebuild the artifact")
     actual = sha256_file(file)
-    if actual != entry["sha256"]:
-        raise InputError(f"{path}: {entry['file']} has sha256 {actual[:12]}..., the manifest says "
-                         f"{entry['sha256'][:12]}...; the artifact was modified or corrupted. Rebuild it.")
+    if actual != entry.sha256:
+        raise InputError(f"{path}: {entry.file} has sha256 {actual[:12]}..., the manifest says "
+                         f"{entry.sha256[:12]}...; the artifact was modified or corrupted. Rebuild it.")
     return file
+
+
+_ELF_MACHINES = {Family.X86: 62, Family.CUDA: 62, Family.AARCH64: 183}  # EM_X86_64, EM_AARCH64; CUDA: x86 host code
+
+
+def check_library_machine(library: Path, preset: Preset) -> None:
+    """Refuse, before loading it, a library that is not a 64-bit little-endian ELF shared object for the
+    target's machine: loading one fails inside the dynamic loader, or crashes."""
+    with open(library, "rb") as stream:
+        header = stream.read(20)
+    expected = _ELF_MACHINES[preset.family]
+    if len(header) < 20 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1 or header[16] != 3:
+        raise InputError(f"{library}: not a 64-bit ELF shared library; the artifact is corrupt. Rebuild it.")
+    machine = int.from_bytes(header[18:20], "little")
+    if machine != expected:
+        raise InputError(f"{library}: an ELF library for machine {machine}, but the manifest's target "
+                         f"{preset.name} needs machine {expected}; the artifact is inconsistent. Rebuild it.")
 
 
 def load(path: str | os.PathLike, threads: int | None = None):
@@ -168,14 +195,9 @@ def load(path: str | os.PathLike, threads: int | None = None):
 
     path = Path(path)
     manifest = read_manifest(path)
-    library = verified_file(path, manifest["library"])
-    preset = Preset.from_json(manifest["target"])
-    check_can_run(preset)
-    backend = manifest.get("backend")
-    if backend not in _PREDICTORS:
-        raise InputError(f"{path}: unknown backend {backend!r} in the manifest; is it from a newer kiln?")
-    module_name, class_name = _PREDICTORS[backend].split(":")
+    library = verified_file(path, manifest.library)
+    check_can_run(manifest.target)
+    check_library_machine(library, manifest.target)
+    module_name, class_name = _PREDICTORS[manifest.backend].split(":")
     predictor_class = getattr(importlib.import_module(module_name), class_name)
-    inputs = tuple(TensorSpec.from_json(s) for s in manifest["inputs"])
-    outputs = tuple(TensorSpec.from_json(s) for s in manifest["outputs"])
-    return predictor_class(library, preset, inputs, outputs, threads=threads)
+    return predictor_class(library, manifest.target, manifest.inputs, manifest.outputs, threads=threads)

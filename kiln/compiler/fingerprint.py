@@ -13,21 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kiln.compiler.graph import sha256_file
+from kiln.compiler.artifact import version
 from kiln.errors import InputError
+from kiln.files import folder_sha256, sha256_file
+from kiln.settings import part_of_the_build
 
-# Settings that say where to write or how to show progress, not what to build.
-_NOT_PART_OF_THE_BUILD = frozenset({"output", "cache_dir", "progress_bar"})
 _TOOLS = ("kiln-ml", "apache-tvm", "apache-tvm-ffi", "onnx", "treelite", "tl2cgen")
 
 
 def fingerprint(model: Path, options: Any) -> str:
-    from kiln.compiler.artifact import _version
-
     payload = {
         "model": content_sha256(model),
         "options": _encode(options),
-        "tools": {name: _version(name) for name in _TOOLS},
+        "tools": {name: version(name) for name in _TOOLS},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -37,17 +35,14 @@ def content_sha256(path: Path) -> str:
     if path.is_file():
         return sha256_file(path)
     if path.is_dir():
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
-        return digest.hexdigest()
+        return folder_sha256(path)
     raise InputError(f"{path}: no such file or folder")
 
 
 def _encode(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.name not in _NOT_PART_OF_THE_BUILD}
+                if part_of_the_build(f)}  # each options dataclass marks where-to-work fields build=False
     if isinstance(value, Path):
         return content_sha256(value)
     if isinstance(value, enum.Enum):

@@ -7,10 +7,11 @@ Both carry a signature (names, shapes, dtypes) and the provenance of the files t
 from __future__ import annotations
 
 import enum
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
+
+from kiln.files import sha256_file
 
 if TYPE_CHECKING:
     import onnx
@@ -73,6 +74,10 @@ class Provenance:
             "files": [{"name": f.name, "sha256": f.sha256} for f in self.files],
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Provenance":
+        return cls(data["format"], tuple(SourceFile(f["name"], f["sha256"]) for f in data["files"]))
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -92,11 +97,3 @@ def parse_dims(text: str) -> tuple[int, ...] | None:
     except ValueError:
         return None
     return dims if dims and all(d > 0 for d in dims) else None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -7,7 +7,9 @@ import platform
 from pathlib import Path
 
 from kiln.errors import TargetError
-from kiln.targets.presets import AVX2, PRESETS, Family, Preset
+from kiln.targets.isa import Family, Int8Isa
+from kiln.targets.llvm import cpu_features
+from kiln.targets.presets import AVX2, PRESETS, Preset
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,6 +30,7 @@ def host_preset() -> Preset:
     if machine != "x86_64":
         raise TargetError(f"--target host is supported on x86_64 hosts; this one is {machine}. "
                           "Name a preset instead (`kiln targets`).")
+    import tvm
     from tvm.target import codegen
 
     flags = cpu_flags()
@@ -36,7 +39,8 @@ def host_preset() -> Preset:
     if best is None:
         raise TargetError(f"this CPU lacks {', '.join(sorted(set(AVX2) - flags))}; kiln's x86 code needs AVX2 + FMA")
     target = dict(best.tvm_target, mcpu=codegen.llvm_get_system_cpu())
-    return Preset("host", Family.X86, target, f"this machine ({target['mcpu']})", best.int8_isa, best.toolchain,
+    int8_isa = Int8Isa.from_features(cpu_features(tvm.target.Target(target)), Family.X86)
+    return Preset("host", Family.X86, target, f"this machine ({target['mcpu']})", int8_isa, best.toolchain,
                   best.requires)
 
 

@@ -6,20 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from side_venv import mxnet_python, op_exports  # noqa: F401 (fixtures)
+import pytest
+
+pytestmark = pytest.mark.mxnet
 
 
 def _check_case(folder: Path) -> str | None:
-    import onnxruntime as ort
-
     from kiln.compiler.frontends import ImportOptions, load_graph
+    from kiln.testing.reference import onnxruntime_outputs
 
     reference = dict(np.load(folder / "reference.npz"))
     feeds = {name: array for name, array in reference.items() if not name.startswith("output")}
     graph = load_graph(folder / "model-symbol.json",
                        ImportOptions({n: a.shape for n, a in feeds.items()}, params=folder / "model-0000.params"))
-    session = ort.InferenceSession(graph.body.SerializeToString(), providers=["CPUExecutionProvider"])
-    for index, actual in enumerate(session.run(None, feeds)):
+    for index, actual in enumerate(onnxruntime_outputs(graph.body, feeds)):
         expected = reference[f"output{index}"]
         if actual.shape != expected.shape or not np.allclose(actual, expected, rtol=1e-4, atol=1e-5):
             return f"output {index}: max |diff| {np.abs(actual - expected).max()} (shape {actual.shape})"

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kiln.compat import tl2cgen as tl2cgen_compat
 from kiln.compiler.backends.tree_nodes import UnsupportedModel, tables_header
 from kiln.compiler.frontends.trees import TreeSummary, summarize
 from kiln.compiler.graph import Graph
@@ -138,42 +137,24 @@ def _add_entry_point(source: Path, summary: TreeSummary, trees: str | None) -> N
     For the walker (`trees` is kiln_trees.h), tl2cgen's units and its predict() that calls them are left out.
     """
     package = resources.files("kiln.compiler.backends")
-    code = package.joinpath("tree_predict.c").read_text()
-    (source / f"{ENTRY_POINT}.c").write_text(code)
     helper = "tree_units.h" if trees is None else "tree_walk.h"
     (source / helper).write_text(package.joinpath(helper).read_text())
-    main_c = (source / "main.c").read_text()
-    (source / "kiln_model.h").write_text(_model_header(main_c, summary, walk=trees is not None))
-    recipe_path = source / "recipe.json"
-    recipe = json.loads(recipe_path.read_text())
+    parts = tl2cgen_compat.split_predict((source / "main.c").read_text())
+    (source / "kiln_model.h").write_text(_model_header(parts, summary, walk=trees is not None))
     if trees is not None:
         (source / "kiln_trees.h").write_text(trees)
-        (source / "main.c").write_text(_PREDICT_FUNCTION.sub("", main_c, count=1))
-        recipe["sources"] = [entry for entry in recipe["sources"] if entry["name"] == "main"]
-    recipe["sources"].append({"name": ENTRY_POINT, "length": code.count("\n")})
-    recipe_path.write_text(json.dumps(recipe))
+        tl2cgen_compat.keep_main_only(source)
+    tl2cgen_compat.add_source(source, ENTRY_POINT, package.joinpath("tree_predict.c").read_text())
 
 
-_PREDICT_FUNCTION = re.compile(r"^void predict\(union Entry\* data, int pred_margin, \w+\* result\) \{\n.*?^\}\n", re.M | re.S)
-_PREDICT_BODY = re.compile(r"^void predict\(union Entry\* data, int pred_margin, \w+\* result\) \{\n(.*?)^\}", re.M | re.S)
-_UNIT_CALL = re.compile(r"^\s*(predict_unit\d+)\(data, result\);$", re.M)
-
-
-def _model_header(main_c: str, summary: TreeSummary, *, walk: bool) -> str:
+def _model_header(parts: tl2cgen_compat.PredictParts, summary: TreeSummary, *, walk: bool) -> str:
     """kiln_model.h (see tree_predict.c): tl2cgen's predict() split into prologue, units and epilogue.
 
     The walker takes only the epilogue; its trees are kiln_trees.h.
     """
-    match = _PREDICT_BODY.search(main_c)
-    if match is None:
-        raise AssertionError("tl2cgen's main.c has no predict() of the expected form; is tl2cgen 1.0.x installed?")
-    body = match.group(1)
-    units = _UNIT_CALL.findall(body)
-    if units:  # prologue: up to the units' declarations; epilogue: after the last unit, before the postprocessor
-        prologue = body[:body.index("unsigned int tmp;")]
-        epilogue = body[body.rindex(units[-1]):body.index("// Apply postprocessor")].split("\n", 1)[1]
-    else:  # all trees inline in predict(): one "unit" that is predict() without its postprocessor
-        prologue, epilogue, units = "", "", ["kiln_whole_model"]
+    prologue, epilogue, units = parts.prologue, parts.epilogue, parts.units
+    if not units:  # all trees inline in predict(): one "unit" that is predict() without its postprocessor
+        units = ("kiln_whole_model",)
     defines = {"KILN_WALK": int(walk), "KILN_NUM_FEATURE": summary.num_feature, "KILN_NUM_TREE": summary.num_trees,
                "KILN_THRESHOLD_T": _C_TYPES[summary.threshold_type], "KILN_LEAF_T": _C_TYPES[summary.leaf_type],
                "KILN_BLOCK_ROWS": max(1, min(BLOCK_ROWS, BLOCK_ENTRIES // summary.num_feature))}
@@ -187,12 +168,3 @@ def _model_header(main_c: str, summary: TreeSummary, *, walk: bool) -> str:
                   "static inline void kiln_prologue(union Entry* data) {", prologue, "}",
                   "static inline void kiln_whole_model(union Entry* data, KILN_LEAF_T* result) { predict(data, 1, result); }"]
     return "\n".join(lines + [""])
-
-
-def calibration_rows(path: Path, graph: Graph) -> np.ndarray:
-    """Calibration rows (.npz/.npy/CSV, see kiln.calibration.datasets) as one float32 array for annotation."""
-    from kiln.calibration.datasets import CalibData, open_dataset
-
-    dataset = open_dataset(CalibData(path, allow_nan=True), graph.signature.inputs)
-    name = graph.signature.inputs[0].name
-    return np.concatenate([batch[name] for batch in dataset.batches(dataset.count)])

@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.compiler.frontends.options import ImportOptions
+from kiln.compiler.frontends.source_format import SourceFormat
 from kiln.compiler.graph import Graph
-from kiln.errors import InputError
-
-
-class SourceFormat(str, enum.Enum):
-    ONNX = "onnx"
-    MXNET = "mxnet"
-    XGBOOST_JSON = "xgboost-json"
-    XGBOOST_UBJSON = "xgboost-ubjson"
-    XGBOOST_BINARY = "xgboost-binary"
-    LIGHTGBM = "lightgbm"
-    SKLEARN_PICKLE = "sklearn-pickle"
-    SKOPS = "skops"
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    # The weights file of a model whose graph and weights are separate files (MXNet's .params).
-    params: Path | None = None
-    # Pickle/joblib files run code when loaded: read them only when the user says they trust them.
-    trust_pickle: bool = False
+from kiln.errors import InputError, SettingError
 
 
 def detect_format(path: Path) -> SourceFormat:
@@ -47,16 +27,16 @@ def detect_format(path: Path) -> SourceFormat:
     if symbol.looks_like_symbol(head):
         return SourceFormat.MXNET
     if head[:8] == params.LIST_MAGIC.to_bytes(8, "little"):
-        raise InputError(f"{path} is an MXNet .params file (weights only); pass the symbol JSON as the model "
-                         f"and this file with --params")
+        raise SettingError(ImportOptions, f"{path} is an MXNet .params file (weights only); pass the symbol JSON "
+                                          "as the model and this file with {params}")
     from kiln.compiler.frontends.trees.formats import detect_tree_format
 
     tree_format = detect_tree_format(path)
     if tree_format is not None:
         return tree_format
-    raise InputError(f"{path}: unrecognised model format; kiln reads ONNX (.onnx) models, MXNet symbol JSON, "
-                     "XGBoost (JSON, UBJSON, legacy binary), LightGBM text models and scikit-learn "
-                     "(skops, or pickle with --trust-pickle)")
+    raise SettingError(ImportOptions, f"{path}: unrecognised model format; kiln reads ONNX (.onnx) models, MXNet "
+                                      "symbol JSON, XGBoost (JSON, UBJSON, legacy binary), LightGBM text models and "
+                                      "scikit-learn (skops, or pickle with {trust_pickle})")
 
 
 def load_graph(path: Path, options: ImportOptions) -> Graph:

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kiln.compat.onnx import all_tensors
+from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph, Provenance, Signature, SourceFile, TensorSpec
-from kiln.errors import InputError
+from kiln.errors import InputError, SettingError
 
 if TYPE_CHECKING:
     import onnx
@@ -57,7 +59,7 @@ def _load_external_data(model: "onnx.ModelProto", path: Path) -> None:
     from onnx import external_data_helper
 
     folder = path.resolve().parent
-    for tensor in external_data_helper._get_all_tensors(model):
+    for tensor in all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -100,17 +102,17 @@ def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int
     inputs = {v.name: v for v in graph_inputs(model)}
     unknown = sorted(set(input_shapes) - set(inputs))
     if unknown:
-        raise InputError(f"--input-shape names {', '.join(unknown)}, but the model's inputs are "
-                         f"{', '.join(inputs)}")
+        raise SettingError(ImportOptions, f"{{input_shapes}} names {', '.join(unknown)}, but the model's inputs "
+                                          f"are {', '.join(inputs)}")
     for name, shape in input_shapes.items():
         dims = inputs[name].type.tensor_type.shape.dim
         if len(dims) and len(dims) != len(shape):
-            raise InputError(f"--input-shape {name}: gives {len(shape)} dims, the model declares {len(dims)} "
-                             f"({_dims_text(dims)})")
+            raise SettingError(ImportOptions, f"{{input_shapes}} {name}: gives {len(shape)} dims, the model "
+                                              f"declares {len(dims)} ({_dims_text(dims)})")
         for dim, expected in zip(dims, shape):
             if dim.HasField("dim_value") and dim.dim_value != expected:
-                raise InputError(f"--input-shape {name}: dim {dim.dim_value} is fixed in the model; "
-                                 f"cannot set it to {expected}")
+                raise SettingError(ImportOptions, f"{{input_shapes}} {name}: dim {dim.dim_value} is fixed in "
+                                                  f"the model; cannot set it to {expected}")
         del dims[:]
         for size in shape:
             dims.add().dim_value = size

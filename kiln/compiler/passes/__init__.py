@@ -1,1 +1,20 @@
-"""Graph -> Graph passes, each a named function run in a visible sequence by its caller."""
+"""Graph -> Graph passes, run on every neural graph in this order, whatever its precision."""
+
+from __future__ import annotations
+
+from kiln.compiler.graph import Graph, GraphKind
+from kiln.compiler.passes.fold_batchnorm import fold_batchnorm
+from kiln.compiler.passes.fold_constants import fold_constants
+from kiln.compiler.passes.name_nodes import name_nodes
+
+# Names first, so an unnamed node keeps the name its place in the source model gives it; constants folded
+# before BatchNorm folding, which needs its parameters (Constant nodes in some exports) as initializers.
+NEURAL_PASSES = (name_nodes, fold_constants, fold_batchnorm)
+
+
+def run_passes(graph: Graph) -> Graph:
+    """`graph` after NEURAL_PASSES (tree graphs have no passes)."""
+    if graph.kind is GraphKind.NEURAL:
+        for step in NEURAL_PASSES:
+            graph = step(graph)
+    return graph

@@ -14,6 +14,7 @@ from collections import Counter
 import numpy as np
 
 from kiln.compiler.graph import Graph
+from kiln.compiler.onnx_graph import drop_unused_initializers, output_channel_axis
 
 
 def fold_batchnorm(graph: Graph) -> Graph:
@@ -54,10 +55,7 @@ def fold_batchnorm(graph: Graph) -> Graph:
         return graph
     for bn in folded:
         nodes.remove(bn)
-    used = {name for node in nodes for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    drop_unused_initializers(model)
     live = {out for node in nodes for out in node.output} | {v.name for v in model.graph.input}
     kept_info = [v for v in model.graph.value_info if v.name in live]
     del model.graph.value_info[:]
@@ -72,14 +70,11 @@ def _channel_axis(node, weights: dict[str, np.ndarray]) -> int | None:
     if len(node.input) > 2 and node.input[2] and (node.input[2] not in weights or weights[node.input[2]].ndim != 1):
         return None
     attrs = {a.name: a for a in node.attribute}
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1 if attrs.get("group") is None or attrs["group"].i == 1 else None
-    if node.op_type == "Gemm":
-        if any(name in attrs and attrs[name].f != 1.0 for name in ("alpha", "beta")):
-            return None
-        if "transA" in attrs and attrs["transA"].i:
-            return None
-        return 0 if "transB" in attrs and attrs["transB"].i else 1
-    return None
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+        return None
+    if node.op_type == "ConvTranspose" and "group" in attrs and attrs["group"].i != 1:
+        return None  # its weight's axis 1 holds one group's output channels, not all of them
+    if node.op_type == "Gemm" and (any(name in attrs and attrs[name].f != 1.0 for name in ("alpha", "beta"))
+                                   or ("transA" in attrs and attrs["transA"].i)):
+        return None
+    return output_channel_axis(node, weights[node.input[1]].ndim)

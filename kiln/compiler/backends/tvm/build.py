@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.compiler.backends.tvm.ops import unsupported_ops
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
+from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph
-from kiln.errors import InputError, UnsupportedOpError
+from kiln.errors import SettingError, UnsupportedOpError
 from kiln.targets.presets import Family, Preset
 from kiln.targets.toolchain import check_compiler
 
@@ -24,8 +24,8 @@ def check_compilable(graph: Graph) -> None:
         names = ", ".join(dynamic)
         example = graph.signature.inputs[0]
         pinned = "x".join(str(d if isinstance(d, int) else 1) for d in example.shape)
-        raise InputError(f"inputs with symbolic dims: {names}. Pin them with --input-shape, "
-                         f"e.g. --input-shape {example.name}:{pinned}")
+        raise SettingError(ImportOptions, f"inputs with symbolic dims: {names}. Pin them with {{input_shapes}}, "
+                                          f"e.g. {{input_shapes}} {example.name}:{pinned}")
 
 
 def check_toolchain(preset: Preset) -> None:
@@ -37,8 +37,6 @@ def check_toolchain(preset: Preset) -> None:
         cuda.check_nvcc(preset)
 
 
-
-
 @dataclass
 class BuildReport:
     """How many kernels each schedule rule built ("tuned": from records; empty with TVM's own pipeline),
@@ -46,15 +44,6 @@ class BuildReport:
 
     schedules: dict[str, int] = field(default_factory=dict)
     integer: list[dict] = field(default_factory=list)
-
-    def integer_summary(self, preset: Preset) -> dict | None:
-        if not self.integer:
-            return None
-        integer = [entry for entry in self.integer if entry["kernel"] == "int8"]
-        isas = {entry["isa"] for entry in integer if "isa" in entry}
-        return {"isa": ", ".join(sorted(isas)) or None, "target_int8_isa": preset.int8_isa,
-                "int8_ops": len(integer), "int8_by_op": dict(collections.Counter(entry["op"] for entry in integer)),
-                "float_ops": [entry for entry in self.integer if entry["kernel"] == "float"]}
 
 
 def build_library(graph: Graph, preset: Preset, library: Path, schedule: ScheduleMode = ScheduleMode.DEFAULT,
@@ -80,18 +69,22 @@ def build_library(graph: Graph, preset: Preset, library: Path, schedule: Schedul
     return report
 
 
-def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Path | None, report: BuildReport):
+def uses_cpu_schedules(preset: Preset, schedule: ScheduleMode) -> bool:
+    """Whether kiln's CPU schedules (and so tuning records) build `preset`: x86 and NEON aarch64 targets."""
+    import tvm
+
     from kiln.compiler.backends.tvm.schedules.common import cpu_spec
 
+    return (preset.family is not Family.CUDA and schedule is ScheduleMode.DEFAULT
+            and cpu_spec(tvm.target.Target(preset.tvm_target)) is not None)
+
+
+def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Path | None, report: BuildReport):
     if preset.family is Family.CUDA and schedule is ScheduleMode.DEFAULT and records is None:
         from kiln.compiler.backends.tvm.schedules.gpu import cuda_pipeline
 
         return cuda_pipeline(target, report.integer)
-    if preset.family is Family.CUDA or schedule is ScheduleMode.NONE or cpu_spec(target) is None:
-        if records is not None:
-            raise InputError(f"--records applies kiln's CPU schedules, which do not build {preset.name} with "
-                             f"--schedule {schedule.value}: drop --records, or use --schedule default with an "
-                             "x86 or NEON aarch64 target")
+    if not uses_cpu_schedules(preset, schedule):
         return "default"  # TVM's own pipeline for the target
     from kiln.compiler.backends.tvm.schedules.pipeline import cpu_pipeline
 

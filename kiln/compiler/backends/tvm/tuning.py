@@ -24,21 +24,19 @@ import itertools
 import json
 import logging
 import os
-import sys
 import time
-import types
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
+from kiln.compat.tvm import tensor_intrinsics_skipped
 from kiln.compiler.graph import Graph
 from kiln.errors import InputError, TargetError
+from kiln.progress import QUIET, Advance, Progress
+from kiln.targets.isa import Int8Isa
 from kiln.targets.presets import Family, Preset
 
-Progress = Callable[[int, int], None]  # (trials measured, trials planned)
 WORKLOADS, RECORDS = "database_workload.json", "database_tuning_record.json"
 TRIALS_PER_ROUND = 16
 SAFE_FFI = "0.1.14"
@@ -82,22 +80,8 @@ def open_records(records: Path, preset: Preset, create: bool = False):
     return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), allow_missing=True)
 
 
-def tune(model: Path, imports, preset: Preset, records: Path, trials: int, progress: Progress) -> TuneReport:
-    """`kiln tune`: import a neural model and tune its kernels for `preset` into `records`."""
-    from kiln.compiler.backends.tvm.build import check_compilable
-    from kiln.compiler.frontends import load_graph
-    from kiln.compiler.graph import GraphKind
-
-    check_ffi()
-    graph = load_graph(model, imports)
-    if graph.kind is not GraphKind.NEURAL:
-        raise InputError(f"{model} is a tree ensemble: tl2cgen compiles it with nothing to tune; "
-                         "use kiln compile")
-    check_compilable(graph)
-    return tune_model(graph, preset, records, trials, progress)
-
-
-def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progress: Progress) -> TuneReport:
+def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progress: Progress = QUIET) -> TuneReport:
+    """Tune the kernels of a neural graph for `preset` into `records` (kiln's rule variants, then MetaSchedule)."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import Schedule
@@ -133,14 +117,15 @@ def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progres
     quiet = logging.getLogger("tvm.s_tir.meta_schedule")
     if quiet.level == logging.NOTSET:  # else MetaSchedule sets DEBUG and prints every round's tables
         quiet.setLevel(logging.WARNING)
-    callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel(),
-                 _progress_callback(trials, progress)]
-    if contexts:
-        ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in searched],
-                      work_dir=str(records / target_key(preset)),
-                      max_trials_global=trials, num_trials_per_iter=min(trials, TRIALS_PER_ROUND),
-                      builder=measure.builder, runner=measure.runner, database=database, cost_model="random",
-                      measure_callbacks=callbacks)
+    with progress.bar("tuning", trials) as advance:
+        callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel(),
+                     _progress_callback(trials, advance)]
+        if contexts:
+            ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in searched],
+                          work_dir=str(records / target_key(preset)),
+                          max_trials_global=trials, num_trials_per_iter=min(trials, TRIALS_PER_ROUND),
+                          builder=measure.builder, runner=measure.runner, database=database, cost_model="random",
+                          measure_callbacks=callbacks)
     improved = sum(_best_seconds(database, task) < defaults[task.task_name] for task in tasks)
     return TuneReport(len(tasks), len(searched), trials, time.perf_counter() - started, improved)
 
@@ -155,20 +140,13 @@ def _search(trials: int):
                                                  genetic_num_iters=2 if trials < 64 else 4)
 
 
-@contextlib.contextmanager
-def _tensor_intrinsics_stubbed(preset: Preset):
+def _tensor_intrinsics_stubbed(preset: Preset) -> contextlib.AbstractContextManager:
     """TuneContext imports tvm.s_tir.tensor_intrin, which parses ~500 TVMScript intrinsics (VNNI, AVX-512,
-    sdot, CUDA) at 35-140 s here. FP32 search on AVX2 uses none of them, so while tune contexts are made an
-    empty module stands in for it (removed after, so a later real import still works)."""
-    name = "tvm.s_tir.tensor_intrin"
-    if preset.int8_isa != "avx2" or name in sys.modules:
-        yield
-        return
-    sys.modules[name] = types.ModuleType(name)
-    try:
-        yield
-    finally:
-        del sys.modules[name]
+    sdot, CUDA) at 35-140 s here. FP32 search on AVX2 uses none of them, so while tune contexts are made
+    that import is skipped."""
+    if preset.int8_isa is not Int8Isa.AVX2:
+        return contextlib.nullcontext()
+    return tensor_intrinsics_skipped()
 
 
 def _best_seconds(database, task) -> float:
@@ -207,7 +185,7 @@ def _record_rule_variants(task, rule, target, database, measure: "_Measure") -> 
     return float("inf") if default is None else default
 
 
-def _progress_callback(total: int, progress: Progress):
+def _progress_callback(total: int, advance: Advance):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
@@ -217,8 +195,9 @@ def _progress_callback(total: int, progress: Progress):
             self.done = 0
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-            self.done += len(runner_results)
-            progress(min(self.done, total), total)
+            done = min(self.done + len(runner_results), total)
+            advance(done - self.done)
+            self.done = done
 
     return ProgressCallback()
 

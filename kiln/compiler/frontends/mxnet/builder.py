@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kiln.errors import InputError
+from kiln.compiler.frontends.options import ImportOptions
+from kiln.errors import SettingError
 
 if TYPE_CHECKING:
     import onnx
@@ -87,8 +88,8 @@ class GraphBuilder:
         if tensor not in self._types:
             self._infer()
         if tensor not in self._types:
-            raise InputError(f"{self.scope}: the shape of {tensor!r} cannot be inferred; pass every input's "
-                             "shape with --input-shape")
+            raise SettingError(ImportOptions, f"{self.scope}: the shape of {tensor!r} cannot be inferred; pass "
+                                              "every input's shape with {input_shapes}")
         return self._types[tensor]
 
     def _infer(self) -> None:
@@ -98,7 +99,8 @@ class GraphBuilder:
         try:
             model = onnx.shape_inference.infer_shapes(self.typed_model(), strict_mode=False, data_prop=True)
         except Exception as exc:  # onnx raises InferenceError or plain RuntimeError from C++
-            raise InputError(f"{self.scope}: shapes cannot be inferred ({exc}); check --input-shape") from exc
+            raise SettingError(ImportOptions, f"{self.scope}: shapes cannot be inferred ({exc}); check "
+                                              "{input_shapes}") from exc
         for value in list(model.graph.value_info) + list(model.graph.input):
             tensor_type = value.type.tensor_type
             dims = tensor_type.shape.dim

@@ -11,16 +11,17 @@ from kiln.compiler.frontends.mxnet.builder import GraphBuilder
 from kiln.compiler.frontends.mxnet.ops import LABEL_INPUTS, OPS
 from kiln.compiler.frontends.mxnet.params import DTYPES, read_params
 from kiln.compiler.frontends.mxnet.symbol import Entry, Node, Symbol, read_symbol
+from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph, Provenance, SourceFile
-from kiln.errors import InputError, UnsupportedOpError
+from kiln.errors import InputError, SettingError, UnsupportedOpError
 
 
 def load(symbol_path: Path, params_path: Path | None, input_shapes: dict[str, tuple[int, ...]]) -> Graph:
     from kiln.compiler.frontends.onnx import signature
 
     if params_path is None:
-        raise InputError(f"{symbol_path}: an MXNet model needs its weights too: pass the .params file with "
-                         f"--params{_params_hint(symbol_path)}")
+        raise SettingError(ImportOptions, f"{symbol_path}: an MXNet model needs its weights too: pass the .params "
+                                          f"file with {{params}}{_params_hint(symbol_path)}")
     symbol, params = read_symbol(symbol_path), read_params(params_path)
     builder = convert(symbol, params, input_shapes)
     model = builder.model()
@@ -93,8 +94,8 @@ def _declare_variables(builder: GraphBuilder, symbol: Symbol, needed: set[int], 
     unknown = sorted(set(input_shapes) - names)
     if unknown:
         inputs = [v.name for v in variables if v.name not in params]
-        raise InputError(f"--input-shape names {', '.join(unknown)}, but the model's inputs are "
-                         f"{', '.join(inputs) or 'none'}")
+        raise SettingError(ImportOptions, f"{{input_shapes}} names {', '.join(unknown)}, but the model's inputs "
+                                          f"are {', '.join(inputs) or 'none'}")
     missing = []
     for variable in variables:
         if variable.name in input_shapes:
@@ -106,9 +107,10 @@ def _declare_variables(builder: GraphBuilder, symbol: Symbol, needed: set[int], 
         else:
             missing.append(variable.name)
     if missing:
-        raise InputError(f"the symbol uses {', '.join(missing)}, found neither in the params file nor in "
-                         "--input-shape. Give each data input's shape with --input-shape NAME:DIMS (MXNet "
-                         "symbols do not record them), and check that the params file belongs to this symbol")
+        raise SettingError(ImportOptions, f"the symbol uses {', '.join(missing)}, found neither in the params "
+                                          "file nor in {input_shapes}. Give each data input's shape with "
+                                          "{input_shapes} NAME:DIMS (MXNet symbols do not record them), and check "
+                                          "that the params file belongs to this symbol")
 
 
 def _declared_shape(variable: Node) -> tuple[int, ...]:
@@ -153,11 +155,11 @@ def _check_and_infer(model, symbol_path: Path):
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError or plain RuntimeError from C++
-        raise InputError(f"{symbol_path}: the converted graph is inconsistent: {exc}. Check --input-shape "
-                         "and that the params file belongs to this symbol") from exc
+        raise SettingError(ImportOptions, f"{symbol_path}: the converted graph is inconsistent: {exc}. Check "
+                                          "{input_shapes} and that the params file belongs to this symbol") from exc
 
 
 def _params_hint(symbol_path: Path) -> str:
     prefix = symbol_path.name.removesuffix(".json").removesuffix("-symbol")
     candidates = sorted(symbol_path.parent.glob(f"{prefix}-*.params"))
-    return f", e.g. --params {candidates[-1]}" if candidates else ""
+    return f", e.g. {{params}} {candidates[-1]}" if candidates else ""

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.compiler.frontends import SourceFormat
+from kiln.compiler.frontends.source_format import SourceFormat
 from kiln.compiler.graph import Graph, Provenance, Signature, SourceFile, TensorSpec
 from kiln.errors import InputError
 

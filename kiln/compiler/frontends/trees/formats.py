@@ -6,7 +6,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from kiln.compiler.frontends import SourceFormat
+from kiln.compiler.frontends.source_format import SourceFormat
 from kiln.errors import InputError
 
 _SNIFF_BYTES = 4096

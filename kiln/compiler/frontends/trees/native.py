@@ -12,8 +12,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kiln.compiler.frontends import SourceFormat
-from kiln.errors import InputError
+from kiln.compiler.frontends.source_format import SourceFormat
+from kiln.compiler.manifest import Manifest
+from kiln.errors import InputError, SettingError
 
 # Types that skops does not trust by default but that the supported estimators are made of:
 # plain data (tree node arrays) and references to functions, none of which runs at load time.
@@ -48,10 +49,12 @@ def load_native(path: Path, source_format: SourceFormat, trust_pickle: bool) -> 
 
 
 def _load_pickle(path: Path, trust_pickle: bool) -> Any:
+    from kiln.compiler.frontends.options import ImportOptions  # not at import: native predict serves runtime-only installs
+
     if not trust_pickle:
-        raise InputError(f"{path} is a pickle/joblib file, and loading one runs whatever code it contains. "
-                         "Pass --trust-pickle (trust_pickle=True) only if you trust its origin, or save the model "
-                         "with skops (skops.io.dump) and compile that instead")
+        raise SettingError(ImportOptions, f"{path} is a pickle/joblib file, and loading one runs whatever code it "
+                                          "contains. Pass {trust_pickle} only if you trust its origin, or save the "
+                                          "model with skops (skops.io.dump) and compile that instead")
     import joblib
 
     try:
@@ -64,11 +67,14 @@ def _load_pickle(path: Path, trust_pickle: bool) -> Any:
 def _load_skops(path: Path, trust_pickle: bool) -> Any:
     import skops.io
 
+    from kiln.compiler.frontends.options import ImportOptions
+
     try:
         untrusted = [name for name in skops.io.get_untrusted_types(file=path) if name not in SKOPS_TREE_TYPES]
         if untrusted and not trust_pickle:
-            raise InputError(f"{path}: the skops file contains types kiln does not trust: {', '.join(untrusted)}. "
-                             "Pass --trust-pickle to load them if you trust the file's origin")
+            raise SettingError(ImportOptions, f"{path}: the skops file contains types kiln does not trust: "
+                                              f"{', '.join(untrusted)}. Pass {{trust_pickle}} to load them if you "
+                                              "trust the file's origin")
         trusted = sorted(SKOPS_TREE_TYPES) + untrusted
         return skops.io.load(path, trusted=trusted)
     except InputError:
@@ -103,13 +109,13 @@ def _sklearn_predict(model: Any, threads: int, num_output: int) -> NativePredict
     return lambda rows: model.predict(rows).reshape(len(rows), num_output)
 
 
-def native_runner(model_file: Path, manifest: dict[str, Any], threads: int) -> Callable:
+def native_runner(model_file: Path, manifest: Manifest, threads: int) -> Callable:
     """A bench runner (feed -> [output]) calling the native library on a tree artifact's copy of its model.
 
     The copy is trusted: its sha256 matches the manifest, written when the user compiled (and, for a
     pickle, trusted) the same file.
     """
-    model = load_native(model_file, SourceFormat(manifest["source"]["format"]), trust_pickle=True)
-    predict = native_predict(model, threads, int(manifest["outputs"][0]["shape"][1]))
-    name = manifest["inputs"][0]["name"]
+    model = load_native(model_file, SourceFormat(manifest.source.source_format), trust_pickle=True)
+    predict = native_predict(model, threads, int(manifest.outputs[0].shape[1]))
+    name = manifest.inputs[0].name
     return lambda feed: [predict(feed[name])]

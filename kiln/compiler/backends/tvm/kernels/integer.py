@@ -16,7 +16,7 @@ from tvm import te, tirx
 
 from kiln.compiler.backends.tvm.kernels.compute import (KERNEL_ROWS, output_size, pad, winograd_output,
                                                         winograd_tiles, winograd_weights)
-from kiln.compiler.backends.tvm.kernels.intrinsics import GROUP, PAIR, Int8Isa
+from kiln.compiler.backends.tvm.kernels.intrinsics import GROUP, PAIR, DotProduct
 from kiln.compiler.backends.tvm.rewrite.qdq_match import Quantization, QuantizedConv
 
 INT8_CONV, INT8_DEPTHWISE, REQUANTIZE = "kqconv", "kqdwconv", "krequant"
@@ -38,7 +38,7 @@ def is_depthwise(conv: QuantizedConv) -> bool:
     return conv.groups > 1 and conv.weight.shape[1] == 1 and conv.groups == conv.weight.shape[0]
 
 
-def input_block(conv: QuantizedConv, isa: Int8Isa, current: int | None) -> int:
+def input_block(conv: QuantizedConv, isa: DotProduct, current: int | None) -> int:
     """The channel block the kernel reads its input in: the current one where it holds whole groups of 4
     and tiles each conv group; fewer than 4 channels (an RGB image) are padded to 4."""
     per_group = conv.weight.shape[1]
@@ -51,7 +51,7 @@ def input_block(conv: QuantizedConv, isa: Int8Isa, current: int | None) -> int:
     return isa.lanes if per_group % isa.lanes == 0 else GROUP
 
 
-def pack(conv: QuantizedConv, isa: Int8Isa, in_block: int) -> PackedConv | str:
+def pack(conv: QuantizedConv, isa: DotProduct, in_block: int) -> PackedConv | str:
     """The conv's constants for `isa`'s kernel, or why that kernel cannot compute it exactly."""
     w = conv.weight
     out_channels, in_channels, kh, kw = w.shape
@@ -85,7 +85,7 @@ def _packed(conv: QuantizedConv, weight: np.ndarray, in_block: int, ob: int) -> 
                       in_block, ob)
 
 
-def pack_winograd(conv: QuantizedConv, isa: Int8Isa) -> PackedConv | str:
+def pack_winograd(conv: QuantizedConv, isa: DotProduct) -> PackedConv | str:
     """The constants of the integer Winograd F(2x2, 3x3) conv: int16 weights 4 G g G^T = (2G) g (2G)^T, exact
     integers, packed [16, OC/ob, IC/2, ob, 2]; the bias as is (the input's zero point is subtracted before the
     transform); or why the sums could leave int32, whose wrap-around is exact only if the result fits."""

@@ -1,4 +1,5 @@
-"""The int8 dot-product instructions kiln's integer kernels are tensorized with, one per CPU family.
+"""The int8 dot-product instructions kiln's integer kernels are tensorized with: one DotProduct per target
+Int8Isa (`dot_product`).
 
 Each computes C[i] += sum_k A[k] * B[i, k] for i < lanes, k < 4: four activations, broadcast,
 against a lanes x 4 block of int8 weights, into int32 accumulators. So integer kernels keep the
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from kiln.targets.isa import Int8Isa
+
 GROUP = 4  # activations per dot product
 PAIR = 2  # int16 values per pair multiply-add (the integer Winograd conv's)
 
 
 @dataclass(frozen=True)
-class Int8Isa:
+class DotProduct:
     name: str  # what the manifest reports
     intrinsic: str  # the registered TensorIntrin
     lanes: int  # int32 accumulators per instruction: the output channel block
@@ -42,9 +45,9 @@ class Int8Isa:
     # The same dot product on half the lanes, for convs whose output channels are not in whole blocks of
     # `lanes` (MobileNetV2's 24 on AVX-512): they would stay float, and their layout transforms and
     # float-rounded results would sit between integer kernels.
-    narrow: Int8Isa | None = None
+    narrow: DotProduct | None = None
 
-    def for_lanes(self, lanes: int) -> Int8Isa:
+    def for_lanes(self, lanes: int) -> DotProduct:
         """The dot product of a kernel whose output channel block is `lanes` wide."""
         return self if lanes == self.lanes or self.narrow is None else self.narrow
 
@@ -173,16 +176,17 @@ def _pmaddwd_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             B.vload([0, 0], dtype="int16x16"), dtype="int32x8")
 
 
-AVX2_DOT = Int8Isa("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128,
-                   pair_intrinsic="kiln_pair_8x2_avx2", pair_name="avx2-vpmaddwd-winograd",
-                   pair_min_work=1 << 29, pair_min_channels=128)
-AVX512_DOT = Int8Isa("avx512-vpmaddubsw", "kiln_dot_16x4_avx512", 16, "uint8", pair_limit=128, narrow=AVX2_DOT)
-VNNI_DOT = Int8Isa("avx512-vnni-vpdpbusd", "kiln_dot_16x4_vnni", 16, "uint8", pixel_tiles=True,
-                   narrow=Int8Isa("avx512-vnni-vpdpbusd-ymm", "kiln_dot_8x4_vnni", 8, "uint8", pixel_tiles=True))
-SDOT = Int8Isa("neon-sdot", "kiln_dot_4x4_sdot", 4, "int8")
+AVX2_DOT = DotProduct("avx2-vpmaddubsw", "kiln_dot_8x4_avx2", 8, "uint8", pair_limit=128,
+                      pair_intrinsic="kiln_pair_8x2_avx2", pair_name="avx2-vpmaddwd-winograd",
+                      pair_min_work=1 << 29, pair_min_channels=128)
+AVX512_DOT = DotProduct("avx512-vpmaddubsw", "kiln_dot_16x4_avx512", 16, "uint8", pair_limit=128, narrow=AVX2_DOT)
+VNNI_DOT = DotProduct("avx512-vnni-vpdpbusd", "kiln_dot_16x4_vnni", 16, "uint8", pixel_tiles=True,
+                      narrow=DotProduct("avx512-vnni-vpdpbusd-ymm", "kiln_dot_8x4_vnni", 8, "uint8",
+                                        pixel_tiles=True))
+SDOT = DotProduct("neon-sdot", "kiln_dot_4x4_sdot", 4, "int8")
 # One thread per output channel, each summing four int8 products per instruction: the channel block
 # (4) only sets the layout, the intrinsic covers the 4 products of one output.
-DP4A = Int8Isa("cuda-dp4a", "kiln_dp4a", 4, "int8")
+DP4A = DotProduct("cuda-dp4a", "kiln_dp4a", 4, "int8")
 
 
 @functools.cache
@@ -200,13 +204,8 @@ def register_intrinsics() -> None:
         TensorIntrin.register(isa.intrinsic, _desc(isa.lanes, isa.activations), impl)
 
 
-def int8_isa(features: set[str], aarch64: bool) -> Int8Isa | None:
-    """The dot product for an LLVM target with these CPU features; None where kiln has no integer kernels
-    (AArch64 without the dot-product extension among them)."""
-    if aarch64:
-        return SDOT if "dotprod" in features else None
-    if "avx512vnni" in features:
-        return VNNI_DOT
-    if "avx512bw" in features:
-        return AVX512_DOT
-    return AVX2_DOT if "avx2" in features else None
+def dot_product(isa: Int8Isa) -> DotProduct | None:
+    """The dot product integer kernels use on a target with this Int8Isa; None where kiln has none (x86 without
+    AVX2, AArch64 without the dot-product extension): its quantized ops stay in float."""
+    return {Int8Isa.AVX2: AVX2_DOT, Int8Isa.AVX512: AVX512_DOT, Int8Isa.VNNI: VNNI_DOT, Int8Isa.SDOT: SDOT,
+            Int8Isa.DP4A: DP4A}.get(isa)

@@ -9,7 +9,7 @@ from tvm import relax
 
 from kiln.compiler.backends.tvm.kernels import integer
 from kiln.compiler.backends.tvm.kernels.compute import output_size
-from kiln.compiler.backends.tvm.kernels.intrinsics import Int8Isa
+from kiln.compiler.backends.tvm.kernels.intrinsics import DotProduct
 from kiln.compiler.backends.tvm.rewrite.qdq_match import QdqMatcher, QuantizedAdd
 
 
@@ -18,7 +18,7 @@ DATA_MOVEMENT = frozenset({"reshape", "permute_dims", "flatten", "layout_transfo
 
 
 class IntegerRewrites:
-    def __init__(self, layout, isa: Int8Isa | None):
+    def __init__(self, layout, isa: DotProduct | None):
         """`layout`: the layout rewriter whose block builder, layouts and values these rewrites use."""
         self.layout, self.isa = layout, isa
         self.matcher = QdqMatcher(layout.mod["main"])
@@ -109,7 +109,7 @@ class IntegerRewrites:
             return bb.emit(relax.op.reshape(layout.to_plain(result, packed.out_block), [rows, columns])), None
         return result, packed.out_block
 
-    def _pack(self, conv, isa: Int8Isa) -> tuple[Int8Isa, int, integer.PackedConv | str]:
+    def _pack(self, conv, isa: DotProduct) -> tuple[DotProduct, int, integer.PackedConv | str]:
         in_block = integer.input_block(conv, isa, self.layout.block_of(conv.data))
         return isa, in_block, integer.pack(conv, isa, in_block)
 

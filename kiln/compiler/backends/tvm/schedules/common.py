@@ -10,7 +10,9 @@ from typing import Callable
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
-from kiln.compiler.backends.tvm.kernels.intrinsics import Int8Isa, int8_isa, register_intrinsics
+from kiln.compiler.backends.tvm.kernels.intrinsics import DotProduct, dot_product, register_intrinsics
+from kiln.targets.isa import Family, Int8Isa
+from kiln.targets.llvm import cpu_features
 
 SPATIAL, REDUCE = 0, 2  # tirx IterVar iter_type values
 # Kernels with less work than this (elements or multiply-adds: ~10 us on one core) run on one thread:
@@ -27,7 +29,7 @@ class CpuSpec:
     lanes: int
     registers: int
     max_accumulators: int
-    int8: Int8Isa | None = None
+    int8: DotProduct | None = None
     float_convs: bool = True  # float convs in NCHW[lanes]c too (False on GPUs: integer kernels only)
     # Reduction steps (kh x kw x input-channel groups) per chunk of a conv2d's input channels (conv.py);
     # 0: every conv sums all its input channels in one pass.
@@ -57,13 +59,11 @@ NEON = CpuSpec(lanes=4, registers=32, max_accumulators=24)
 def cpu_spec(target) -> CpuSpec | None:
     """The rules' parameters for an llvm target; None where they do not apply: on SVE, kiln's fixed-width
     vectors would replace LLVM's scalable-vector loops, so TVM's own pipeline builds it."""
-    from tvm.target import codegen
-
     aarch64 = str(target.attrs.get("mtriple", "")).startswith("aarch64")
     if aarch64 and "+sve" in [str(a) for a in target.attrs.get("mattr", [])]:
         return None
-    features = {str(f) for f in codegen.llvm_get_cpu_features(target)}
-    return dataclasses.replace(NEON if aarch64 else AVX2, int8=int8_isa(features, aarch64))
+    isa = Int8Isa.from_features(cpu_features(target), Family.AARCH64 if aarch64 else Family.X86)
+    return dataclasses.replace(NEON if aarch64 else AVX2, int8=dot_product(isa))
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,16 @@ def inline_spatial(sch: Schedule, keep: frozenset[str] = frozenset()) -> None:
             break
 
 
+class SymbolicExtent(ValueError):
+    """A loop whose extent is not a constant (a shape known only at run time): kiln's rules tile constant
+    loops, so the PrimFunc is left to TVM's default handling."""
+
+
 def extent(sch: Schedule, loop) -> int:
-    return int(sch.get(loop).extent)
+    value = sch.get(loop).extent
+    if not isinstance(value, tirx.IntImm):
+        raise SymbolicExtent(f"loop extent {value} is not a constant")
+    return int(value)
 
 
 def largest_divisor(n: int, cap: int) -> int:

@@ -22,7 +22,7 @@ from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuS
 from kiln.compiler.backends.tvm.kernels.compute import CONV2D, DEPTHWISE, PAD
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
 from kiln.compiler.backends.tvm.kernels.integer import INT8_CONV, INT8_DEPTHWISE
-from kiln.compiler.backends.tvm.kernels.intrinsics import Int8Isa
+from kiln.compiler.backends.tvm.kernels.intrinsics import DotProduct
 
 
 def register_tile(out_width: int, oc_blocks: int, registers: int) -> tuple[int, int]:
@@ -38,14 +38,15 @@ def register_tile(out_width: int, oc_blocks: int, registers: int) -> tuple[int, 
 
 def int8_register_tile(out_width: int, oc_blocks: int, max_accumulators: int) -> tuple[int, int]:
     """The integer Winograd products' tile, and a direct conv's where the dot product is one instruction
-    (Int8Isa.pixel_tiles): reg dividing the width, reg x oc_t accumulators at most `max_accumulators`."""
+    (DotProduct.pixel_tiles): reg dividing the width, reg x oc_t accumulators at most `max_accumulators`."""
     return _best_tile(out_width, oc_blocks, lambda reg, oc_t, partial: not partial
                       and reg * oc_t <= max_accumulators)
 
 
-def int8_conv_tile(out_width: int, oc_blocks: int, window: bool, isa: Int8Isa, max_accumulators: int) -> tuple[int, int]:
+def int8_conv_tile(out_width: int, oc_blocks: int, window: bool, isa: DotProduct,
+                   max_accumulators: int) -> tuple[int, int]:
     """A direct integer conv's tile (`window`: kh x kw > 1). Where the dot product is one instruction
-    (Int8Isa.pixel_tiles), int8_register_tile's pixels x channel blocks. Otherwise as many channel blocks
+    (DotProduct.pixel_tiles), int8_register_tile's pixels x channel blocks. Otherwise as many channel blocks
     as fit a share of the accumulators, then pixels (dividing the width) while they still fit.
 
     Channel-major tiles of 4 (3x3) or 8 (1x1) accumulators ran 10-30% faster on AVX2 than the squarer

@@ -1,11 +1,13 @@
 """kiln's CPU compile pipeline: layout rewrite, fusion, tuned records or default rules, lowering.
 
-    from_onnx -> to_nchwc -> LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
-      -> DeadCodeElimination -> [MetaScheduleApplyDatabase] -> schedule_module (the rules below)
+    from_onnx -> to_nchwc -> DispatchSampling -> DispatchSortScan -> LegalizeOps -> AnnotateTIROpPattern
+      -> FoldConstant -> FuseOps -> FuseTIR -> DeadCodeElimination -> [MetaScheduleApplyDatabase]
+      -> schedule_module (the rules below)
       -> TVM's cpu_generic lowering and finalize passes
 
 Each fused PrimFunc is scheduled by the first rule that applies; the rule's name is recorded on
-it as the `kiln.rule` attribute (see `rules_used`)."""
+it as the `kiln.rule` attribute (see `rules_used`). A PrimFunc with a loop of symbolic extent (a shape
+known only at run time) gets no rule: it stays with TVM's default handling, as in TVM's own pipeline."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
-from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, cpu_spec
+from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, SymbolicExtent, cpu_spec
 from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_INT8, DEPTHWISE_NCHWC
 from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
 from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
@@ -30,7 +32,10 @@ log = logging.getLogger("kiln.schedules")
 
 
 def rule_for(sch: Schedule) -> Rule | None:
-    return next((rule for rule in RULES if rule.applies(sch)), None)
+    try:
+        return next((rule for rule in RULES if rule.applies(sch)), None)
+    except SymbolicExtent:
+        return None
 
 
 def schedule_primfunc(func: tirx.PrimFunc, spec: CpuSpec) -> tirx.PrimFunc:
@@ -55,7 +60,9 @@ def schedule_module(spec: CpuSpec) -> tvm.transform.Pass:
                 continue
             try:
                 scheduled[gv] = schedule_primfunc(func, spec)
-            except (RuntimeError, ValueError) as exc:  # ScheduleError & co: a rule bug must not break the build
+            except SymbolicExtent as exc:
+                log.debug("kiln: %s keeps TVM's default schedule (%s)", gv.name_hint, exc)
+            except (RuntimeError, ValueError, TypeError) as exc:  # a rule bug (ScheduleError...) never breaks a build
                 log.warning("kiln: no schedule for %s (%s: %s); it runs unscheduled", gv.name_hint,
                             type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         for gv, func in scheduled.items():
@@ -71,10 +78,13 @@ def _attr(func: tirx.PrimFunc, name: str):
 
 def fuse(mod: tvm.IRModule, target, integer: list[dict] | None = None) -> tvm.IRModule:
     """The graph-level steps: NCHWc rewrite (with integer kernels for quantized convs, reported into
-    `integer`), legalization to TIR, fusion. Tuning tasks are this output's PrimFuncs."""
+    `integer`), sort/scan/sampling ops dispatched to TOPI (LegalizeOps has no rule for TopK, CumSum,
+    multinomial sampling), legalization to TIR, fusion. Tuning tasks are this output's PrimFuncs."""
     with target:
         mod = to_nchwc(mod, cpu_spec(target), integer)
         return tvm.transform.Sequential([
+            relax.backend.DispatchSampling(),
+            relax.backend.DispatchSortScan(),
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),

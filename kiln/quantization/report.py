@@ -19,9 +19,10 @@ from kiln.arrays import read_arrays
 from kiln.calibration.collect import TensorRunner, model_batches
 from kiln.calibration.datasets import ArrayDataset, Dataset, check_arrays
 from kiln.compiler.graph import TensorSpec
-from kiln.errors import InputError
-from kiln.quantize.policy import Plan
-from kiln.quantize.qdq import dequantized_name
+from kiln.errors import SettingError
+from kiln.quantization.config import QuantizeOptions
+from kiln.quantization.policy import Plan
+from kiln.quantization.qdq import dequantized_name
 
 if TYPE_CHECKING:
     import onnx
@@ -100,7 +101,8 @@ def load_eval(path: Path, inputs: tuple[TensorSpec, ...]) -> EvalSet:
     arrays = check_arrays(path, arrays, inputs)
     rows = len(next(iter(arrays.values())))
     if labels is not None and len(labels) != rows:
-        raise InputError(f"--eval {path}: `labels` has {len(labels)} rows, the inputs {rows}; give one label per sample")
+        raise SettingError(QuantizeOptions, f"{{eval}} {path}: `labels` has {len(labels)} rows, the inputs {rows}; "
+                                            "give one label per sample")
     return EvalSet(ArrayDataset(arrays, ""), labels)
 
 

@@ -13,10 +13,10 @@ import numpy as np
 from kiln.calibration.datasets import Dataset
 from kiln.calibration.observers import TensorRange
 from kiln.errors import AccuracyGateError
-from kiln.quantize.config import QuantizeOptions
-from kiln.quantize.policy import Plan, make_plan
-from kiln.quantize.qdq import insert_qdq
-from kiln.quantize.report import Metric, MetricKind, first_output, sqnr_db
+from kiln.quantization.config import QuantizeOptions
+from kiln.quantization.policy import Plan, make_plan
+from kiln.quantization.qdq import insert_qdq
+from kiln.quantization.report import Metric, MetricKind, first_output, sqnr_db
 
 if TYPE_CHECKING:
     import onnx

@@ -1,5 +1,5 @@
-"""Run aarch64 neural artifacts on this x86 machine: vm_runner.cc cross-compiled against the aarch64
-TVM runtime from the registry's apache-tvm wheels, executed under qemu-user.
+"""Run aarch64 neural artifacts on this x86 machine: aarch64_vm_runner.cc cross-compiled against the
+aarch64 TVM runtime from the registry's apache-tvm wheels, executed under qemu-user.
 
 The aarch64 wheels (same versions as the installed x86 ones) are downloaded with pip once and
 unpacked into .kiln-test-cache/aarch64-tvm/<versions>/, next to the built runner.
@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-CACHE = HERE.parent.parent / ".kiln-test-cache" / "aarch64-tvm"
+from kiln.testing.paths import TEST_CACHE
+from kiln.testing.reference import library_of
+
+CACHE = TEST_CACHE / "aarch64-tvm"
+RUNNER_SOURCE = Path(__file__).resolve().with_name("aarch64_vm_runner.cc")
 SYSROOT = Path("/usr/aarch64-linux-gnu")
 CXX = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64"
@@ -41,7 +44,7 @@ def run_artifact(artifact: Path, inputs: list[np.ndarray], workdir: Path) -> lis
         path = workdir / f"input_{index}.bin"
         np.ascontiguousarray(array, dtype=np.float32).tofile(path)
         specs.append("x".join(map(str, array.shape)) + f"={path}")
-    done = subprocess.run([QEMU, "-L", str(SYSROOT), str(runner), str(artifact / "model.so"), str(workdir), *specs],
+    done = subprocess.run([QEMU, "-L", str(SYSROOT), str(runner), str(library_of(artifact)), str(workdir), *specs],
                           capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"vm_runner failed ({done.returncode}): {done.stderr.strip()}")
@@ -56,14 +59,13 @@ def run_artifact(artifact: Path, inputs: list[np.ndarray], workdir: Path) -> lis
 def _runner() -> Path:
     """vm_runner for aarch64, built once per runner source and TVM version."""
     libraries = _runtime_libraries()
-    source = HERE / "vm_runner.cc"
-    runner = libraries / f"vm_runner-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+    runner = libraries / f"vm_runner-{hashlib.sha256(RUNNER_SOURCE.read_bytes()).hexdigest()[:12]}"
     if runner.is_file():
         return runner
     import tvm_ffi.libinfo
 
     command = [CXX, "-std=c++17", "-O1", f"-I{tvm_ffi.libinfo.find_include_path()}",
-               f"-I{tvm_ffi.libinfo.find_dlpack_include_path()}", str(source), f"-L{libraries}",
+               f"-I{tvm_ffi.libinfo.find_dlpack_include_path()}", str(RUNNER_SOURCE), f"-L{libraries}",
                "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN", "-o", f"{runner}.tmp"]
     subprocess.run(command, check=True, capture_output=True, text=True)
     Path(f"{runner}.tmp").rename(runner)

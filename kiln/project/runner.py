@@ -10,18 +10,17 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
-import json
 import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-from kiln.build.config import BuildItem
+from kiln.project.config import BuildItem, read_config
 from kiln.compiler import artifact
 from kiln.compiler.fingerprint import fingerprint
-from kiln.errors import KilnError
-
-Progress = Callable[[str], None]
+from kiln.errors import InputError, KilnError, SettingError, UsageError
+from kiln.progress import QUIET, Progress
+from kiln.settings import as_keys
 
 
 @dataclass
@@ -35,19 +34,33 @@ class BuildReport:
         return {"built": self.built, "skipped": self.skipped, "stale": self.stale, "failed": self.failed}
 
 
+def run(config: Path, names: tuple[str, ...] = (), *, jobs: int = 1, check: bool = False,
+        progress: Progress = QUIET) -> BuildReport:
+    """Build (or with `check`, only report) what `config` declares, or the artifacts named in `names`."""
+    items = read_config(config)
+    unknown = sorted(set(names) - {item.name for item in items})
+    if unknown:
+        raise UsageError(f"no artifact named {', '.join(unknown)} in {config}; it declares "
+                         f"{', '.join(dict.fromkeys(item.name for item in items))}")
+    selected = [item for item in items if not names or item.name in names]
+    return stale_report(selected) if check else build(selected, jobs, progress)
+
+
 def staleness(item: BuildItem) -> str | None:
     """Why `item` must be rebuilt, or None when its artifact is up to date."""
     output = item.options.output
     if not (output / artifact.MANIFEST).is_file():
         return "no artifact"
     try:
-        recorded = json.loads((output / artifact.MANIFEST).read_text()).get("build", {}).get("fingerprint")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        build = artifact.read_manifest(output).build
+    except InputError:
         return "unreadable manifest"
+    recorded = build.fingerprint if build else None
     return None if recorded == fingerprint(item.model, item.options) else "inputs, settings or tools changed"
 
 
-def check(items: list[BuildItem]) -> BuildReport:
+def stale_report(items: list[BuildItem]) -> BuildReport:
+    """What is out of date among `items`, building nothing."""
     report = BuildReport()
     for item in items:
         reason = staleness(item)
@@ -58,7 +71,7 @@ def check(items: list[BuildItem]) -> BuildReport:
     return report
 
 
-def build(items: list[BuildItem], jobs: int = 1, progress: Progress = lambda _: None) -> BuildReport:
+def build(items: list[BuildItem], jobs: int = 1, progress: Progress = QUIET) -> BuildReport:
     report = BuildReport()
     if jobs <= 1:
         outcomes = (_build_one(item, progress) for item in items)
@@ -70,7 +83,7 @@ def build(items: list[BuildItem], jobs: int = 1, progress: Progress = lambda _: 
         futures = [pool.submit(_build_one, item, None) for item in items]
         for item, future in zip(items, futures):
             outcome = future.result()
-            progress(f"{item.label}: {outcome[0]}")
+            progress.step(f"{item.label}: {outcome[0]}")
             _record(report, item, outcome)
     return report
 
@@ -88,18 +101,20 @@ def _record(report: BuildReport, item: BuildItem, outcome: tuple[str, str, int])
 
 def _build_one(item: BuildItem, progress: Progress | None) -> tuple[str, str, int]:
     """("built" | "skipped" | "failed", error message, exit code); runs in a worker with --jobs."""
-    from kiln.compiler.pipeline import compile_model
+    from kiln.pipeline import compile_model
 
-    say = progress or (lambda _: None)
+    progress = progress or QUIET
     try:
         item.options.output.parent.mkdir(parents=True, exist_ok=True)
         with _locked(item.options.output):
             if staleness(item) is None:
-                say(f"{item.label}: up to date")
+                progress.step(f"{item.label}: up to date")
                 return "skipped", "", 0
-            say(f"{item.label}: building")
-            compile_model(item.model, item.options, say)
+            progress.step(f"{item.label}: building")
+            compile_model(item.model, item.options, progress)
             return "built", "", 0
+    except SettingError as exc:  # the library names settings; kiln.toml calls them by their keys
+        return "failed", as_keys(exc), exc.exit_code
     except KilnError as exc:
         return "failed", str(exc), exc.exit_code
     except Exception as exc:  # reported per artifact; the other artifacts still build

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kiln.quantize.config import ActivationType
-from kiln.quantize.policy import WEIGHTED, Plan, QParams, quantize_bias, quantize_weight, weight_axis
+from kiln.compiler.onnx_graph import drop_unused_initializers, output_channel_axis
+from kiln.quantization.config import ActivationType
+from kiln.quantization.policy import WEIGHTED, Plan, QParams, quantize_bias, quantize_weight
 
 if TYPE_CHECKING:
     import onnx
@@ -82,10 +83,7 @@ def insert_qdq(model: "onnx.ModelProto", plan: Plan) -> "onnx.ModelProto":
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(initializers)
-    used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(result)
     del graph.value_info[:]
     return onnx.shape_inference.infer_shapes(result)
 
@@ -97,7 +95,7 @@ def _rewrite_inputs(node, plan: Plan, weights: dict[str, np.ndarray], outputs: s
         if name in plan.activations:
             node.input[index] = dequantized_name(name, outputs)
         elif node.op_type in WEIGHTED and index == 1 and name in weights and weights[name].dtype == np.float32:
-            axis = weight_axis(node, weights[name])
+            axis = output_channel_axis(node, weights[name].ndim)
             values, weight_scales = quantize_weight(weights[name], axis, plan.reduce_range)
             node.input[index] = dequantize_constant(values, weight_scales, f"{node.name}_weight", axis)
         elif (index == 2 and weight_scales is not None and input_params is not None

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.calibration.observers import TensorRange
-from kiln.errors import InputError
-from kiln.quantize.config import ActivationType, KeepFloat, QuantizeOptions
+from kiln.errors import InputError, SettingError
+from kiln.quantization.config import ActivationType, KeepFloat, QuantizeOptions
 
 if TYPE_CHECKING:
     import onnx
@@ -63,8 +63,8 @@ def make_plan(model: "onnx.ModelProto", ranges: dict[str, TensorRange], options:
         kept = {node.name for node in candidates} - {only}
     chosen = [node for node in candidates if node.name not in kept]
     if not chosen:
-        raise InputError(f"nothing to quantize: --exclude/--keep-float keep all {len(candidates)} quantizable "
-                         "nodes in float; exclude fewer")
+        raise SettingError(QuantizeOptions, f"nothing to quantize: {{exclude}}/{{keep_float}} keep all "
+                                            f"{len(candidates)} quantizable nodes in float; exclude fewer")
     activations = _activation_ranges(model, chosen, ranges)
     return Plan(frozenset(node.name for node in chosen),
                 {name: QParams.of(bounds, options.activations) for name, bounds in activations.items()},
@@ -92,12 +92,13 @@ def _excluded(model, candidates: list, options: QuantizeOptions) -> set[str]:
             try:
                 regex = re.compile(pattern)
             except re.error as exc:
-                raise InputError(f"--exclude {pattern!r}: not a node name, op type or valid regex ({exc})") from exc
+                raise SettingError(QuantizeOptions, f"{{exclude}} {pattern!r}: not a node name, op type or valid "
+                                                    f"regex ({exc})") from exc
             matched = [name for name in all_names if regex.fullmatch(name)]
         if not matched:
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            raise InputError(f"--exclude {pattern!r} matches no node name, op type or regex over node names; "
-                             f"quantizable nodes: {shown} (see `kiln inspect`)")
+            raise SettingError(QuantizeOptions, f"{{exclude}} {pattern!r} matches no node name, op type or regex over "
+                                                f"node names; quantizable nodes: {shown} (see `kiln inspect`)")
         kept.update(matched)
     weighted = [node.name for node in candidates if node.op_type in WEIGHTED]
     if weighted and KeepFloat.FIRST in options.keep_float:
@@ -144,17 +145,6 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
 
 def _fusable_activation(node, chosen: set[str]) -> bool:
     return node.op_type in ("Relu", "Clip") and node.name in chosen
-
-
-def weight_axis(node, weight: np.ndarray) -> int:
-    """The output-channel axis of a weighted node's weight (input 1)."""
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
-    return weight.ndim - 1  # MatMul: [..., K, N]
 
 
 def quantize_weight(weight: np.ndarray, axis: int, reduce_range: bool) -> tuple[np.ndarray, np.ndarray]:

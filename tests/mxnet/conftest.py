@@ -1,11 +1,8 @@
 """Fixtures: reference models from real MXNet, made in a side virtualenv and cached.
 
-Test modules import the fixtures they use from here (a conftest.py in this folder would take the
-module name `conftest` from tests/conftest.py, which other test modules import by that name).
-
 The side venv (.venv-mxnet/, made by make_venv.sh) holds mxnet==1.9.1 and numpy<1.24; kiln's own
 environment never imports MXNet. Each export script runs there once per version of its source and
-writes into .kiln-test-cache/NAME/HASH/, which later runs reuse.
+writes into .kiln-test-cache/NAME/HASH/ (gitignored), which later runs reuse.
 """
 
 from __future__ import annotations
@@ -17,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from kiln.testing.paths import REPO, TEST_CACHE
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 VENV = REPO / ".venv-mxnet"
-CACHE = REPO / ".kiln-test-cache"
 MAKE_VENV = HERE / "make_venv.sh"
 
 
@@ -32,11 +29,11 @@ def mxnet_python() -> Path:
     return VENV / "bin" / "python"
 
 
-def exported(python: Path, script: str, name: str) -> Path:
+def _exported(python: Path, script: str, name: str) -> Path:
     """Run tests/mxnet/SCRIPT OUT_DIR in the side venv unless this version of it already did."""
     sources = [HERE / script, MAKE_VENV, *sorted(HERE.glob("*.json"))]
     key = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
-    out = CACHE / name / key[:16]
+    out = TEST_CACHE / name / key[:16]
     if not (out / "done").exists():
         partial = out.with_name(out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -53,9 +50,9 @@ def exported(python: Path, script: str, name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def zoo_exports(mxnet_python: Path) -> Path:
-    return exported(mxnet_python, "export_zoo.py", "mxnet-zoo")
+    return _exported(mxnet_python, "export_zoo.py", "mxnet-zoo")
 
 
 @pytest.fixture(scope="session")
 def op_exports(mxnet_python: Path) -> Path:
-    return exported(mxnet_python, "export_ops.py", "mxnet-ops")
+    return _exported(mxnet_python, "export_ops.py", "mxnet-ops")

@@ -1,0 +1,186 @@
+"""The artifact's manifest as types: what was built, from what, for which target, and how.
+
+`Manifest.to_json` is what `manifest.json` holds and `Manifest.from_json` reads it back; the records
+inside (build, integer kernels, quantization) are typed the same way. Nothing here imports a compiler.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln.compiler.graph import Provenance, TensorSpec
+from kiln.errors import InputError
+from kiln.targets.isa import Int8Isa
+from kiln.targets.presets import Preset
+
+SCHEMA_VERSION = 1
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    INT8 = "int8"
+
+
+class Backend(str, enum.Enum):
+    TVM = "tvm"
+    TL2CGEN = "tl2cgen"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the artifact, by name relative to the artifact folder, with its sha256."""
+
+    file: str
+    sha256: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"file": self.file, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> "FileEntry":
+        return cls(data["file"], data["sha256"])
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """The build's fingerprint (see compiler.fingerprint) and, for TVM builds, how many kernels each
+    schedule rule built ("tuned": from records)."""
+
+    fingerprint: str
+    schedules: dict[str, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, **({} if self.schedules is None else {"schedules": self.schedules})}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BuildRecord":
+        return cls(data["fingerprint"], data.get("schedules"))
+
+
+@dataclass(frozen=True)
+class IntegerKernels:
+    """What the quantized ops of an INT8 TVM build became: int8 kernels (with the dot product they use),
+    or float ops, each with its op, reason and, for convs, shape and strides."""
+
+    isa: str | None  # the dot products used, comma-separated
+    target_int8_isa: Int8Isa  # the target's int8 instruction set
+    int8_ops: int
+    int8_by_op: dict[str, int]
+    float_ops: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def of(cls, kernels: list[dict[str, Any]], target_int8_isa: Int8Isa) -> "IntegerKernels | None":
+        """From the integer rewrite's per-op entries ({"kernel": "int8" | "float", "op", ...}); None when empty."""
+        if not kernels:
+            return None
+        integer = [entry for entry in kernels if entry["kernel"] == "int8"]
+        isas = {entry["isa"] for entry in integer if "isa" in entry}
+        return cls(", ".join(sorted(isas)) or None, target_int8_isa, len(integer),
+                   dict(collections.Counter(entry["op"] for entry in integer)),
+                   tuple(entry for entry in kernels if entry["kernel"] == "float"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"isa": self.isa, "target_int8_isa": self.target_int8_isa.value, "int8_ops": self.int8_ops,
+                "int8_by_op": self.int8_by_op, "float_ops": list(self.float_ops)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "IntegerKernels":
+        return cls(data["isa"], Int8Isa(data["target_int8_isa"]), data["int8_ops"], data["int8_by_op"],
+                   tuple(data["float_ops"]))
+
+
+@dataclass(frozen=True)
+class QuantizationSummary:
+    """How a neural INT8 build was quantized: its settings (as quantization.config writes them), the calibration,
+    which nodes were quantized and which stayed float, and float vs INT8 accuracy when evaluated."""
+
+    settings: dict[str, Any]
+    calibration: dict[str, Any]
+    quantized_nodes: int
+    float_nodes: tuple[str, ...]
+    auto_excluded: tuple[str, ...]
+    accuracy: dict[str, Any] | None
+
+    _FIELDS = ("calibration", "quantized_nodes", "float_nodes", "auto_excluded", "accuracy")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.settings, "calibration": self.calibration, "quantized_nodes": self.quantized_nodes,
+                "float_nodes": list(self.float_nodes), "auto_excluded": list(self.auto_excluded),
+                "accuracy": self.accuracy}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "QuantizationSummary":
+        settings = {key: value for key, value in data.items() if key not in cls._FIELDS}
+        return cls(settings, data["calibration"], data["quantized_nodes"], tuple(data["float_nodes"]),
+                   tuple(data["auto_excluded"]), data["accuracy"])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    versions: dict[str, str]  # kiln's and its dependencies' versions at build time
+    source: Provenance
+    target: Preset
+    backend: Backend
+    precision: Precision
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    library: FileEntry
+    files: dict[str, FileEntry] = field(default_factory=dict)  # by role: onnx, int8_onnx, report, ranges, model
+    build: BuildRecord | None = None
+    tree: dict[str, Any] | None = None  # a tree build's summary (backends.treelite.TreeBuild)
+    integer_kernels: IntegerKernels | None = None
+    quantization: QuantizationSummary | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "versions": self.versions,
+            "source": self.source.to_json(),
+            "target": self.target.to_json(),
+            "backend": self.backend.value,
+            "precision": self.precision.value,
+            "inputs": [spec.to_json() for spec in self.inputs],
+            "outputs": [spec.to_json() for spec in self.outputs],
+            "library": self.library.to_json(),
+            "files": {role: entry.to_json() for role, entry in sorted(self.files.items())},
+        }
+        for key, record in (("build", self.build), ("integer_kernels", self.integer_kernels),
+                            ("quantization", self.quantization)):
+            if record is not None:
+                data[key] = record.to_json()
+        if self.tree is not None:
+            data["tree"] = self.tree
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Manifest":
+        """The manifest in `data`; InputError when it is of another schema or misses what kiln needs."""
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise InputError(f"manifest schema {data.get('schema_version')!r}, this kiln reads {SCHEMA_VERSION}; "
+                             "rebuild the artifact with this kiln")
+        try:
+            backend = Backend(data["backend"])
+        except (KeyError, ValueError):
+            raise InputError(f"unknown backend {data.get('backend')!r} in the manifest; is it from a newer kiln? "
+                             "Rebuild the artifact with this kiln") from None
+        try:
+            return cls(
+                versions=data["versions"], source=Provenance.from_json(data["source"]),
+                target=Preset.from_json(data["target"]), backend=backend, precision=Precision(data["precision"]),
+                inputs=tuple(TensorSpec.from_json(s) for s in data["inputs"]),
+                outputs=tuple(TensorSpec.from_json(s) for s in data["outputs"]),
+                library=FileEntry.from_json(data["library"]),
+                files={role: FileEntry.from_json(entry) for role, entry in data["files"].items()},
+                build=BuildRecord.from_json(data["build"]) if "build" in data else None,
+                tree=data.get("tree"),
+                integer_kernels=IntegerKernels.from_json(data["integer_kernels"]) if "integer_kernels" in data
+                else None,
+                quantization=QuantizationSummary.from_json(data["quantization"]) if "quantization" in data
+                else None)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the manifest is incomplete or malformed ({type(exc).__name__}: {exc}); "
+                             "rebuild the artifact") from None

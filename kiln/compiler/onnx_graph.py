@@ -1,0 +1,46 @@
+"""Chores on ONNX graphs that passes and quantization share."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def drop_unused_initializers(model: "onnx.ModelProto") -> None:
+    """Remove (in place) the initializers that no node, subgraph node or graph output reads."""
+    graph = model.graph
+    used = names_read(graph.node) | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def names_read(nodes: "Iterable[onnx.NodeProto]") -> set[str]:
+    """Every name the nodes read, including those of their If/Loop/Scan bodies (which read outer names)."""
+    names: set[str] = set()
+    for node in nodes:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                names |= names_read(body.node)
+    return names
+
+
+def output_channel_axis(node: "onnx.NodeProto", weight_rank: int) -> int | None:
+    """The axis of a Conv, ConvTranspose, Gemm or MatMul node's weight (input 1) that indexes its output
+    channels; None for other ops.
+
+    Conv [M, C/group, k...]: 0. ConvTranspose [C, M/group, k...]: 1 (the channels within a group).
+    Gemm B: 1, or 0 with transB. MatMul [..., K, N]: the last.
+    """
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+    if node.op_type == "MatMul":
+        return weight_rank - 1
+    return None

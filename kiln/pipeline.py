@@ -1,0 +1,259 @@
+"""The one sequence every verb runs, in this order:
+
+    load (frontend) -> graph passes (every precision) -> [quantize] -> backend build -> write artifact
+
+`compile_model` runs all of it; `quantize_model` stops after quantizing and writes the QDQ model;
+`tune_model` tunes the graph's kernels; `inspect_path` describes a model or an artifact. Each returns
+a typed result; the command line only prints them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.compiler import artifact
+from kiln.compiler.backends.tvm.schedules import ScheduleMode
+from kiln.compiler.fingerprint import fingerprint
+from kiln.compiler.frontends import ImportOptions, load_graph
+from kiln.compiler.graph import Graph, GraphKind, Provenance, TensorSpec
+from kiln.compiler.manifest import Backend, BuildRecord, IntegerKernels, Manifest, Precision
+from kiln.compiler.passes import run_passes
+from kiln.errors import InputError, SettingError
+from kiln.progress import QUIET, Progress
+from kiln.quantization.config import QuantizeOptions
+from kiln.quantization.quantizer import Quantized, quantize_graph, save_model
+from kiln.quantization.report import Report
+from kiln.settings import group, setting
+from kiln.targets.presets import Preset
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def _target(spec: str) -> Preset:
+    from kiln.targets import resolve
+
+    if not isinstance(spec, str):
+        raise ValueError("give a preset name, `host`, or a TVM target as JSON")
+    return resolve(spec)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What `kiln compile` builds, and where. Each keyed field (its groups' included) is also a `kiln compile`
+    option and, but for output, a kiln.toml key (see kiln.settings)."""
+
+    target: Preset = setting(key="target", short="-t", parse=_target, raw_default="x86-64",
+                             help="Target preset (see `kiln targets`), `host`, or a TVM target as JSON.")
+    # Where to write, not what to build: not in the fingerprint. kiln.toml names it from output_dir.
+    output: Path = setting(key="output", short="-o", parse=Path, path=True, build=False, toml=False,
+                           help="Artifact directory to write [default: MODEL's name + .kiln in the current folder].")
+    imports: ImportOptions = group(ImportOptions)
+    precision: Precision = setting(
+        Precision.FP32, key="precision", parse=Precision, flag="--int8", switch=Precision.INT8.value,
+        help="Quantize to INT8 (neural graphs: calibrated QDQ; trees: threshold quantization).")
+    # Calibration data (.npz/.npy/CSV/folder): drives INT8 ranges, and branch annotation for trees.
+    calib: Path | None = setting(
+        None, key="calib", parse=Path, path=True,
+        help="Calibration data (.npz, .npy, CSV or a folder of them): INT8 ranges, tree branch statistics.")
+    quantize: QuantizeOptions = group(QuantizeOptions)  # neural INT8: observers, exclusions, report, gate
+    schedule: ScheduleMode = setting(
+        ScheduleMode.DEFAULT, key="schedule", parse=ScheduleMode,
+        help="Neural CPU builds: kiln's schedules (NCHWc layout, vectorized and parallel kernels), or none: "
+             "TVM's plain loops (slow; for debugging a schedule).")
+    records: Path | None = setting(
+        None, key="records", parse=Path, path=True,
+        help="A `kiln tune` records folder: tuned kernels are used where they beat the default schedules.")
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    path: Path
+    manifest: Manifest
+    report: Report | None = None  # neural INT8: per-layer SQNR and accuracy (also report.json in the artifact)
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    output: Path
+    quantized: Quantized
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """`kiln inspect` of a model file: its signature and, for neural graphs, its ops and what kiln cannot compile;
+    for tree ensembles, the trees."""
+
+    kind: GraphKind
+    source: Provenance
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    details: dict[str, Any]  # neural: opset, nodes, parameters, ops, unsupported; trees: {"tree": summary}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "source": self.source.to_json(),
+                "inputs": [spec.to_json() for spec in self.inputs],
+                "outputs": [spec.to_json() for spec in self.outputs], **self.details}
+
+
+def load(model: Path, imports: ImportOptions, progress: Progress = QUIET) -> Graph:
+    """Steps 1 and 2: the model file as a Graph, after the graph passes."""
+    progress.step(f"importing {model}")
+    return run_passes(load_graph(model, imports))
+
+
+def compile_model(model: Path, options: CompileOptions, progress: Progress = QUIET) -> CompileResult:
+    artifact.check_output_path(options.output)
+    build = BuildRecord(fingerprint(model, options))
+    progress.step(f"importing {model}")
+    source = load_graph(model, options.imports)
+    if source.kind is GraphKind.TREE:
+        return _compile_tree(source, model, options, build, progress)
+    return _compile_neural(source, options, build, progress)
+
+
+def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, progress: Progress) -> CompileResult:
+    import dataclasses
+
+    import onnx
+
+    from kiln.compiler.backends.tvm.build import build_library, check_compilable, check_toolchain, uses_cpu_schedules
+
+    check_compilable(source)
+    check_toolchain(options.target)
+    if options.records is not None and not uses_cpu_schedules(options.target, options.schedule):
+        raise SettingError(CompileOptions, f"{{records}} applies kiln's CPU schedules, which do not build "
+                                           f"{options.target.name} with {{schedule}} {options.schedule.value}: drop "
+                                           "{records}, or use {schedule} default with an x86 or NEON aarch64 target")
+    graph = run_passes(source)
+    quantized = _quantize(graph, options, progress) if options.precision is Precision.INT8 else None
+    with artifact.staging(options.output) as stage:
+        progress.step(f"compiling with TVM for {options.target.name}")
+        library = stage / "model.so"
+        report = build_library(quantized.graph if quantized else graph, options.target, library,
+                               options.schedule, options.records)
+        library = artifact.content_addressed(library)
+        files = {"onnx": stage / "model.onnx"}
+        onnx.save_model(source.body, str(files["onnx"]))
+        if quantized:
+            files.update(quantized.write(stage))
+        manifest = artifact.make_manifest(
+            source, options.target, Backend.TVM, library, precision=options.precision, files=files,
+            build=dataclasses.replace(build, schedules=report.schedules),
+            integer_kernels=IntegerKernels.of(report.integer, options.target.int8_isa),
+            quantization=quantized.summary() if quantized else None)
+        artifact.write_manifest(stage, manifest)
+    progress.step(f"wrote {options.output}")
+    return CompileResult(options.output, manifest, quantized.report if quantized else None)
+
+
+def _quantize(graph: Graph, options: CompileOptions, progress: Progress) -> Quantized:
+    if options.calib is None:
+        raise SettingError(CompileOptions, "INT8 needs calibration data for a neural model: add {calib} DATA "
+                                           "(.npz/.npy keyed by input name, a folder of them, images, or CSV)")
+    return quantize_graph(graph, options.calib, options.quantize.for_target(options.target), progress)
+
+
+def _compile_tree(graph: Graph, model: Path, options: CompileOptions, build: BuildRecord,
+                  progress: Progress) -> CompileResult:
+    import shutil
+
+    from kiln.compiler.backends.treelite import build_library, check_buildable
+
+    check_buildable(options.target)
+    calibration = _calibration_rows(options.calib, graph) if options.calib else None
+    with artifact.staging(options.output) as stage:
+        progress.step(f"compiling with tl2cgen for {options.target.name}")
+        library = stage / "model.so"
+        tree = build_library(graph, options.target, library, int8=options.precision is Precision.INT8,
+                             calibration=calibration)
+        library = artifact.content_addressed(library)
+        source = stage / f"source{model.suffix}"
+        shutil.copyfile(model, source)
+        manifest = artifact.make_manifest(graph, options.target, Backend.TL2CGEN, library,
+                                          precision=options.precision, files={"model": source}, build=build,
+                                          tree=tree.to_json())
+        artifact.write_manifest(stage, manifest)
+    progress.step(f"wrote {options.output}")
+    return CompileResult(options.output, manifest)
+
+
+def _calibration_rows(path: Path, graph: Graph) -> "np.ndarray":
+    """A tree model's calibration rows (.npz/.npy/CSV) as one float32 array, for branch annotation."""
+    import numpy as np
+
+    from kiln.calibration.datasets import CalibData, open_dataset
+
+    dataset = open_dataset(CalibData(path, allow_nan=True), graph.signature.inputs)
+    name = graph.signature.inputs[0].name
+    return np.concatenate([batch[name] for batch in dataset.batches(dataset.count)])
+
+
+def quantize_model(model: Path, calib: Path, options: QuantizeOptions, imports: ImportOptions, output: Path,
+                   progress: Progress = QUIET) -> QuantizeResult:
+    """`kiln quantize`: the QDQ ONNX model of `model`, written to `output` only when it passes the gate.
+    `options` must be resolved for the target (`QuantizeOptions.for_target`)."""
+    if output.suffix != ".onnx":
+        raise InputError(f"-o {output}: the quantized model is an ONNX file; name it *.onnx")
+    if not output.parent.is_dir():
+        raise InputError(f"output folder {output.parent} does not exist; create it first")
+    graph = load(model, imports, progress)
+    if graph.kind is not GraphKind.NEURAL:
+        raise InputError(f"{model} is a {graph.kind.value} model; `kiln quantize` takes neural models "
+                         "(ONNX, MXNet). Quantize trees with `kiln compile --int8`.")
+    quantized = quantize_graph(graph, calib, options, progress)
+    save_model(quantized, output)
+    progress.step(f"wrote {output}")
+    return QuantizeResult(output, quantized)
+
+
+def tune_model(model: Path, imports: ImportOptions, preset: Preset, records: Path, trials: int,
+               progress: Progress = QUIET):
+    """`kiln tune`: search faster schedules for a neural model's kernels into `records` (a TuneReport)."""
+    from kiln.compiler.backends.tvm import tuning
+    from kiln.compiler.backends.tvm.build import check_compilable
+
+    tuning.check_ffi()
+    graph = load(model, imports, progress)
+    if graph.kind is not GraphKind.NEURAL:
+        raise InputError(f"{model} is a tree ensemble: tl2cgen compiles it with nothing to tune; "
+                         "use kiln compile")
+    check_compilable(graph)
+    return tuning.tune_model(graph, preset, records, trials, progress)
+
+
+def inspect_path(path: Path, imports: ImportOptions) -> Manifest | ModelSummary:
+    """An artifact's manifest, or a model file's summary."""
+    if path.is_dir():
+        return artifact.read_manifest(path)
+    return summarize(load_graph(path, imports))
+
+
+def summarize(graph: Graph) -> ModelSummary:
+    if graph.kind is GraphKind.TREE:
+        from kiln.compiler.frontends.trees import summarize as summarize_trees
+
+        details = {"tree": summarize_trees(graph.body).to_json()}
+    else:
+        details = _neural_details(graph)
+    return ModelSummary(graph.kind, graph.provenance, graph.signature.inputs, graph.signature.outputs, details)
+
+
+def _neural_details(graph: Graph) -> dict[str, Any]:
+    import math
+
+    from kiln.compiler.backends.tvm.ops import unsupported_ops
+    from kiln.compiler.frontends.onnx import opset_of
+
+    model = graph.body
+    ops = Counter(node.op_type for node in model.graph.node)
+    return {
+        "opset": opset_of(model),
+        "nodes": len(model.graph.node),
+        "parameters": sum(math.prod(t.dims) for t in model.graph.initializer),
+        "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
+        "unsupported": unsupported_ops(model),
+    }

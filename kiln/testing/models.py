@@ -1,0 +1,175 @@
+"""ONNX models for kiln's tests and benchmarks, written with GraphBuilder.
+
+ResNet-18 and MobileNetV2 with random weights (batch norm folded into the conv biases): their layers
+are the real ones, and `size` shrinks the input image for fast tests. Small graphs for the
+quantization and error tests, and the digits CNN with an injected outlier activation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kiln.testing.onnx_graphs import GraphBuilder
+from kiln.testing.paths import DIGITS_CNN
+
+if TYPE_CHECKING:
+    import onnx
+
+
+class _Layers:
+    """CNN layers on a GraphBuilder, with He-scaled random weights; values named by kind and a counter."""
+
+    def __init__(self, seed: int):
+        self.graph = GraphBuilder(opset=13, ir_version=8)
+        self.rng = np.random.default_rng(seed)
+
+    def const(self, array, prefix: str = "w") -> str:
+        return self.graph.const(np.asarray(array, np.float32), self.graph.fresh(prefix))
+
+    def node(self, op: str, inputs: list[str], prefix: str, **attributes) -> str:
+        return self.graph.node(op, inputs, self.graph.fresh(prefix), **attributes)
+
+    def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1, act: str | None = "relu",
+             pad: int | None = None) -> str:
+        pad = k // 2 if pad is None else pad
+        weight = self.rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / (cin // group * k * k))
+        y = self.node("Conv", [x, self.const(weight), self.const(self.rng.standard_normal(cout) * 0.01, "b")], "conv",
+                      kernel_shape=[k, k], strides=[stride] * 2, pads=[pad] * 4, group=group)
+        return self.act(y, act)
+
+    def act(self, x: str, act: str | None) -> str:
+        if act == "relu":
+            return self.node("Relu", [x], "relu")
+        if act == "relu6":
+            return self.node("Clip", [x, self.const(np.array(0.0), "lo"), self.const(np.array(6.0), "hi")], "relu6")
+        return x
+
+    def head(self, x: str, channels: int, classes: int = 1000) -> str:
+        flat = self.node("Flatten", [self.node("GlobalAveragePool", [x], "gap")], "flat", axis=1)
+        weight = self.const(self.rng.standard_normal((classes, channels)) * 0.05)
+        return self.graph.node("Gemm", [flat, weight, self.const(np.zeros(classes), "b")], "logits", transB=1)
+
+    def model(self, name: str, batch: int, size: int, output: str = "logits",
+              output_shape: tuple[int, ...] = (1000,)) -> onnx.ModelProto:
+        self.graph.name = name
+        self.graph.input("input", [batch, 3, size, size])
+        self.graph.output(output, [batch, *output_shape])
+        return self.graph.model(check=True)
+
+
+def resnet18(batch: int = 1, size: int = 224) -> onnx.ModelProto:
+    b = _Layers(0)
+    x = b.conv("input", 3, 64, 7, 2)
+    x = b.node("MaxPool", [x], "pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+    cin = 64
+    for stage, channels in enumerate([64, 128, 256, 512]):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            y = b.conv(b.conv(x, cin, channels, 3, stride), channels, channels, 3, act=None)
+            shortcut = b.conv(x, cin, channels, 1, stride, act=None, pad=0) if stride != 1 or cin != channels else x
+            x, cin = b.act(b.node("Add", [y, shortcut], "add"), "relu"), channels
+    b.head(x, 512)
+    return b.model("resnet18", batch, size)
+
+
+def mobilenetv2(batch: int = 1, size: int = 224) -> onnx.ModelProto:
+    b = _Layers(1)
+    x, cin = b.conv("input", 3, 32, 3, 2, act="relu6"), 32
+    for expand, channels, repeats, first_stride in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                                                    (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for index in range(repeats):
+            stride, hidden = (first_stride if index == 0 else 1), cin * expand
+            y = b.conv(x, cin, hidden, 1, act="relu6") if expand != 1 else x
+            y = b.conv(y, hidden, hidden, 3, stride, group=hidden, act="relu6")
+            y = b.conv(y, hidden, channels, 1, act=None)
+            x, cin = (b.node("Add", [x, y], "add") if stride == 1 and cin == channels else y), channels
+    b.head(b.conv(x, cin, 1280, 1, act="relu6"), 1280)
+    return b.model("mobilenetv2", batch, size)
+
+
+def small_cnn(batch: int = 1, size: int = 16, head: bool = False) -> onnx.ModelProto:
+    """Two convs (+ a classifier head with head=True): models that share their conv layers."""
+    b = _Layers(2)
+    x = b.conv(b.conv("input", 3, 16, 3), 16, 16, 3)
+    if head:
+        return b.model("small_cnn_head", batch, size, b.head(x, 16, classes=10), (10,))
+    return b.model("small_cnn", batch, size, x, (16, size, size))
+
+
+MODELS = {"resnet18": resnet18, "mobilenetv2": mobilenetv2}
+
+
+def op_chain(path: Path, ops: list[str]) -> Path:
+    """x[1, 4] through `ops` in a row, each node named <op in lower case>_<position>."""
+    b = GraphBuilder("g")
+    previous = b.input("x", [1, 4])
+    for index, op in enumerate(ops):
+        previous = b.node(op, [previous], f"t{index}", name=f"{op.lower()}_{index}")
+    b.output(previous, [1, 4])
+    return b.save(path)
+
+
+def conv_bn_model(path: Path) -> Path:
+    """Conv -> BatchNormalization -> Relu -> Gemm-free head, random but fixed weights."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("conv_bn", ir_version=8)
+    x = b.input("input", ["batch", 1, 8, 8])
+    weight = b.const(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    bias = b.const(rng.standard_normal(4).astype(np.float32), "b")
+    norm = [b.const(rng.uniform(0.5, 2, 4).astype(np.float32), "gamma"),
+            b.const(rng.standard_normal(4).astype(np.float32), "beta"),
+            b.const(rng.standard_normal(4).astype(np.float32), "mean"),
+            b.const(rng.uniform(0.5, 2, 4).astype(np.float32), "var")]
+    conv = b.node("Conv", [x, weight, bias], "conv", name="conv", pads=[1, 1, 1, 1])
+    bn = b.node("BatchNormalization", [conv, *norm], "bn", name="bn", epsilon=1e-3)
+    b.output(b.node("Relu", [bn], "out", name="relu"), ["batch", 4, 8, 8])
+    return b.save(path)
+
+
+def no_quantizable_model(path: Path) -> Path:
+    b = GraphBuilder("plain", ir_version=8)
+    b.output(b.node("Sigmoid", [b.input("input", ["batch", 4])], "out", name="sigmoid"), ["batch", 4])
+    return b.save(path)
+
+
+RELU1 = "/features/features.2/Relu_output_0"
+OUTLIER = 100.0  # the injected values reach this many times the tensor's normal maximum
+
+
+def outlier_cnn(path: Path, calib: np.ndarray) -> Path:
+    """The digits CNN with an outlier activation injected after the first Relu.
+
+    t = relu1 * M, then relu1' = t / M feeds the next conv, so the float model computes exactly what
+    the original does. M is 1 except at one element that is rarely non-zero in the calibration data,
+    where it scales the largest value seen to OUTLIER x the tensor's normal maximum: t's range is set by
+    a handful of huge values, as outlier activations do.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from kiln.testing.reference import onnxruntime_outputs
+
+    model = onnx.load(str(DIGITS_CNN))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_empty_tensor_value_info(RELU1))
+    relu = onnxruntime_outputs(probe, {"input": calib}, outputs=[RELU1])[0]
+    active = (relu > 0).mean(axis=0)  # [16, 8, 8]: how often each element is non-zero
+    rare = np.where((active > 0) & (active <= 0.02), active, np.inf)
+    element = np.unravel_index(int(np.argmin(rare)), rare.shape)
+    mask = np.ones((1,) + relu.shape[1:], np.float32)
+    mask[(0,) + element] = OUTLIER * relu.max() / relu[(slice(None),) + element].max()
+    model.graph.initializer.extend([numpy_helper.from_array(mask, "outlier_mask"),
+                                    numpy_helper.from_array((1.0 / mask).astype(np.float32), "outlier_unmask")])
+    for node in model.graph.node:
+        node.input[:] = ["outlier_restored" if name == RELU1 else name for name in node.input]
+    index = next(i for i, node in enumerate(model.graph.node) if RELU1 in node.output)
+    model.graph.node.insert(index + 1, helper.make_node("Mul", [RELU1, "outlier_mask"], ["outlier"], name="inject"))
+    model.graph.node.insert(index + 2, helper.make_node("Mul", ["outlier", "outlier_unmask"], ["outlier_restored"],
+                                                        name="restore"))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
