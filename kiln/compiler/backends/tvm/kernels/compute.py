@@ -57,13 +57,15 @@ def depthwise_nchwc(data, kernel, strides, padding):
 
 
 def dense_packed(data, kernel):
-    """data [M, K] x kernel [N/b, K, b] -> [M, N]. Each block of b columns reads its weights in one
-    contiguous run; in [K, N] every k is a new row (at N = 1000, a new 4 KiB page per k)."""
-    rows, depth = (int(x) for x in data.shape)
+    """data [..., M, K] x kernel [N/b, K, b] -> [..., M, N]: the leading dims are more rows (a transformer's
+    [1, S, K] activations), so a bias, GELU or residual add on [..., M, N] still fuses into the kernel. Each block
+    of b columns reads its weights in one contiguous run; in [K, N] every k is a new row (at N = 1000, a new
+    4 KiB page per k)."""
+    *rows, depth = (int(x) for x in data.shape)
     blocks, _, block = (int(x) for x in kernel.shape)
     k = te.reduce_axis((0, depth), "k")
-    return te.compute((rows, blocks * block), lambda i, j: te.sum(data[i, k] * kernel[j // block, k, j % block], axis=k),
-                      name=MATMUL)
+    return te.compute((*rows, blocks * block), lambda *i: te.sum(
+        data[(*i[:-1], k)] * kernel[i[-1] // block, k, i[-1] % block], axis=k), name=MATMUL)
 
 
 # Winograd F(2x2, 3x3) (Lavin & Gray 2015): Y = A^T [(G g G^T) * (B^T d B)] A for each 4x4 input tile d and its

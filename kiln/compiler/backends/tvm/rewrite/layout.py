@@ -5,7 +5,11 @@ with its weights re-laid out in numpy (a large 3x3 stride-1 one the Winograd con
 transformed); depthwise likewise. Elementwise ops (with per-channel or
 scalar constants), activations and max-pooling stay blocked; anything else gets its input
 transformed back to NCHW once (memoized). So layout transforms appear only where the graph
-leaves the blocked region, e.g. the input image and the flatten before a classifier."""
+leaves the blocked region, e.g. the input image and the flatten before a classifier.
+
+A matmul of any [..., M, K] data by a constant [K, N] becomes compute.dense_packed, keeping the data's
+leading dims so a transformer's bias, GELU or residual add fuses after it; erf becomes a vectorizable
+polynomial."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import math
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, topi
 
 from kiln.compiler.backends.tvm.kernels import compute
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec
@@ -149,17 +153,26 @@ class _Rewriter:
                 and outputs * out_channels * channels * kh * kw >= max(self.winograd_work, min_work))
 
     def matmul(self, call):
-        """x [M, K] x constant [K, N] as compute.dense_packed, its weights [N/b, K, b]."""
+        """x [..., M, K] x constant [K, N] (a Gemm's transposed weights already folded) as compute.dense_packed,
+        its weights [N/b, K, b]; the output keeps x's leading dims, so the epilogue after it fuses unchanged."""
         data, weight = call.args
         w = self.constant(weight)
-        if w is None or w.ndim != 2 or w.dtype != np.float32 or data.ty.ndim != 2 or data.ty.dtype != "float32" \
-                or w.shape[1] % self.lanes:
+        if w is None or w.ndim != 2 or w.dtype != np.float32 or data.ty.ndim < 2 or data.ty.dtype != "float32" \
+                or w.shape[1] % self.lanes or not all(isinstance(d, tvm.tirx.IntImm) for d in data.ty.shape):
             return None
         depth, columns = w.shape
         packed = w.reshape(depth, columns // self.lanes, self.lanes).transpose(1, 0, 2)
         result = self.bb.call_te(compute.dense_packed, self.plain(data), relax.const(np.ascontiguousarray(packed)),
                                  primfunc_name_hint=compute.MATMUL)
         return self.bb.emit(result), None
+
+    def erf(self, call):
+        """erf (a BERT's GELU) as TOPI's rational approximation, max error 3e-7: LLVM has no vector erf, so
+        relax.erf calls libm's erff once per element and its epilogue runs scalar. Any layout alike."""
+        new, block = self.env.get(call.args[0], (call.args[0], None))
+        if call.ty.dtype != "float32":
+            return None
+        return self.bb.emit(self.bb.call_te(topi.fast_erf, new, primfunc_name_hint="erf")), block
 
     def binary(self, var, call):
         a, b = call.args
@@ -212,6 +225,8 @@ class _Rewriter:
             return self.conv2d(call) if self.float_convs else None
         if op == "relax.matmul":
             return self.matmul(call) if self.float_convs else None
+        if op == "relax.erf":
+            return self.erf(call) if self.float_convs else None
         if op in _BINARY:
             return self.binary(var, call)
         if op in _UNARY and self.block_of(call.args[0]):
