@@ -25,12 +25,12 @@ if TYPE_CHECKING:
     from kiln.project.runner import BuildReport
     from kiln.compiler.backends.tvm.tuning import TuneReport
     from kiln.compiler.frontends import ImportOptions
-    from kiln.compiler.manifest import Manifest
+    from kiln.compiler.manifest import Manifest, Verification
     from kiln.pipeline import CompileOptions, CompileResult, ModelSummary, QuantizeResult
     from kiln.quantization.config import QuantizeOptions
     from kiln.targets.presets import Preset
 
-__all__ = ["compile", "quantize", "tune", "inspect", "load", "build", "target", "CompileOptions", "ImportOptions",
+__all__ = ["compile", "quantize", "tune", "inspect", "verify", "load", "build", "target", "CompileOptions", "ImportOptions",
            "QuantizeOptions", "Precision", "Progress"]
 
 # Types exported by name, imported on first use so that `import kiln` stays light for `kiln.load`.
@@ -89,6 +89,14 @@ def inspect(path: str | os.PathLike, imports: "ImportOptions | None" = None) -> 
     from kiln.pipeline import inspect_path
 
     return inspect_path(Path(path), imports or ImportOptions())
+
+
+def verify(artifact: str | os.PathLike, data: str | os.PathLike | None = None) -> "Verification":
+    """Run a neural artifact and ONNX Runtime on `data` (.npz/.npy; default: seeded random inputs) and compare, as
+    `compile` does before writing; raises kiln.verification.VerificationError when they differ."""
+    from kiln.pipeline import verify_artifact
+
+    return verify_artifact(Path(artifact), Path(data) if data else None)
 
 
 def build(config: str | os.PathLike = "kiln.toml", names: tuple[str, ...] = (), *, jobs: int = 1,

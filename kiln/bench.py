@@ -166,9 +166,7 @@ def reference(name: str, path: Path, manifest: Manifest, threads: int) -> Runner
 
 
 def onnxruntime_runner(model: Path, threads: int) -> Runner:
-    import onnxruntime as ort
+    from kiln.onnxruntime_session import session
 
-    from kiln.onnxruntime_session import session_options
-
-    session = ort.InferenceSession(str(model), session_options(threads), providers=["CPUExecutionProvider"])
-    return lambda feed: session.run(None, feed)
+    reference = session(model, threads)
+    return lambda feed: reference.run(None, feed)

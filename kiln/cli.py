@@ -56,10 +56,12 @@ def compile_command(model: Path, options: CompileOptions, quiet: bool, as_json: 
     quantization = ({**manifest.quantization.to_json(), "report": result.report.to_json()}
                     if manifest.quantization and result.report else None)
     integer = manifest.integer_kernels.to_json() if manifest.integer_kernels else None
+    checked = manifest.verification
     if as_json:
         echo_json({"artifact": str(result.path), "target": options.target.name,
                     **({"quantization": quantization} if quantization else {}),
-                    **({"integer_kernels": integer} if integer else {})})
+                    **({"integer_kernels": integer} if integer else {}),
+                    **({"verification": checked.to_json()} if checked else {})})
     else:
         if quantization:
             from kiln.quantization.report import table
@@ -67,6 +69,9 @@ def compile_command(model: Path, options: CompileOptions, quiet: bool, as_json: 
             click.echo(table(quantization["report"]))
         if integer:
             _echo_integer_kernels(integer)
+        if checked:
+            click.echo(f"  agrees with {checked.reference}: {checked.difference:.3g} {checked.unit} at most "
+                       f"(tolerance {checked.tolerance:g}), on {checked.inputs}")
         click.echo(f"compiled {model} for {options.target.name} -> {result.path}")
 
 
@@ -157,6 +162,32 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
             click.echo(f"{array}")
     if output:
         click.echo(f"wrote {output}")
+
+
+@cli.command("verify", epilog=EXIT_CODE_HELP)
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), default=None,
+              help="Check on these inputs (.npz by input name, or .npy for a single input) [default: seeded random "
+                   "inputs shaped by the artifact, integer ones within the tables they index].")
+@json_option
+@handles_errors
+def verify_command(artifact: Path, input_path: Path | None, as_json: bool):
+    """Run a neural ARTIFACT and ONNX Runtime on the same inputs and compare, as `kiln compile` does before it
+    writes an artifact: FP32 within 1e-4 of the largest output, INT8 within one output step of ONNX Runtime
+    running the artifact's own QDQ model. Exit 3 when they differ.
+
+    \b
+    Example:
+      kiln verify digits.kiln --input examples/digits_cnn/digits_test.npz
+    """
+    import kiln
+
+    checked = kiln.verify(artifact, input_path)
+    if as_json:
+        echo_json({"artifact": str(artifact), **checked.to_json()})
+        return
+    click.echo(f"{artifact} agrees with {checked.reference}: {checked.difference:.3g} {checked.unit} at most "
+               f"(tolerance {checked.tolerance:g}), on {checked.inputs}")
 
 
 @cli.command("inspect", epilog=EXIT_CODE_HELP)

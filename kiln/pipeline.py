@@ -19,14 +19,16 @@ from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.fingerprint import fingerprint
 from kiln.compiler.frontends import ImportOptions, load_graph
 from kiln.compiler.graph import Graph, GraphKind, Provenance, TensorSpec
-from kiln.compiler.manifest import Backend, BuildRecord, IntegerKernels, Manifest, Precision
+from kiln.compiler.manifest import Backend, BuildRecord, IntegerKernels, Manifest, Precision, Verification
 from kiln.compiler.passes import run_passes
-from kiln.errors import InputError, SettingError
+from kiln.errors import InputError, SettingError, TargetError
 from kiln.progress import QUIET, Progress
 from kiln.quantization.config import QuantizeOptions
 from kiln.quantization.quantizer import Quantized, quantize_graph, save_model
 from kiln.quantization.report import Report
-from kiln.settings import group, setting
+from kiln.settings import boolean, group, setting
+from kiln.verification import (ReferenceUnavailable, VerificationError, calibration_feed, given_feed, random_feed,
+                               verify)
 from kiln.targets.presets import Preset
 
 if TYPE_CHECKING:
@@ -67,6 +69,11 @@ class CompileOptions:
     records: Path | None = setting(
         None, key="records", parse=Path, path=True,
         help="A `kiln tune` records folder: tuned kernels are used where they beat the default schedules.")
+    verify: bool = setting(
+        True, key="verify", parse=boolean, kind="flag",
+        help="Neural models: before writing the artifact, run it and ONNX Runtime on the same inputs (a batch of "
+             "--calib data, else seeded random ones) and refuse it (exit 3, nothing written) if they differ: FP32 "
+             "beyond 1e-4 of the largest output, INT8 by more than one output step of kiln's own QDQ model.")
 
 
 @dataclass(frozen=True)
@@ -122,13 +129,13 @@ def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, 
 
     from kiln.compiler.backends.tvm.build import build_library, check_compilable, check_toolchain, uses_cpu_schedules
 
-    check_compilable(source)
     check_toolchain(options.target)
     if options.records is not None and not uses_cpu_schedules(options.target, options.schedule):
         raise SettingError(CompileOptions, f"{{records}} applies kiln's CPU schedules, which do not build "
                                            f"{options.target.name} with {{schedule}} {options.schedule.value}: drop "
                                            "{records}, or use {schedule} default with an x86 or NEON aarch64 target")
     graph = run_passes(source)
+    check_compilable(graph)  # after the passes: constant folding makes many parameters (axes, shapes) constants
     quantized = _quantize(graph, options, progress) if options.precision is Precision.INT8 else None
     with artifact.staging(options.output) as stage:
         progress.step(f"compiling with TVM for {options.target.name}")
@@ -140,14 +147,49 @@ def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, 
         onnx.save_model(source.body, str(files["onnx"]))
         if quantized:
             files.update(quantized.write(stage))
+        checked = _check_against_reference(graph, library, files, options, progress) if options.verify else None
         manifest = artifact.make_manifest(
             source, options.target, Backend.TVM, library, precision=options.precision, files=files,
             build=dataclasses.replace(build, schedules=report.schedules),
             integer_kernels=IntegerKernels.of(report.integer, options.target.int8_isa),
-            quantization=quantized.summary() if quantized else None)
+            quantization=quantized.summary() if quantized else None, verification=checked)
         artifact.write_manifest(stage, manifest)
     progress.step(f"wrote {options.output}")
     return CompileResult(options.output, manifest, quantized.report if quantized else None)
+
+
+def _check_against_reference(graph: Graph, library: Path, files: dict[str, Path], options: CompileOptions,
+                             progress: Progress) -> Verification | None:
+    """The staged library against ONNX Runtime (kiln.verification); None where this host cannot run it."""
+    from kiln.compiler.backends.tvm.runner import TVMPredictor
+    from kiln.targets.host import check_can_run
+
+    try:
+        check_can_run(options.target)
+    except TargetError as exc:
+        progress.step(f"not checked against ONNX Runtime: {exc} (run `kiln verify` where it runs)")
+        return None
+    feed, described = None, "random inputs (seed 0)"
+    if options.calib is not None:
+        try:
+            feed, described = calibration_feed(graph.body, options.calib), f"a batch of {options.calib}"
+        except SettingError:  # fewer samples than the pinned batch: random inputs serve
+            pass
+    if feed is None:
+        feed = random_feed(graph.body, graph.signature.inputs)
+    predictor = TVMPredictor(library, options.target, graph.signature.inputs, graph.signature.outputs)
+    reference = files["int8_onnx" if options.precision is Precision.INT8 else "onnx"]
+    try:
+        checked = verify(predictor.run, reference, options.precision, feed, described)
+    except ReferenceUnavailable as exc:
+        progress.step(f"not checked: {exc}")
+        return None
+    if not checked.passed:
+        raise VerificationError(
+            f"the compiled artifact disagrees with its reference: {checked.describe()}. Nothing was written; please "
+            "report this with the model (compile with --no-verify to write it anyway)")
+    progress.step(f"checked against ONNX Runtime: {checked.describe()}")
+    return checked
 
 
 def _quantize(graph: Graph, options: CompileOptions, progress: Progress) -> Quantized:
@@ -257,3 +299,28 @@ def _neural_details(graph: Graph) -> dict[str, Any]:
         "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
         "unsupported": unsupported_ops(model),
     }
+
+
+def verify_artifact(path: Path, data: Path | None = None) -> Verification:
+    """`kiln verify`: check a neural artifact against ONNX Runtime again, on `data` (.npz/.npy) or seeded random
+    inputs; a VerificationError (exit 3) when they differ beyond the tolerance."""
+    import onnx
+
+    from kiln.arrays import read_arrays
+
+    manifest = artifact.read_manifest(path)
+    if manifest.backend is not Backend.TVM:
+        raise InputError(f"{path} is a tree artifact; `kiln verify` checks neural artifacts against ONNX Runtime. "
+                         "Compare a tree artifact with its own library: `kiln bench --vs native`")
+    predictor = artifact.load(path)
+    reference = artifact.verified_file(path, manifest.files["int8_onnx" if "int8_onnx" in manifest.files else "onnx"])
+    single = manifest.inputs[0].name if len(manifest.inputs) == 1 else None
+    if data:
+        feed, described = given_feed(read_arrays(data, single), manifest.inputs, str(data))
+    else:
+        feed = random_feed(onnx.load(str(reference), load_external_data=False), manifest.inputs)
+        described = "random inputs (seed 0)"
+    checked = verify(predictor.run, reference, manifest.precision, feed, described)
+    if not checked.passed:
+        raise VerificationError(f"{path} disagrees with its reference: {checked.describe()}")
+    return checked

@@ -60,6 +60,13 @@ def group(cls: type) -> Any:
     return dataclasses.field(default=cls(), metadata={_META: _Spec(group=True)})
 
 
+def boolean(value: Any) -> bool:
+    """A kiln.toml true/false (a string like "yes" is refused rather than read as true)."""
+    if not isinstance(value, bool):
+        raise ValueError("give true or false")
+    return value
+
+
 def part_of_the_build(field: dataclasses.Field) -> bool:
     return _spec(field).build
 
@@ -153,8 +160,9 @@ def click_options(cls: type, only: Collection[str] | None = None) -> list[Callab
         kwargs: dict[str, Any] = {"default": None, "help": spec.help}
         if spec.switch is not None:
             kwargs["flag_value"] = spec.switch
-        elif spec.kind == "flag":
-            kwargs.update(is_flag=True, default=False)
+        elif spec.kind == "flag":  # on by default: --KEY/--no-KEY
+            on = raw_defaults(cls)[spec.key] is True
+            kwargs.update(is_flag=True, default=on, show_default=on)
         elif spec.kind == "multiple":
             kwargs["multiple"] = True
         if spec.item:
@@ -169,6 +177,8 @@ def click_options(cls: type, only: Collection[str] | None = None) -> list[Callab
         if spec.switch is None and not (default is None or default is False or default in ((), frozenset())):
             kwargs.update(default=default, show_default=True)
         names = [flag_of(spec)] + ([spec.short] if spec.short else [])
+        if spec.kind == "flag" and kwargs["default"] is True:
+            names[0] += "/--no-" + spec.key.replace("_", "-")
         options.append(click.option(*names, spec.key, **kwargs))
     return options
 

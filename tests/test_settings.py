@@ -76,7 +76,7 @@ def test_the_compile_flags_defaults_are_the_fields_defaults():
     params = [param for param in cli.commands["compile"].params if param.name in keys(CompileOptions)]
     shown = {param.name: param.default for param in params if param.show_default}
     assert shown == {"target": "x86-64", "calib_method": "entropy", "percentile": 99.99, "calib_seed": 0,
-                     "cache_dir": ".kiln-cache", "schedule": "default"}
+                     "cache_dir": ".kiln-cache", "schedule": "default", "verify": True}
     assert all(raw_defaults(CompileOptions)[key] == value for key, value in shown.items())
     read = from_raw(CompileOptions, {**{param.name: param.default for param in params}, "output": "m.kiln"})
     assert read == CompileOptions(resolve("x86-64"), Path("m.kiln"))

@@ -119,6 +119,36 @@ class QuantizationSummary:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """What was compared, and by how much the artifact's outputs differed from the reference's."""
+
+    reference: str  # the engine and model file it ran
+    inputs: str  # where the inputs came from
+    worst_output: str
+    difference: float  # the worst output's largest difference, in `unit`
+    tolerance: float
+    unit: str
+
+    @property
+    def passed(self) -> bool:
+        return self.difference <= self.tolerance
+
+    def describe(self) -> str:
+        return (f"{self.worst_output} differs from {self.reference} by {self.difference:.3g} {self.unit} "
+                f"(tolerance {self.tolerance:g}) on {self.inputs}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "inputs": self.inputs, "worst_output": self.worst_output,
+                "difference": self.difference, "tolerance": self.tolerance, "unit": self.unit,
+                "passed": self.passed}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Verification":
+        return cls(data["reference"], data["inputs"], data["worst_output"], data["difference"], data["tolerance"],
+                   data["unit"])
+
+
+@dataclass(frozen=True)
 class Manifest:
     versions: dict[str, str]  # kiln's and its dependencies' versions at build time
     source: Provenance
@@ -133,6 +163,7 @@ class Manifest:
     tree: dict[str, Any] | None = None  # a tree build's summary (backends.treelite.TreeBuild)
     integer_kernels: IntegerKernels | None = None
     quantization: QuantizationSummary | None = None
+    verification: Verification | None = None  # the check against ONNX Runtime at compile time, where it ran
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -149,7 +180,7 @@ class Manifest:
             "files": {role: entry.to_json() for role, entry in sorted(self.files.items())},
         }
         for key, record in (("build", self.build), ("integer_kernels", self.integer_kernels),
-                            ("quantization", self.quantization)):
+                            ("quantization", self.quantization), ("verification", self.verification)):
             if record is not None:
                 data[key] = record.to_json()
         if self.tree is not None:
@@ -180,7 +211,8 @@ class Manifest:
                 integer_kernels=IntegerKernels.from_json(data["integer_kernels"]) if "integer_kernels" in data
                 else None,
                 quantization=QuantizationSummary.from_json(data["quantization"]) if "quantization" in data
-                else None)
+                else None,
+                verification=Verification.from_json(data["verification"]) if "verification" in data else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the manifest is incomplete or malformed ({type(exc).__name__}: {exc}); "
                              "rebuild the artifact") from None

@@ -5,6 +5,7 @@
     models.py       models made with it: ResNet-18, MobileNetV2, small CNNs, quantization test models
     reference.py    compile with kiln, run ONNX Runtime, check_correctness (kiln against ONNX Runtime)
     aarch64.py      run aarch64 artifacts under qemu-user
+    conformance.py  ONNX's node conformance suite: write it out, run a case in a long-lived worker, classify
 
 kiln's compiler and runtime never import this package; its modules import onnx, ONNX Runtime and
 kiln's compiler inside the functions that use them.

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.compiler.graph import parse_dims
-from kiln.settings import setting
+from kiln.settings import boolean, setting
 
 
 def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -32,12 +32,6 @@ def _input_shapes(value: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("give true or false")
-    return value
-
-
 @dataclass(frozen=True)
 class ImportOptions:
     """How to read a model file. Each keyed field is also an option of `kiln compile`, `inspect`, `tune` and
@@ -54,6 +48,6 @@ class ImportOptions:
         help="The weights of an MXNet model (its .params file); MODEL is then its symbol JSON.")
     # Pickle/joblib files run code when loaded: read them only when the user says they trust them.
     trust_pickle: bool = setting(
-        False, key="trust_pickle", parse=_boolean, kind="flag",
+        False, key="trust_pickle", parse=boolean, kind="flag",
         help="Load pickle/joblib models (they run code while loading: only for files you trust), and skops files "
              "holding types kiln does not trust by default.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.compiler.backends.tvm.ops import unsupported_ops
+from kiln.compiler.backends.tvm.ops import unsupported_io, unsupported_ops
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph
@@ -14,11 +14,30 @@ from kiln.targets.presets import Family, Preset
 from kiln.targets.toolchain import check_compiler
 
 
+class UnsupportedModelError(UnsupportedOpError):
+    """Ops TVM's importer cannot convert (`unsupported`, the op followed by the reason where there is one) and graph
+    inputs/outputs the runtime cannot pass (`io`), all at once."""
+
+    def __init__(self, unsupported: dict[str, list[str]], io: dict[str, list[str]]):
+        reasons = io or any(op.endswith(")") for op in unsupported)
+        hint = ("replace these before export (parameters such as axes as initializers or Constant nodes; inputs and "
+                "outputs as tensors of float, int or bool types), or file an issue with the model attached"
+                if reasons else "")
+        super().__init__("ONNX", unsupported, hint)
+        self.io = io
+        if io:
+            listed = "; ".join(f"{why} ({', '.join(names)})" for why, names in io.items())
+            self.args = (f"unsupported model inputs/outputs: {listed}" + (f"; {self.args[0]}" if unsupported
+                                                                          else f". {hint}"),)
+
+
 def check_compilable(graph: Graph) -> None:
-    """Fail before any work on what TVM cannot take: unsupported ops, unpinned dims."""
-    unsupported = unsupported_ops(graph.body)
-    if unsupported:
-        raise UnsupportedOpError("ONNX", unsupported)
+    """Fail before any work on what TVM cannot take: unsupported ops (kiln.compiler.backends.tvm.ops, run on the
+    graph after the passes, which fold constant parameters), inputs/outputs of types the runtime cannot pass,
+    unpinned dims."""
+    unsupported, io = unsupported_ops(graph.body), unsupported_io(graph.body)
+    if unsupported or io:
+        raise UnsupportedModelError(unsupported, io)
     dynamic = [spec.describe() for spec in graph.signature.inputs if not spec.is_static]
     if dynamic:
         names = ", ".join(dynamic)

@@ -1,21 +1,162 @@
-"""Which ONNX ops the TVM Relax importer can convert."""
+"""Which ONNX nodes the TVM Relax importer can convert: by what it really handles, not by op name alone.
+
+A node is refused (with a reason) when
+- its op is in another domain than ai.onnx, except the com.microsoft ops TVM converts ("domain X");
+- its op is a default-domain op whose TVM entry is another domain's op (opset-23 Attention: TVM's converter is
+  com.microsoft's, and crashes on it);
+- an input the importer takes only as a constant (REQUIRED_CONSTANT: ReduceX axes, Resize scales, TopK K, ...) is
+  computed at run time ("axes must be constant");
+- the importer has no converter for it at all (no reason: the plain by-name case).
+Nodes inside If / Loop / Scan subgraphs are scanned too, named `outer/attribute/node`.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 from kiln.compat.tvm import onnx_importer_ops
+from kiln.compiler.frontends.onnx import opset_of
 
 if TYPE_CHECKING:
     import onnx
 
+DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
+# The com.microsoft ops in TVM's converter table (the table is keyed by bare op name).
+MICROSOFT_OPS = frozenset({"Attention", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "Gelu",
+                           "MatMulInteger16", "SkipLayerNormalization"})
+# Default-domain ops whose TVM converter is another domain's op of the same name.
+FOREIGN_CONVERTERS = {"Attention": "opset-23 Attention; TVM converts com.microsoft's"}
+
+_REDUCE_AXES = {op: ((1, "axes"),) for op in (
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
+    "ReduceSum", "ReduceSumSquare")}
+# Inputs (index, ONNX name) that TVM 0.27's importer reads only as constants (onnx_frontend.py: get_constant then
+# an isinstance(..., GenericConst) check, an assert, or `.value.numpy()`).
+REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
+    **_REDUCE_AXES,
+    "AffineGrid": ((1, "size"),),
+    "CumSum": ((1, "axis"),),
+    "MaxUnpool": ((2, "output_shape"),),
+    "OneHot": ((1, "depth"), (2, "values")),
+    "Pad": ((1, "pads"), (3, "axes")),
+    "Reshape": ((1, "shape"),),
+    "Resize": ((2, "scales"), (3, "sizes")),
+    "SequenceAt": ((1, "position"),),
+    "SequenceErase": ((1, "position"),),
+    "SequenceInsert": ((2, "position"),),
+    "Split": ((1, "split"),),
+    "SplitToSequence": ((1, "split"),),
+    "TopK": ((1, "K"),),
+    "Upsample": ((1, "scales"),),
+}
+# Never constant, whatever their inputs (fold_constants does not fold them either).
+_RUNTIME_ONLY = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                           "Bernoulli", "Dropout", "QuantizeLinear", "DequantizeLinear"})
+_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One node the importer cannot convert: its op (domain-qualified outside ai.onnx), its name, and why ("" when
+    the importer has no converter for the op)."""
+
+    op: str
+    node: str
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.op} ({self.reason})" if self.reason else self.op
+
+
+def refusals(model: "onnx.ModelProto") -> list[Refusal]:
+    """Every node of `model`, subgraphs included, that TVM's importer cannot convert (one scan)."""
+    return list(_scan(model.graph, opset_of(model), frozenset(), ""))
+
 
 def unsupported_ops(model: "onnx.ModelProto") -> dict[str, list[str]]:
-    """Every op the importer lacks, with the names of the nodes using it (all of them, one scan)."""
+    """The refused nodes' names grouped by op, the op followed by the reason where there is one:
+    {"Celu": [...], "ReduceSum (axes must be constant)": [...]}."""
     found: dict[str, list[str]] = {}
+    for refusal in refusals(model):
+        found.setdefault(refusal.label, []).append(refusal.node)
+    return found
+
+
+def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str], prefix: str) -> Iterator[Refusal]:
     supported = onnx_importer_ops()
-    for index, node in enumerate(model.graph.node):
-        qualified = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        if qualified not in supported:
-            found.setdefault(qualified, []).append(node.name or f"#{index}")
+    constants = set(outer_constants) | {t.name for t in graph.initializer}
+    for index, node in enumerate(graph.node):
+        name = prefix + (node.name or f"#{index}")
+        reason = _reason(node, opset, supported, constants)
+        if reason is not None:
+            op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+            yield Refusal(op, name, reason)
+        for attribute in node.attribute:
+            subgraphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+            for subgraph in subgraphs:
+                yield from _scan(subgraph, opset, frozenset(constants), f"{name}/{attribute.name}/")
+        if _is_constant(node, constants):
+            constants.update(output for output in node.output if output)
+
+
+def _reason(node, opset: int, supported: frozenset[str], constants: set[str]) -> str | None:
+    """Why the importer cannot convert `node` ("" when it has no converter); None when it can."""
+    import onnx
+
+    if node.domain not in DEFAULT_DOMAINS:
+        if node.domain == "com.microsoft" and node.op_type in MICROSOFT_OPS:
+            return None
+        return f"domain {node.domain}"
+    if node.op_type not in supported:
+        return ""
+    if node.op_type in FOREIGN_CONVERTERS and opset >= 23:
+        return FOREIGN_CONVERTERS[node.op_type]
+    if node.op_type not in FOREIGN_CONVERTERS and not onnx.defs.has(node.op_type):
+        return "not an ai.onnx op; TVM converts com.microsoft's"
+    dynamic = [name for index, name in REQUIRED_CONSTANT.get(node.op_type, ())
+               if index < len(node.input) and node.input[index] and node.input[index] not in constants]
+    if dynamic:
+        return " and ".join(dynamic) + (" must be constant" if len(dynamic) == 1 else " must be constants")
+    return None
+
+
+def _is_constant(node, constants: set[str]) -> bool:
+    """Whether `node`'s outputs are known before run time: a Constant, or a default-domain op of constants only
+    (what the graph passes fold), or Shape / Size (folded where shapes are static; compiling needs them static, and
+    TVM takes a shape computed from them as a shape expression)."""
+    if node.domain not in DEFAULT_DOMAINS:
+        return False
+    if node.op_type in ("Constant", "Shape", "Size"):
+        return True
+    if node.op_type in _RUNTIME_ONLY or node.op_type in _SUBGRAPH_OPS:
+        return False
+    return all(not name or name in constants for name in node.input)
+
+
+# Tensor element types the runner can pass: numpy's DLPack carries no bfloat16, float8, float4, int4, int2,
+# string or complex tensors.
+_RUNNABLE_TYPES = frozenset({"FLOAT", "DOUBLE", "FLOAT16", "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8",
+                             "UINT16", "UINT32", "UINT64"})
+
+
+def unsupported_io(model: "onnx.ModelProto") -> dict[str, list[str]]:
+    """Graph inputs and outputs kiln cannot pass to or from a compiled model, by why:
+    {"sequence inputs": [...], "input dtype bfloat16": [...], ...}."""
+    import onnx
+
+    initializers = {t.name for t in model.graph.initializer}
+    found: dict[str, list[str]] = {}
+    for side, values in (("input", [v for v in model.graph.input if v.name not in initializers]),
+                         ("output", list(model.graph.output))):
+        for value in values:
+            kind = value.type.WhichOneof("value")
+            if kind != "tensor_type":
+                found.setdefault(f"{(kind or 'untyped').removesuffix('_type')} {side}s", []).append(value.name)
+                continue
+            elem_type = value.type.tensor_type.elem_type  # 0: not declared, left to the importer
+            type_name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "FLOAT"
+            if type_name not in _RUNNABLE_TYPES:
+                found.setdefault(f"{side} dtype {type_name.lower()}", []).append(value.name)
     return found

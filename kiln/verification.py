@@ -1,0 +1,151 @@
+"""The check against the reference: run a built artifact and ONNX Runtime on the same inputs, and compare.
+
+`kiln compile` runs it on every neural artifact before the artifact is written (a failure writes
+nothing); `kiln verify` runs it again later. The inputs are the calibration data when given (one batch),
+else seeded random inputs shaped by the signature, with integer inputs kept within the rows of the tables
+they index. FP32 artifacts must agree with ONNX Runtime on the source model within RELATIVE of the largest
+reference output; INT8 ones with ONNX Runtime running kiln's own QDQ model within one quantization step of
+each output (outputs not produced by a DequantizeLinear: within INT8_RELATIVE).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kiln.compiler.graph import TensorSpec
+from kiln.compiler.manifest import Precision, Verification
+from kiln.errors import InputError
+
+if TYPE_CHECKING:
+    import onnx
+
+RELATIVE = 1e-4
+INT8_RELATIVE = 1e-2
+SEED = 0
+
+
+class VerificationError(InputError):
+    """The artifact's outputs differ from the reference's beyond the tolerance."""
+
+
+class ReferenceUnavailable(InputError):
+    """ONNX Runtime cannot run the reference model, so there is nothing to check against."""
+
+
+def verify(run, reference_model: Path, precision: Precision, feed: dict[str, np.ndarray],
+           inputs: str) -> Verification:
+    """Run `run` (a predictor's run: feed -> {output name: array}) and ONNX Runtime on `reference_model`
+    with `feed`, and measure their largest difference."""
+    import onnx
+
+    from kiln.onnxruntime_session import session
+
+    model = onnx.load(str(reference_model), load_external_data=False)
+    try:
+        expected = session(reference_model, threads=None).run(None, feed)
+    except Exception as exc:  # onnxruntime raises its own exception types from C++
+        raise ReferenceUnavailable(f"ONNX Runtime cannot run {reference_model.name} to check the artifact against: "
+                                   f"{str(exc).strip().splitlines()[0]}") from exc
+    got = run(feed)
+    steps = _output_steps(model) if precision is Precision.INT8 else {}
+    worst = None
+    for (name, actual), reference in zip(got.items(), expected):
+        difference, tolerance, unit = _difference(actual, reference, steps.get(name), precision)
+        if worst is None or _excess(difference, tolerance) > _excess(worst[1], worst[2]):
+            worst = (name, difference, tolerance, unit)
+    name, difference, tolerance, unit = worst
+    return Verification(f"ONNX Runtime on {reference_model.name}", inputs, name, difference, tolerance, unit)
+
+
+def _excess(difference: float, tolerance: float) -> float:
+    """How far past its tolerance a difference is (above 1: failed)."""
+    if tolerance == 0:
+        return float("inf") if difference > 0 else 0.0
+    return difference / tolerance
+
+
+def _difference(actual: np.ndarray, reference: np.ndarray, step: float | None,
+                precision: Precision) -> tuple[float, float, str]:
+    if actual.shape != reference.shape:
+        raise VerificationError(f"the artifact's output has shape {actual.shape}, ONNX Runtime's {reference.shape}")
+    if not np.issubdtype(reference.dtype, np.floating):
+        return float(np.count_nonzero(actual != reference)), 0.0, "differing values"
+    actual, reference = actual.astype(np.float64), reference.astype(np.float64)
+    if not np.array_equal(np.isnan(actual), np.isnan(reference)):
+        return float("inf"), 0.0, "(NaN where the reference has none, or the reverse)"
+    finite = ~np.isnan(reference)
+    largest = float(np.max(np.abs(actual[finite] - reference[finite]), initial=0.0))
+    if step:
+        return largest / step, 1.0 + 1e-3, "output quantization steps"
+    scale = float(np.max(np.abs(reference[finite]), initial=0.0)) or 1.0
+    relative = INT8_RELATIVE if precision is Precision.INT8 else RELATIVE
+    return largest / scale, relative, "of the largest reference output"
+
+
+def _output_steps(model: "onnx.ModelProto") -> dict[str, float]:
+    """Graph outputs produced by a DequantizeLinear with a constant scale -> that scale (the largest, per-channel)."""
+    from onnx import numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    steps = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] in {o.name for o in model.graph.output}:
+            if node.input[1] in constants:
+                steps[node.output[0]] = float(np.max(constants[node.input[1]]))
+    return steps
+
+
+def random_feed(model: "onnx.ModelProto", specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """Seeded inputs for `specs`: floats from a standard normal; integers below the row count of every table a
+    Gather indexes with them (token ids within the vocabulary), else 0 or 1; booleans at random."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    tables = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in tables:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            rows = tables[node.input[0]][axis]
+            bounds[node.input[1]] = min(bounds.get(node.input[1], rows), rows)
+    feed = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if np.issubdtype(dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+        elif dtype == np.bool_:
+            feed[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
+        else:
+            feed[spec.name] = rng.integers(0, bounds.get(spec.name, 2), spec.shape).astype(dtype)
+    return feed
+
+
+def given_feed(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], source: str) -> tuple[dict, str]:
+    """The artifact's inputs from `arrays` (other arrays, such as labels, ignored), cut to the first rows when
+    there are more than the artifact's fixed batch; and a description of them."""
+    missing = [spec.name for spec in specs if spec.name not in arrays]
+    if missing:
+        raise InputError(f"{source} has no array named {', '.join(missing)}; it holds {', '.join(arrays)}")
+    feed, cut = {}, False
+    for spec in specs:
+        array = arrays[spec.name]
+        batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
+        if batch is not None and array.ndim == len(spec.shape) and array.shape[0] > batch:
+            array, cut = array[:batch], True
+        feed[spec.name] = array
+    rows = next(iter(feed.values())).shape[0] if cut else None
+    return feed, (f"the first {rows} rows of {source}" if cut else source)
+
+
+def calibration_feed(model: "onnx.ModelProto", calib: Path) -> dict[str, np.ndarray]:
+    """The first batch of the calibration data, shaped as the model takes it."""
+    from kiln.calibration.collect import model_batches
+    from kiln.calibration.datasets import CalibData, open_dataset
+    from kiln.compiler.frontends.onnx import signature
+
+    dataset = open_dataset(CalibData(calib), signature(model).inputs)
+    feed, _ = next(model_batches(model, dataset))
+    return feed

@@ -1,0 +1,129 @@
+"""Correct or refuse (issue #19): what TVM's importer cannot convert is refused with exit 4 and the reason, by
+what the importer really handles (domain, opset, constant-ness of parameters), subgraphs included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from kiln.cli import cli
+from kiln.errors import UnsupportedOpError
+from kiln.testing.onnx_graphs import GraphBuilder
+from kiln.testing.reference import check_correctness
+
+
+def _reduce_sum(path: Path, *, constant_axes: bool) -> Path:
+    b = GraphBuilder("reduce", opset=18)
+    x = b.input("x", [2, 3, 4])
+    axes = b.const(np.array([1], np.int64), "axes") if constant_axes else b.input("axes", [1], TensorProto.INT64)
+    b.output(b.node("ReduceSum", [x, axes], "out", name="sum_0", keepdims=0), [2, 4])
+    return b.save(path)
+
+
+def _compile(cli_runner, model: Path, tmp_path: Path, *shapes: str):
+    args = ["compile", str(model), "-o", str(tmp_path / "o.kiln")]
+    for shape in shapes:
+        args += ["--input-shape", shape]
+    return cli_runner.invoke(cli, args)
+
+
+def test_runtime_axes_are_refused(cli_runner, tmp_path: Path):
+    model = _reduce_sum(tmp_path / "model.onnx", constant_axes=False)
+    result = _compile(cli_runner, model, tmp_path, "x:2x3x4", "axes:1")
+    assert result.exit_code == UnsupportedOpError.exit_code, result.output
+    assert "ReduceSum (axes must be constant) \u00d71 (nodes sum_0)" in result.stderr
+    assert not (tmp_path / "o.kiln").exists()
+    inspected = json.loads(cli_runner.invoke(cli, ["inspect", str(model), "--json"]).stdout)
+    assert inspected["unsupported"] == {"ReduceSum (axes must be constant)": ["sum_0"]}
+
+
+def test_constant_axes_compile_and_match(tmp_path: Path):
+    model = _reduce_sum(tmp_path / "model.onnx", constant_axes=True)
+    check_correctness(model, {"x": np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)}, tmp_path)
+
+
+def test_axes_computed_from_constants_count_as_constant(tmp_path: Path):
+    from kiln.compiler.backends.tvm.ops import unsupported_ops
+
+    b = GraphBuilder("reduce", opset=18)
+    x = b.input("x", [2, 3, 4])
+    axes = b.node("Add", [b.const(np.array([0], np.int64)), b.const(np.array([1], np.int64))])
+    b.output(b.node("ReduceSum", [x, axes], "out", name="sum_0"), [2, 1, 4])
+    assert unsupported_ops(b.model()) == {}
+
+
+def _attention(path: Path) -> Path:
+    b = GraphBuilder("attention", opset=23)
+    q, k, v = (b.input(name, [1, 2, 4, 8]) for name in "qkv")
+    b.output(b.node("Attention", [q, k, v], "out", name="attn_0"), [1, 2, 4, 8])
+    return b.save(path)
+
+
+def test_opset_23_attention_is_refused_and_inspected(cli_runner, tmp_path: Path):
+    model = _attention(tmp_path / "model.onnx")
+    result = _compile(cli_runner, model, tmp_path)
+    assert result.exit_code == UnsupportedOpError.exit_code, result.output
+    assert "opset-23 Attention; TVM converts com.microsoft's" in result.stderr and "attn_0" in result.stderr
+    human = cli_runner.invoke(cli, ["inspect", str(model)])
+    assert human.exit_code == 0 and "Attention (opset-23 Attention" in human.stdout
+
+
+def _if_model(path: Path, branch_op: str) -> Path:
+    x_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node(op, ["x"], ["y"], name=f"{name}_op")], name, [], [x_info])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["out"], name="if_0", then_branch=branch("then", branch_op),
+                          else_branch=branch("else", "Relu"))],
+        "if", [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+               helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_unsupported_op_inside_if_branch(cli_runner, tmp_path: Path):
+    model = _if_model(tmp_path / "model.onnx", "Celu")
+    inspected = json.loads(cli_runner.invoke(cli, ["inspect", str(model), "--json"]).stdout)
+    assert inspected["unsupported"] == {"Celu": ["if_0/then_branch/then_op"]}
+    result = _compile(cli_runner, model, tmp_path)
+    assert result.exit_code == UnsupportedOpError.exit_code, result.output
+    assert "Celu \u00d71 (nodes if_0/then_branch/then_op)" in result.stderr
+
+
+def test_other_domains_are_refused_by_domain(tmp_path: Path):
+    from kiln.compiler.backends.tvm.ops import unsupported_ops
+
+    b = GraphBuilder("ml")
+    x = b.input("x", [1, 4])
+    b.nodes.append(helper.make_node("Normalizer", [x], ["n"], name="norm_0", domain="ai.onnx.ml"))
+    b.nodes.append(helper.make_node("FastGelu", ["n"], ["out"], name="gelu_0", domain="com.microsoft"))
+    b.output("out", [1, 4])
+    assert unsupported_ops(b.model()) == {"ai.onnx.ml.Normalizer (domain ai.onnx.ml)": ["norm_0"]}
+
+
+def test_bfloat16_input_is_refused(cli_runner, tmp_path: Path):
+    b = GraphBuilder("bf16")
+    x = b.input("x", [2, 3], TensorProto.BFLOAT16)
+    b.output(b.node("Cast", [x], "out", name="cast_0", to=TensorProto.FLOAT), [2, 3])
+    model = b.save(tmp_path / "model.onnx")
+    result = _compile(cli_runner, model, tmp_path)
+    assert result.exit_code == UnsupportedOpError.exit_code, result.output
+    assert "input dtype bfloat16 (x)" in result.stderr
+
+
+def test_sequence_input_is_refused_before_symbolic_dims(cli_runner, tmp_path: Path):
+    seq = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("SequenceLength", ["seq"], ["out"], name="len_0")], "seq", [seq],
+                              [helper.make_tensor_value_info("out", TensorProto.INT64, [])])
+    model = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    result = _compile(cli_runner, model, tmp_path)
+    assert result.exit_code == UnsupportedOpError.exit_code, result.output
+    assert "sequence inputs (seq)" in result.stderr

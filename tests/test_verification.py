@@ -1,0 +1,130 @@
+"""The check against ONNX Runtime: at compile time before anything is written, and later with `kiln verify`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln.cli import cli
+from kiln.compiler.artifact import MANIFEST
+from kiln.compiler.frontends import ImportOptions
+from kiln.compiler.manifest import Precision
+from kiln.errors import TargetError
+from kiln.files import sha256_file
+from kiln.pipeline import CompileOptions
+from kiln.testing.onnx_graphs import GraphBuilder
+from kiln.testing.paths import DIGITS_CALIB, DIGITS_CNN, DIGITS_TEST
+from kiln.verification import VerificationError, random_feed
+
+DIGITS_SHAPE = ["--input-shape", "input:1x1x8x8"]
+
+
+def _options(tmp_path: Path, name: str, **fields) -> CompileOptions:
+    return CompileOptions(kiln.target("x86-64"), tmp_path / name, ImportOptions({"input": (1, 1, 8, 8)}), **fields)
+
+
+def test_fp32_compile_records_its_agreement_with_onnxruntime(tmp_path: Path):
+    checked = kiln.compile(DIGITS_CNN, _options(tmp_path, "d.kiln")).manifest.verification
+    assert checked.passed and checked.difference <= 1e-4 and checked.tolerance == 1e-4
+    assert checked.reference == "ONNX Runtime on model.onnx" and checked.inputs == "random inputs (seed 0)"
+
+
+def test_int8_compile_is_checked_in_output_steps_on_calibration_data(tmp_path: Path):
+    options = _options(tmp_path, "d8.kiln", precision=Precision.INT8, calib=DIGITS_CALIB,
+                       quantize=kiln.QuantizeOptions(cache_dir=str(tmp_path / "cache")))
+    checked = kiln.compile(DIGITS_CNN, options).manifest.verification
+    assert checked.reference == "ONNX Runtime on model.int8.onnx" and checked.unit == "output quantization steps"
+    assert checked.difference <= 1.0 and checked.inputs == f"a batch of {DIGITS_CALIB}"
+
+
+def test_no_verify_skips_the_check(cli_runner, tmp_path: Path):
+    result = cli_runner.invoke(cli, ["compile", str(DIGITS_CNN), *DIGITS_SHAPE, "-o", str(tmp_path / "d.kiln"),
+                                     "--no-verify", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "verification" not in json.loads(result.stdout)
+    assert "verification" not in json.loads((tmp_path / "d.kiln" / MANIFEST).read_text())
+
+
+def test_a_build_that_disagrees_is_refused_and_nothing_is_written(cli_runner, tmp_path: Path, monkeypatch):
+    """A wrong kernel, simulated by building the library from a model whose weights are 1% off."""
+    from onnx import numpy_helper
+
+    from kiln.compiler.backends.tvm import build
+
+    real = build.build_library
+
+    def off_by_one_percent(graph, *args, **kwargs):
+        model = graph.body.__class__()
+        model.CopyFrom(graph.body)
+        first = model.graph.initializer[0]
+        first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * 1.01, first.name))
+        return real(dataclasses.replace(graph, body=model), *args, **kwargs)
+
+    monkeypatch.setattr(build, "build_library", off_by_one_percent)
+    output = tmp_path / "d.kiln"
+    result = cli_runner.invoke(cli, ["compile", str(DIGITS_CNN), *DIGITS_SHAPE, "-o", str(output)])
+    assert result.exit_code == 3 and "disagrees with its reference" in result.output
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+    assert cli_runner.invoke(cli, ["compile", str(DIGITS_CNN), *DIGITS_SHAPE, "-o", str(output),
+                                   "--no-verify"]).exit_code == 0
+
+
+def test_kiln_verify_reruns_the_check(cli_runner, tmp_path: Path):
+    artifact = kiln.compile(DIGITS_CNN, _options(tmp_path, "d.kiln")).path
+    result = cli_runner.invoke(cli, ["verify", str(artifact), "--input", str(DIGITS_TEST), "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["passed"] and shown["inputs"] == f"the first 1 rows of {DIGITS_TEST}"
+
+
+def test_kiln_verify_refuses_an_artifact_whose_reference_changed(cli_runner, tmp_path: Path):
+    """The artifact's library no longer computes its model (here: the model file swapped, manifest updated)."""
+    artifact = kiln.compile(DIGITS_CNN, _options(tmp_path, "d.kiln")).path
+    b = GraphBuilder("other", opset=13)
+    b.input("input", [1, 1, 8, 8])
+    flat = b.node("Flatten", ["input"], axis=1)
+    b.node("MatMul", [flat, b.const(np.ones((64, 10), np.float32))], "logits")
+    b.output("logits", [1, 10])
+    b.save(artifact / "model.onnx", check=True)
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    manifest["files"]["onnx"]["sha256"] = sha256_file(artifact / "model.onnx")
+    (artifact / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(VerificationError, match="disagrees with its reference"):
+        kiln.verify(artifact)
+    assert cli_runner.invoke(cli, ["verify", str(artifact)]).exit_code == 3
+
+
+def test_a_cross_build_is_not_checked_here(tmp_path: Path):
+    from kiln.targets.toolchain import check_compiler
+
+    aarch64 = kiln.target("aarch64")
+    try:
+        check_compiler(aarch64)
+    except TargetError:
+        pytest.skip("no aarch64 cross compiler (scripts/system-deps.sh installs it)")
+    options = dataclasses.replace(_options(tmp_path, "arm.kiln"), target=aarch64)
+    assert kiln.compile(DIGITS_CNN, options).manifest.verification is None
+
+
+def test_integer_inputs_stay_within_the_tables_they_index(tmp_path: Path):
+    b = GraphBuilder("embedding", opset=13)
+    b.input("ids", [2, 16], dtype=7)  # int64 token ids
+    b.input("mask", [2, 16], dtype=7)
+    table = b.const(np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32))
+    rows = b.node("Gather", [table, "ids"])
+    b.node("Mul", [rows, b.node("Unsqueeze", [b.node("Cast", ["mask"], to=1), b.const(np.array([2]))])], "y")
+    b.output("y", [2, 16, 8])
+    model = b.save(tmp_path / "embedding.onnx", check=True)
+
+    import onnx
+
+    feed = random_feed(onnx.load(str(model)), kiln.inspect(model).inputs)
+    assert feed["ids"].dtype == np.int64 and feed["ids"].max() < 50 and feed["ids"].max() > 1
+    assert set(np.unique(feed["mask"])) <= {0, 1}
+    options = CompileOptions(kiln.target("x86-64"), tmp_path / "embedding.kiln")
+    assert kiln.compile(model, options).manifest.verification.passed
