@@ -33,9 +33,6 @@ KNOWN_FAILURES = {  # case -> what goes wrong today (status: exception in compon
         "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
     "test_hannwindow_expanded":
         "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
-    "test_layer_normalization_2d_axis0": "wrong: outputs Mean, InvStdDev come back empty (shape (0,))",
-    "test_layer_normalization_4d_axis0": "wrong: outputs Mean, InvStdDev come back empty (shape (0,))",
-    "test_layer_normalization_default_axis": "wrong: outputs Mean, InvStdDev come back empty (shape (0,))",
     "test_maxpool_with_argmax_2d_precomputed_strides":
         "internal: AssertionError in TVM importer: Missing outputs during conversion. Expected 2 but G",
     "test_mish": "wrong: Mismatched elements: 1 / 10000 (0.01%)",
@@ -54,7 +51,6 @@ KNOWN_FAILURES = {  # case -> what goes wrong today (status: exception in compon
     "test_range_float16_type_positive_delta":
         "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
     "test_roialign_mode_max": "wrong: Mismatched elements: 71 / 75 (94.7%)",
-    "test_shape_example": "internal: AttributeError in runtime: 'int' object has no attribute '__dlpack__'",
     "test_squeeze": "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
     "test_tile_precomputed":
         "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",

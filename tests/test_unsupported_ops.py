@@ -127,3 +127,33 @@ def test_sequence_input_is_refused_before_symbolic_dims(cli_runner, tmp_path: Pa
     result = _compile(cli_runner, model, tmp_path)
     assert result.exit_code == UnsupportedOpError.exit_code, result.output
     assert "sequence inputs (seq)" in result.stderr
+
+
+def test_a_model_of_the_ml_domain_only_is_refused_by_its_domain_not_its_opset(cli_runner, tmp_path: Path):
+    """An ai.onnx.ml model imports no default-domain opset: it was told its "opset 1 is older than 11" (exit 3)."""
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", name="binarize")
+    graph = helper.make_graph([node], "ml", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    onnx.save(model, str(tmp_path / "ml.onnx"))
+    result = _compile(cli_runner, tmp_path / "ml.onnx", tmp_path)
+    assert result.exit_code == UnsupportedOpError.exit_code, result.output
+    assert "ai.onnx.ml.Binarizer (domain ai.onnx.ml)" in result.stderr and "older than" not in result.stderr
+
+
+def test_outputs_the_converter_leaves_empty_are_refused(tmp_path: Path):
+    """TVM's LayerNormalization computes only Y: a graph reading Mean and InvStdDev got empty arrays (exit 0)."""
+    from kiln.compiler.backends.tvm.ops import unsupported_ops
+
+    b = GraphBuilder("layer_norm", opset=17)
+    x = b.input("x", [2, 4])
+    scale, bias = b.const(np.ones(4, np.float32)), b.const(np.zeros(4, np.float32))
+    b.nodes.append(helper.make_node("LayerNormalization", [x, scale, bias], ["y", "mean", "inv_std"], name="ln"))
+    for name in ("y", "mean", "inv_std"):
+        b.output(name, [2, 4] if name == "y" else [2, 1])
+    assert unsupported_ops(b.model()) == {"LayerNormalization (Mean and InvStdDev outputs)": ["ln"]}
+    b.outputs[1:] = []
+    b.nodes[0].output[1:] = []
+    check_correctness(b.save(tmp_path / "y_only.onnx"), {"x": np.random.default_rng(0).standard_normal((2, 4),
+                                                                                                     np.float32)},
+                      tmp_path)

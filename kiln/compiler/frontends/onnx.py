@@ -79,8 +79,8 @@ def _load_external_data(model: "onnx.ModelProto", path: Path) -> None:
 def _upgrade_opset(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
     from onnx import version_converter
 
-    if opset_of(model) >= MIN_OPSET:
-        return model
+    if opset_of(model) >= MIN_OPSET or not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        return model  # current, or no default-domain ops to upgrade (an ai.onnx.ml model: the backend says why)
     try:
         return version_converter.convert_version(model, UPGRADE_OPSET)
     except Exception as exc:  # the converter raises bare RuntimeErrors from C++

@@ -50,6 +50,8 @@ REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
     "TopK": ((1, "K"),),
     "Upsample": ((1, "scales"),),
 }
+# Ops whose converters compute only their first output (the others come back empty): refused when a graph has more.
+FIRST_OUTPUT_ONLY = {"LayerNormalization": "Mean and InvStdDev outputs", "BatchNormalization": "training-mode outputs"}
 # Never constant, whatever their inputs (fold_constants does not fold them either).
 _RUNTIME_ONLY = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                            "Bernoulli", "Dropout", "QuantizeLinear", "DequantizeLinear"})
@@ -115,6 +117,8 @@ def _reason(node, opset: int, supported: frozenset[str], constants: set[str]) ->
         return FOREIGN_CONVERTERS[node.op_type]
     if node.op_type not in FOREIGN_CONVERTERS and not onnx.defs.has(node.op_type):
         return "not an ai.onnx op; TVM converts com.microsoft's"
+    if node.op_type in FIRST_OUTPUT_ONLY and any(node.output[1:]):
+        return FIRST_OUTPUT_ONLY[node.op_type]
     dynamic = [name for index, name in REQUIRED_CONSTANT.get(node.op_type, ())
                if index < len(node.input) and node.input[index] and node.input[index] not in constants]
     if dynamic:

@@ -44,9 +44,15 @@ class TVMPredictor(Predictor):
                 for tensor, array in zip(self._inputs, arrays):
                     tensor.copyfrom(array)
             result = self._main(*self._inputs)
-            results = [result] if hasattr(result, "numpy") else list(result)
-            # Copied out: an output can be the VM's own constant or alias an input tensor.
-            return [np.from_dlpack(r).copy() if self._input_views is not None else r.numpy() for r in results]
+            results = [result] if len(self.outputs) == 1 else list(result)
+            return [self._array(r, spec) for r, spec in zip(results, self.outputs)]
+
+    def _array(self, value, spec: TensorSpec) -> np.ndarray:
+        """A VM result as numpy: a tensor copied out (it can be the VM's own constant or alias an input), or a
+        shape (a Shape output's value, computed at compile time) as an array of the output's dtype."""
+        if not hasattr(value, "numpy"):
+            return np.asarray(tuple(value) if hasattr(value, "__len__") else value, dtype=spec.dtype)
+        return np.from_dlpack(value).copy() if self._input_views is not None else value.numpy()
 
     def profile(self, feed: dict[str, np.ndarray], runs: int):
         """Time per kernel over `runs` runs on `feed`: a list of profile.KernelTime, largest first."""
