@@ -203,3 +203,10 @@ def test_help_teaches_exit_codes(cli_runner):
     result = cli_runner.invoke(cli, ["compile", "--help"])
     assert result.exit_code == 0
     assert "--input-shape" in result.stdout and "Exit codes" in result.stdout
+
+
+def test_an_input_shape_past_int32_is_a_usage_error(cli_runner, tmp_path: Path):
+    """99999999999 overflowed TVM's int32 indices inside the build (exit 1, a traceback)."""
+    result = cli_runner.invoke(cli, ["compile", str(DIGITS_CNN), "--input-shape", "input:99999999999x1x8x8", "-o",
+                                     str(tmp_path / "d.kiln")])
+    assert result.exit_code == 2 and "at most 2,147,483,647" in result.output

@@ -39,7 +39,8 @@ def test_the_int8_flags_are_the_settings_of_quantize_options(name):
     assert len(flags) == len(set(flags))  # declared once each
     assert {flag(key) for key in QUANTIZE_KEYS} <= set(flags)
     assert QUANTIZE_KEYS == ["calib_method", "percentile", "calib_samples", "calib_seed", "image_spec", "exclude",
-                             "keep_float", "eval", "max_accuracy_drop", "auto_exclude", "cache_dir"]
+                             "keep_float", "eval", "max_accuracy_drop", "auto_exclude", "allow_degenerate",
+                             "cache_dir"]
 
 
 def test_the_int8_kiln_toml_keys_are_the_settings_of_quantize_options():

@@ -220,6 +220,8 @@ def _check_array(source: Path, spec: TensorSpec, array: np.ndarray, allow_nan: b
         wanted = "x".join(["N"] + [str(d) for d in sample_dims])
         raise InputError(f"{where}: shape {'x'.join(map(str, array.shape)) or 'scalar'}, the model takes "
                          f"{wanted} (N samples along the first axis)")
+    if not len(array):
+        raise InputError(f"{where}: no samples (shape {'x'.join(map(str, array.shape))}); give at least one")
     if np.issubdtype(array.dtype, np.floating):
         flat = array.reshape(len(array), -1)
         bad = (np.isinf(flat) if allow_nan else ~np.isfinite(flat)).any(axis=1)

@@ -90,10 +90,13 @@ class Graph:
         return GraphKind.TREE if type(self.body).__module__.startswith("treelite") else GraphKind.NEURAL
 
 
+MAX_DIM = 2**31 - 1  # TVM indexes tensors with int32 by default: a larger dim overflows inside it
+
+
 def parse_dims(text: str) -> tuple[int, ...] | None:
-    """"1x3x224x224" -> (1, 3, 224, 224); None unless every dim is a positive integer."""
+    """"1x3x224x224" -> (1, 3, 224, 224); None unless every dim is an integer from 1 to MAX_DIM."""
     try:
         dims = tuple(int(d) for d in text.split("x"))
     except ValueError:
         return None
-    return dims if dims and all(d > 0 for d in dims) else None
+    return dims if dims and all(0 < d <= MAX_DIM for d in dims) else None

@@ -58,6 +58,12 @@ def quantize_graph(graph: Graph, calib: Path, options: QuantizeOptions, progress
         calibration = calibrate(model, data, options.observers, Path(options.cache_dir), progress)
     except CacheWriteError as exc:
         raise SettingError(QuantizeOptions, f"{exc}; pass a writable {{cache_dir}}") from exc
+    collapsed = [name for name, bounds in calibration.ranges.items() if bounds.lo == bounds.hi]
+    if collapsed and not options.allow_degenerate:
+        shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
+        raise SettingError(QuantizeOptions, f"on the calibration data {calib}, these tensors are exactly 0 on every "
+                                            f"sample, so their INT8 ranges collapse: {shown}. Calibrate on "
+                                            "representative data, or pass {allow_degenerate} to quantize anyway")
     evaluation = load_eval(options.eval, graph.signature.inputs) if options.eval else None
     dataset = evaluation.dataset if evaluation else calibration.dataset
     plan = make_plan(model, calibration.ranges, options)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln.compiler.graph import parse_dims
+from kiln.compiler.graph import MAX_DIM, parse_dims
 from kiln.settings import boolean, setting
 
 
@@ -15,7 +15,8 @@ def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     name, sep, dims = text.rpartition(":")
     shape = parse_dims(dims)
     if not sep or not name or shape is None:
-        raise ValueError(f"{text!r} is not NAME:DIMS with positive integer dims, e.g. input:1x3x224x224")
+        raise ValueError(f"{text!r} is not NAME:DIMS with positive integer dims (at most {MAX_DIM:,}), "
+                         "e.g. input:1x3x224x224")
     return name, shape
 
 
