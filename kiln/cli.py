@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from kiln.pipeline import CompileOptions
     from kiln.quantization.config import QuantizeOptions
 
+
 @click.group(epilog=EXIT_CODE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kiln-ml")
 def cli() -> None:
@@ -28,6 +29,7 @@ def cli() -> None:
     Typical use:
       kiln inspect model.onnx
       kiln compile model.onnx --input-shape input:1x3x224x224 --target host -o model.kiln
+      kiln verify model.kiln --input x.npz
       kiln run model.kiln --input x.npz --output y.npz
       kiln bench model.kiln --vs onnxruntime
     """

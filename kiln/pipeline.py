@@ -2,9 +2,10 @@
 
     load (frontend) -> graph passes (every precision) -> [quantize] -> backend build -> write artifact
 
-`compile_model` runs all of it; `quantize_model` stops after quantizing and writes the QDQ model;
-`tune_model` tunes the graph's kernels; `inspect_path` describes a model or an artifact. Each returns
-a typed result; the command line only prints them.
+`compile_model` runs all of it, and before writing checks the built artifact against ONNX Runtime
+(kiln.verification); `quantize_model` stops after quantizing and writes the QDQ model; `tune_model` tunes
+the graph's kernels; `inspect_path` describes a model or an artifact; `verify_artifact` re-runs the check.
+Each returns a typed result; the command line only prints them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from kiln.quantization.config import QuantizeOptions
 from kiln.quantization.quantizer import Quantized, quantize_graph, save_model
 from kiln.quantization.report import Report
 from kiln.settings import boolean, group, setting
+from kiln.targets.presets import Preset
 from kiln.verification import (ReferenceUnavailable, VerificationError, calibration_feed, given_feed, random_feed,
                                verify)
-from kiln.targets.presets import Preset
 
 if TYPE_CHECKING:
     import numpy as np
