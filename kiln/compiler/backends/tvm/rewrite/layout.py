@@ -20,9 +20,9 @@ import tvm
 from tvm import relax, topi
 
 from kiln.compiler.backends.tvm.kernels import compute
-from kiln.compiler.backends.tvm.schedules.common import CpuSpec
 from kiln.compiler.backends.tvm.rewrite.fold import fold
 from kiln.compiler.backends.tvm.rewrite.quantized import IntegerRewrites
+from kiln.compiler.backends.tvm.schedules.common import CpuSpec
 
 _BINARY = {"relax.add": relax.op.add, "relax.multiply": relax.op.multiply, "relax.subtract": relax.op.subtract,
            "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 
+from kiln.compiler.backends.tvm.kernels.compute import CONV2D, DEPTHWISE, PAD
+from kiln.compiler.backends.tvm.kernels.integer import INT8_CONV, INT8_DEPTHWISE
+from kiln.compiler.backends.tvm.kernels.intrinsics import DotProduct
 from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuSpec, Rule, block_names, blocks, extent,
                                                        fuse_epilogue, inline_spatial, largest_divisor, vectorize_init,
                                                        tensorize, work)
-from kiln.compiler.backends.tvm.kernels.compute import CONV2D, DEPTHWISE, PAD
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
-from kiln.compiler.backends.tvm.kernels.integer import INT8_CONV, INT8_DEPTHWISE
-from kiln.compiler.backends.tvm.kernels.intrinsics import DotProduct
 
 
 def register_tile(out_width: int, oc_blocks: int, registers: int) -> tuple[int, int]:

@@ -15,12 +15,12 @@ from tvm import relax
 from tvm.s_tir import Schedule, dlight
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 
-from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, block_names, blocks, extent, fuse_epilogue,
-                                                       inline_spatial, largest_divisor, tensorize)
 from kiln.compiler.backends.tvm.kernels.compute import PAD
 from kiln.compiler.backends.tvm.kernels.integer import INT8_CONV
 from kiln.compiler.backends.tvm.kernels.intrinsics import DP4A
 from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
+from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, block_names, blocks, extent, fuse_epilogue,
+                                                       inline_spatial, largest_divisor, tensorize)
 
 # The layout rewrite's parameters on a GPU: integer kernels in 4-channel blocks, float convs untouched.
 GPU_SPEC = CpuSpec(lanes=DP4A.lanes, registers=1, max_accumulators=1, int8=DP4A, float_convs=False)

@@ -18,10 +18,10 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
+from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, SymbolicExtent, cpu_spec
 from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_INT8, DEPTHWISE_NCHWC
 from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
-from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
 from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
 from kiln.compiler.backends.tvm.schedules.winograd import CONV2D_WINOGRAD, CONV2D_WINOGRAD_INT8
 

@@ -10,12 +10,12 @@ epilogue (bias/relu/residual, or the requantization) fused in."""
 
 from __future__ import annotations
 
+from kiln.compiler.backends.tvm.kernels.compute import WINOGRAD, WINOGRAD_IN, WINOGRAD_OUT
+from kiln.compiler.backends.tvm.kernels.integer import INT8_WINOGRAD, INT8_WINOGRAD_IN, INT8_WINOGRAD_OUT
 from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, Rule, block_names, blocks, extent, fuse_epilogue,
                                                        inline_spatial, tensorize, vectorize_init)
-from kiln.compiler.backends.tvm.kernels.compute import WINOGRAD, WINOGRAD_IN, WINOGRAD_OUT
 from kiln.compiler.backends.tvm.schedules.conv import INT8_OPERANDS, int8_register_tile, register_tile, tile_loops
 from kiln.compiler.backends.tvm.schedules.elementwise import schedule_block as schedule_elementwise
-from kiln.compiler.backends.tvm.kernels.integer import INT8_WINOGRAD, INT8_WINOGRAD_IN, INT8_WINOGRAD_OUT
 
 
 def _input_transform(sch, name: str) -> None:
