@@ -54,7 +54,6 @@ KNOWN_FAILURES = {  # case -> what goes wrong today (status: exception in compon
     "test_squeeze": "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
     "test_tile_precomputed":
         "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
-    "test_training_dropout_default_mask": "wrong: random (training-mode) dropout: another RNG than the suite's",
     "test_unsqueeze_axis_1":
         "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
 }

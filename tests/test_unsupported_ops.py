@@ -157,3 +157,21 @@ def test_outputs_the_converter_leaves_empty_are_refused(tmp_path: Path):
     check_correctness(b.save(tmp_path / "y_only.onnx"), {"x": np.random.default_rng(0).standard_normal((2, 4),
                                                                                                      np.float32)},
                       tmp_path)
+
+
+def test_attributes_the_converter_ignores_are_refused(tmp_path: Path):
+    """TVM's IsInf ignores detect_negative=0 and answered True for -inf too (exit 0, a wrong answer)."""
+    from kiln.compiler.backends.tvm.ops import unsupported_ops
+
+    def is_inf(**attributes) -> onnx.ModelProto:
+        b = GraphBuilder("isinf", opset=13)
+        b.input("x", [4])
+        b.nodes.append(helper.make_node("IsInf", ["x"], ["y"], name="inf", **attributes))
+        b.output("y", [4], TensorProto.BOOL)
+        return b.model()
+
+    assert unsupported_ops(is_inf(detect_negative=0)) == {"IsInf (detect_negative 0 (the converter ignores it))":
+                                                          ["inf"]}
+    assert unsupported_ops(is_inf(detect_negative=1)) == {}
+    onnx.save(is_inf(), str(tmp_path / "isinf.onnx"))
+    check_correctness(tmp_path / "isinf.onnx", {"x": np.array([1.0, np.inf, -np.inf, np.nan], np.float32)}, tmp_path)

@@ -50,8 +50,13 @@ REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
     "TopK": ((1, "K"),),
     "Upsample": ((1, "scales"),),
 }
-# Ops whose converters compute only their first output (the others come back empty): refused when a graph has more.
-FIRST_OUTPUT_ONLY = {"LayerNormalization": "Mean and InvStdDev outputs", "BatchNormalization": "training-mode outputs"}
+# Ops whose converters compute only their first output (the others come back empty or wrong): refused when a graph
+# reads more.
+FIRST_OUTPUT_ONLY = {"LayerNormalization": "Mean and InvStdDev outputs", "BatchNormalization": "training-mode outputs",
+                     "Dropout": "mask output"}
+# Attribute values the converters ignore, computing the default instead (wrong answers): op -> (attribute, the
+# value that is honoured), refused when the node sets another.
+IGNORED_ATTRIBUTES = {"IsInf": (("detect_negative", 1), ("detect_positive", 1)), "SpaceToDepth": (("mode", b"DCR"),)}
 # Never constant, whatever their inputs (fold_constants does not fold them either).
 _RUNTIME_ONLY = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                            "Bernoulli", "Dropout", "QuantizeLinear", "DequantizeLinear"})
@@ -119,6 +124,11 @@ def _reason(node, opset: int, supported: frozenset[str], constants: set[str]) ->
         return "not an ai.onnx op; TVM converts com.microsoft's"
     if node.op_type in FIRST_OUTPUT_ONLY and any(node.output[1:]):
         return FIRST_OUTPUT_ONLY[node.op_type]
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    ignored = [f"{name} {attributes[name]!r}" for name, honoured in IGNORED_ATTRIBUTES.get(node.op_type, ())
+               if name in attributes and attributes[name] != honoured]
+    if ignored:
+        return ", ".join(ignored) + " (the converter ignores it)"
     dynamic = [name for index, name in REQUIRED_CONSTANT.get(node.op_type, ())
                if index < len(node.input) and node.input[index] and node.input[index] not in constants]
     if dynamic:
