@@ -43,18 +43,26 @@ class SettingError(InputError):
 
 
 class UnsupportedOpError(KilnError):
-    """The model uses operators that kiln cannot convert or compile."""
+    """The model uses operators (by op, the nodes) or has graph inputs/outputs (by why, their names) that kiln
+    cannot convert, compile or pass; all of them are listed."""
 
     exit_code = 4
 
-    def __init__(self, source: str, unsupported: dict[str, list[str]], hint: str = ""):
-        self.unsupported = unsupported
-        parts = []
-        for op, nodes in sorted(unsupported.items()):
-            shown = ", ".join(nodes[:5]) + (", ..." if len(nodes) > 5 else "")
-            parts.append(f"{op} \u00d7{len(nodes)} (nodes {shown})")
+    def __init__(self, source: str, unsupported: dict[str, list[str]], hint: str = "",
+                 io: dict[str, list[str]] | None = None):
+        self.unsupported, self.io = unsupported, io or {}
+        listed = []
+        if self.io:
+            listed.append("unsupported model inputs/outputs: "
+                          + "; ".join(f"{why} ({', '.join(names)})" for why, names in self.io.items()))
+        if unsupported:
+            parts = []
+            for op, nodes in sorted(unsupported.items()):
+                shown = ", ".join(nodes[:5]) + (", ..." if len(nodes) > 5 else "")
+                parts.append(f"{op} \u00d7{len(nodes)} (nodes {shown})")
+            listed.append(f"unsupported {source} ops: " + "; ".join(parts))
         hint = hint or "file an issue with the model attached, or replace these ops before export"
-        super().__init__(f"unsupported {source} ops: " + "; ".join(parts) + f". {hint}")
+        super().__init__("; ".join(listed) + f". {hint}")
 
 
 class TargetError(KilnError):

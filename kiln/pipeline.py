@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln.calibration.datasets import CalibData, open_dataset
 from kiln.compiler import artifact
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.fingerprint import fingerprint
@@ -148,7 +149,8 @@ def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, 
         onnx.save_model(source.body, str(files["onnx"]))
         if quantized:
             files.update(quantized.write(stage))
-        checked = _check_against_reference(graph, library, files, options, progress) if options.verify else None
+        checked = (_check_against_reference(graph, library, files, options, quantized, progress) if options.verify
+                   else None)
         manifest = artifact.make_manifest(
             source, options.target, Backend.TVM, library, precision=options.precision, files=files,
             build=dataclasses.replace(build, schedules=report.schedules),
@@ -160,8 +162,9 @@ def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, 
 
 
 def _check_against_reference(graph: Graph, library: Path, files: dict[str, Path], options: CompileOptions,
-                             progress: Progress) -> Verification | None:
-    """The staged library against ONNX Runtime (kiln.verification); None where this host cannot run it."""
+                             quantized: Quantized | None, progress: Progress) -> Verification | None:
+    """The staged library against ONNX Runtime (kiln.verification); None where this host cannot run it. INT8 builds
+    are checked on the calibration samples the quantizer already read."""
     from kiln.compiler.backends.tvm.runner import TVMPredictor
     from kiln.targets.host import check_can_run
 
@@ -173,7 +176,9 @@ def _check_against_reference(graph: Graph, library: Path, files: dict[str, Path]
     feed, described = None, "random inputs (seed 0)"
     if options.calib is not None:
         try:
-            feed, described = calibration_feed(graph.body, options.calib), f"a batch of {options.calib}"
+            dataset = (quantized.calibration.dataset if quantized else
+                       open_dataset(CalibData(options.calib), graph.signature.inputs))
+            feed, described = calibration_feed(graph.body, dataset), f"a batch of {options.calib}"
         except SettingError:  # fewer samples than the pinned batch: random inputs serve
             pass
     if feed is None:
@@ -227,8 +232,6 @@ def _compile_tree(graph: Graph, model: Path, options: CompileOptions, build: Bui
 def _calibration_rows(path: Path, graph: Graph) -> "np.ndarray":
     """A tree model's calibration rows (.npz/.npy/CSV) as one float32 array, for branch annotation."""
     import numpy as np
-
-    from kiln.calibration.datasets import CalibData, open_dataset
 
     dataset = open_dataset(CalibData(path, allow_nan=True), graph.signature.inputs)
     name = graph.signature.inputs[0].name

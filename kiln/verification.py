@@ -22,6 +22,8 @@ from kiln.errors import InputError
 if TYPE_CHECKING:
     import onnx
 
+    from kiln.calibration.datasets import Dataset
+
 RELATIVE = 1e-4
 INT8_RELATIVE = 1e-2
 SEED = 0
@@ -39,18 +41,15 @@ def verify(run, reference_model: Path, precision: Precision, feed: dict[str, np.
            inputs: str) -> Verification:
     """Run `run` (a predictor's run: feed -> {output name: array}) and ONNX Runtime on `reference_model`
     with `feed`, and measure their largest difference."""
-    import onnx
-
     from kiln.onnxruntime_session import session
 
-    model = onnx.load(str(reference_model), load_external_data=False)
     try:
         expected = session(reference_model, threads=None).run(None, feed)
     except Exception as exc:  # onnxruntime raises its own exception types from C++
         raise ReferenceUnavailable(f"ONNX Runtime cannot run {reference_model.name} to check the artifact against: "
                                    f"{str(exc).strip().splitlines()[0]}") from exc
     got = run(feed)
-    steps = _output_steps(model) if precision is Precision.INT8 else {}
+    steps = _output_steps(reference_model) if precision is Precision.INT8 else {}
     worst = None
     for (name, actual), reference in zip(got.items(), expected):
         difference, tolerance, unit = _difference(actual, reference, steps.get(name), precision)
@@ -85,26 +84,25 @@ def _difference(actual: np.ndarray, reference: np.ndarray, step: float | None,
     return largest / scale, relative, "of the largest reference output"
 
 
-def _output_steps(model: "onnx.ModelProto") -> dict[str, float]:
+def _output_steps(qdq_model: Path) -> dict[str, float]:
     """Graph outputs produced by a DequantizeLinear with a constant scale -> that scale (the largest, per-channel)."""
+    import onnx
     from onnx import numpy_helper
 
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    steps = {}
-    for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.output[0] in {o.name for o in model.graph.output}:
-            if node.input[1] in constants:
-                steps[node.output[0]] = float(np.max(constants[node.input[1]]))
-    return steps
+    model = onnx.load(str(qdq_model))
+    outputs = {o.name for o in model.graph.output}
+    scale_of = {node.output[0]: node.input[1] for node in model.graph.node
+                if node.op_type == "DequantizeLinear" and node.output[0] in outputs}
+    scales = {t.name: float(np.max(numpy_helper.to_array(t))) for t in model.graph.initializer
+              if t.name in scale_of.values()}
+    return {output: scales[scale] for output, scale in scale_of.items() if scale in scales}
 
 
 def random_feed(model: "onnx.ModelProto", specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
     """Seeded inputs for `specs`: floats from a standard normal; integers below the row count of every table a
     Gather indexes with them (token ids within the vocabulary), else 0 or 1; booleans at random."""
-    from onnx import numpy_helper
-
     rng = np.random.default_rng(SEED)
-    tables = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
     bounds: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in tables:
@@ -140,12 +138,9 @@ def given_feed(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], sou
     return feed, (f"the first {rows} rows of {source}" if cut else source)
 
 
-def calibration_feed(model: "onnx.ModelProto", calib: Path) -> dict[str, np.ndarray]:
-    """The first batch of the calibration data, shaped as the model takes it."""
+def calibration_feed(model: "onnx.ModelProto", dataset: "Dataset") -> dict[str, np.ndarray]:
+    """The first batch of the calibration samples, shaped as the model takes it."""
     from kiln.calibration.collect import model_batches
-    from kiln.calibration.datasets import CalibData, open_dataset
-    from kiln.compiler.frontends.onnx import signature
 
-    dataset = open_dataset(CalibData(calib), signature(model).inputs)
     feed, _ = next(model_batches(model, dataset))
     return feed

@@ -14,21 +14,10 @@ from kiln.targets.presets import Family, Preset
 from kiln.targets.toolchain import check_compiler
 
 
-class UnsupportedModelError(UnsupportedOpError):
-    """Ops TVM's importer cannot convert (`unsupported`, the op followed by the reason where there is one) and graph
-    inputs/outputs the runtime cannot pass (`io`), all at once."""
-
-    def __init__(self, unsupported: dict[str, list[str]], io: dict[str, list[str]]):
-        reasons = io or any(op.endswith(")") for op in unsupported)
-        hint = ("replace these before export (parameters such as axes as initializers or Constant nodes; inputs and "
-                "outputs as tensors of float, int or bool types), or file an issue with the model attached"
-                if reasons else "")
-        super().__init__("ONNX", unsupported, hint)
-        self.io = io
-        if io:
-            listed = "; ".join(f"{why} ({', '.join(names)})" for why, names in io.items())
-            self.args = (f"unsupported model inputs/outputs: {listed}" + (f"; {self.args[0]}" if unsupported
-                                                                          else f". {hint}"),)
+# The fix for refusals with a reason (an op "(axes must be constant)", an input's dtype), where the default hint of
+# UnsupportedOpError (replace the ops) does not fit.
+_REASONED_HINT = ("replace these before export (parameters such as axes as initializers or Constant nodes; inputs "
+                  "and outputs as tensors of float, int or bool types), or file an issue with the model attached")
 
 
 def check_compilable(graph: Graph) -> None:
@@ -37,7 +26,8 @@ def check_compilable(graph: Graph) -> None:
     unpinned dims."""
     unsupported, io = unsupported_ops(graph.body), unsupported_io(graph.body)
     if unsupported or io:
-        raise UnsupportedModelError(unsupported, io)
+        reasoned = io or any(op.endswith(")") for op in unsupported)
+        raise UnsupportedOpError("ONNX", unsupported, _REASONED_HINT if reasoned else "", io)
     dynamic = [spec.describe() for spec in graph.signature.inputs if not spec.is_static]
     if dynamic:
         names = ", ".join(dynamic)
