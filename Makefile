@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench system-deps clean
+.PHONY: demo test test-fast bench runtime-wheel system-deps clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,9 @@ test-fast: $(VENV)/.installed system-deps
 bench: $(VENV)/.installed
 	$(PY) benchmarks/cpu.py
 
+# kiln-runtime for this machine, into dist/ (README: Runtime-only install)
+runtime-wheel: $(VENV)/.installed
+	$(PY) -m kiln.runtime_wheel -o dist
+
 clean:
-	rm -rf $(VENV) examples/out .pytest_cache
+	rm -rf $(VENV) examples/out .pytest_cache dist

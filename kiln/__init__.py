@@ -14,6 +14,7 @@ the compiler when called.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'kiln' has no attribute {name!r}")
 
 
+def _needs_compiler(verb: str) -> None:
+    if importlib.util.find_spec("kiln.pipeline") is None:
+        from kiln.errors import UsageError
+
+        raise UsageError(f"kiln.{verb} needs the compiler: this is kiln-runtime, which loads and runs artifacts. "
+                         "Install kiln-ml where you compile.")
+
+
 def target(name: str) -> "Preset":
     """A target preset by name (`kiln targets`), `host`, or a TVM target as JSON."""
     from kiln.targets import resolve
@@ -57,6 +66,7 @@ def target(name: str) -> "Preset":
 
 def compile(model: str | os.PathLike, options: "CompileOptions", progress: Progress = QUIET) -> "CompileResult":
     """Import, run the graph passes, quantize when options.precision is INT8, build, and write the artifact."""
+    _needs_compiler("compile")
     from kiln.pipeline import compile_model
 
     return compile_model(Path(model), options, progress)
@@ -66,6 +76,7 @@ def quantize(model: str | os.PathLike, calib: str | os.PathLike, output: str | o
              target: "Preset", options: "QuantizeOptions | None" = None, imports: "ImportOptions | None" = None,
              progress: Progress = QUIET) -> "QuantizeResult":
     """Quantize a neural model to a QDQ ONNX model at `output` for `target`'s int8 instructions."""
+    _needs_compiler("quantize")
     from kiln.compiler.frontends import ImportOptions
     from kiln.pipeline import quantize_model
     from kiln.quantization.config import QuantizeOptions
@@ -77,6 +88,7 @@ def quantize(model: str | os.PathLike, calib: str | os.PathLike, output: str | o
 def tune(model: str | os.PathLike, records: str | os.PathLike, *, target: "Preset", trials: int,
          imports: "ImportOptions | None" = None, progress: Progress = QUIET) -> "TuneReport":
     """Search faster schedules for a neural model's kernels on this machine into a records folder."""
+    _needs_compiler("tune")
     from kiln.compiler.frontends import ImportOptions
     from kiln.pipeline import tune_model
 
@@ -85,6 +97,7 @@ def tune(model: str | os.PathLike, records: str | os.PathLike, *, target: "Prese
 
 def inspect(path: str | os.PathLike, imports: "ImportOptions | None" = None) -> "Manifest | ModelSummary":
     """An artifact's Manifest, or a model file's summary (signature, ops, what kiln cannot compile)."""
+    _needs_compiler("inspect")
     from kiln.compiler.frontends import ImportOptions
     from kiln.pipeline import inspect_path
 
@@ -94,6 +107,7 @@ def inspect(path: str | os.PathLike, imports: "ImportOptions | None" = None) -> 
 def verify(artifact: str | os.PathLike, data: str | os.PathLike | None = None) -> "Verification":
     """Run a neural artifact and ONNX Runtime on `data` (.npz/.npy; default: seeded random inputs) and compare, as
     `compile` does before writing; raises kiln.verification.VerificationError when they differ."""
+    _needs_compiler("verify")
     from kiln.pipeline import verify_artifact
 
     return verify_artifact(Path(artifact), Path(data) if data else None)
@@ -103,6 +117,7 @@ def build(config: str | os.PathLike = "kiln.toml", names: tuple[str, ...] = (), 
           check: bool = False, progress: Progress = QUIET) -> "BuildReport":
     """Build the artifacts a kiln.toml declares (or only `names`) that are out of date; with `check`, build
     nothing and report what is stale."""
+    _needs_compiler("build")
     from kiln.project import runner
 
     return runner.run(Path(config), names, jobs=jobs, check=check, progress=progress)

@@ -150,6 +150,15 @@ def measure(runners: dict[str, Runner], inputs: dict[str, np.ndarray],
 
 
 def reference(name: str, path: Path, manifest: Manifest, threads: int) -> Runner:
+    try:
+        return _reference(name, path, manifest, threads)
+    except ModuleNotFoundError as exc:
+        raise InputError(f"--vs {name} runs the reference engine, which this install lacks ({exc.name} is not "
+                         "installed; the runtime-only kiln-runtime leaves the references out): bench against it "
+                         "where the full kiln-ml is installed, or drop --vs") from None
+
+
+def _reference(name: str, path: Path, manifest: Manifest, threads: int) -> Runner:
     tree = manifest.backend is Backend.TL2CGEN
     if name == "onnxruntime" and not tree:
         # An INT8 artifact is compared with ONNX Runtime running the same QDQ model.

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from kiln.cli_options import (EXIT_CODE_HELP, compile_options, echo_json, handles_errors, import_options, json_option,
-                              neural_quantize_options, progress_reporter, threads_option)
+from kiln.cli_options import (EXIT_CODE_HELP, compile_options, echo_json, exit_on_signals, handles_errors,
+                              import_options, json_option, neural_quantize_options, progress_reporter)
+from kiln.cli_runtime import bench_command, run_command
 from kiln.errors import OUT_OF_DATE_EXIT_CODE
 
 if TYPE_CHECKING:
-    from kiln.compiler.backends.tvm.profile import KernelTime
     from kiln.compiler.frontends import ImportOptions
     from kiln.pipeline import CompileOptions
     from kiln.quantization.config import QuantizeOptions
@@ -33,6 +32,10 @@ def cli() -> None:
       kiln run model.kiln --input x.npz --output y.npz
       kiln bench model.kiln --vs onnxruntime
     """
+
+
+cli.add_command(run_command)
+cli.add_command(bench_command)
 
 
 @cli.command("compile", epilog=EXIT_CODE_HELP)
@@ -128,44 +131,6 @@ def quantize_command(model: Path, calib: Path, output: Path, target: str, import
     click.echo(f"quantized {model} -> {output}")
 
 
-@cli.command("run", epilog=EXIT_CODE_HELP)
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), required=True,
-              help="Inputs: an .npz with one array per input name (or an .npy for a single-input model).")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Write the outputs to this .npz, one array per output name.")
-@threads_option
-@json_option
-@handles_errors
-def run_command(artifact: Path, input_path: Path, output: Path | None, threads: int | None, as_json: bool):
-    """Run an ARTIFACT on inputs from a file.
-
-    \b
-    Example:
-      kiln run digits.kiln --input examples/digits_cnn/digits_test.npz --output logits.npz
-    """
-    import kiln
-    from kiln.arrays import read_arrays, write_arrays
-
-    predictor = kiln.load(artifact, threads=threads)
-    single = predictor.inputs[0].name if len(predictor.inputs) == 1 else None
-    outputs = predictor.run(read_arrays(input_path, single))
-    if output:
-        write_arrays(output, outputs)
-    summary = {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in outputs.items()}
-    if as_json:
-        for name, array in outputs.items():
-            summary[name]["file" if output else "values"] = str(output) if output else array.tolist()
-        echo_json({"outputs": summary})
-        return
-    for name, array in outputs.items():
-        click.echo(f"{name}: {array.dtype.name}[{'x'.join(map(str, array.shape))}]")
-        if not output:
-            click.echo(f"{array}")
-    if output:
-        click.echo(f"wrote {output}")
-
-
 @cli.command("verify", epilog=EXIT_CODE_HELP)
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), default=None,
@@ -254,68 +219,6 @@ def targets_command(as_json: bool):
     for preset in PRESETS.values():
         click.echo(f"{preset.name:16} {preset.int8_isa.value:12} {preset.description}")
     click.echo(f"{'host':16} {'(detected)':12} this machine's CPU, detected at compile time")
-
-
-@cli.command("bench", epilog=EXIT_CODE_HELP)
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--vs", type=click.Choice(["onnxruntime", "native"]), default=None,
-              help="Also time this reference engine on the same inputs and threads, and print the ratio "
-                   "(native: the tree model's own library, XGBoost, LightGBM or scikit-learn).")
-@click.option("--batch", type=click.IntRange(min=1), default=None,
-              help="Rows per call [default: the artifact's compiled batch].")
-@threads_option
-@click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), default=None,
-              help="Bench on these inputs (.npz) instead of random ones.")
-@click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
-              help="Time budget for the measured runs.")
-@click.option("--profile", is_flag=True, help="Also show where the time goes: each kernel's share (TVM artifacts).")
-@json_option
-@handles_errors
-def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: int | None,
-                  input_path: Path | None, seconds: float, as_json: bool, profile: bool):
-    """Measure latency (median, p90, p99) and throughput of an ARTIFACT.
-
-    With --vs, the reference runs alternately with kiln on the same inputs, so both see the same
-    machine load; the speedup is reference median / kiln median (above 1: kiln is faster).
-
-    \b
-    Example:
-      kiln bench digits.kiln --vs onnxruntime --threads 2
-    """
-    from kiln.arrays import read_arrays
-    from kiln.bench import BenchOptions, bench
-
-    inputs = read_arrays(input_path) if input_path else None
-    options = BenchOptions(batch=batch, vs=vs, seconds=seconds, inputs=inputs,
-                           profile_runs=PROFILE_RUNS if profile else 0, **({"threads": threads} if threads else {}))
-    result = bench(artifact, options)
-    if as_json:
-        echo_json(result.to_json())
-        return
-    click.echo(f"{artifact}: batch {result.batch}, {result.threads} threads")
-    click.echo(f"  {'engine':12} {'median ms':>10} {'p90 ms':>10} {'p99 ms':>10} {'rows/s':>12}")
-    timings = [("kiln", result.kiln)] + ([(vs, result.reference.timing)] if result.reference else [])
-    for engine, t in timings:
-        click.echo(f"  {engine:12} {t.median_ms:10.3f} {t.p90_ms:10.3f} {t.p99_ms:10.3f} {t.throughput:12.1f}")
-    if result.reference:
-        click.echo(f"  speedup vs {vs}: {result.reference.speedup:.2f}x "
-                   f"(max |diff| {result.reference.max_abs_diff:.2e})")
-    if result.profile is not None:
-        _echo_profile(result.profile)
-
-
-PROFILE_RUNS, PROFILE_ROWS = 20, 25
-
-
-def _echo_profile(rows: tuple[KernelTime, ...]) -> None:
-    click.echo(f"  where the time goes (median per run of {PROFILE_RUNS}; kernels and VM builtins):")
-    click.echo(f"  {'ms':>9} {'share':>6} {'calls':>5}  kernel")
-    for row in rows[:PROFILE_ROWS]:
-        click.echo(f"  {row.ms:9.3f} {row.share:6.1%} {row.calls:5d}  {row.name}")
-    if len(rows) > PROFILE_ROWS:
-        rest = rows[PROFILE_ROWS:]
-        click.echo(f"  {sum(r.ms for r in rest):9.3f} {sum(r.share for r in rest):6.1%} "
-                   f"{sum(r.calls for r in rest):5d}  ({len(rest)} more)")
 
 
 @cli.command("tune", epilog=EXIT_CODE_HELP)
@@ -407,6 +310,5 @@ def build_command(names: tuple[str, ...], config_path: Path, jobs: int, check: b
 
 
 def main() -> None:
-    # Turn SIGTERM into an exception so an interrupted build cleans up its staging directory.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    exit_on_signals()
     cli()

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -109,6 +110,19 @@ def handles_errors(command: Callable) -> Callable:
         sys.exit(code)
 
     return wrapper
+
+
+def exit_on_signals() -> None:
+    """SIGINT and SIGTERM end the command with one line and the documented exit code, 128 + signum. As SystemExit,
+    not KeyboardInterrupt (which click reports as "Aborted!", exit 1), so that `finally` blocks still run: an
+    interrupted build removes its staging directory."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    click.echo(f"error: stopped by {signal.Signals(signum).name}", err=True)
+    sys.exit(128 + signum)
 
 
 class TerminalProgress(Progress):

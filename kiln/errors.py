@@ -6,6 +6,7 @@ Messages name the fix: what was wrong, and what to do about it.
 from __future__ import annotations
 
 import re
+import signal
 from typing import Callable
 
 
@@ -89,4 +90,6 @@ EXIT_CODES = {
     TargetError.exit_code: "unknown target, missing toolchain, or host lacks the target's instruction set",
     AccuracyGateError.exit_code: "accuracy gate failed",
     OUT_OF_DATE_EXIT_CODE: "kiln build --check: some artifact is out of date",
+    128 + signal.SIGINT: "stopped by SIGINT (Ctrl-C)",
+    128 + signal.SIGTERM: "stopped by SIGTERM",
 }

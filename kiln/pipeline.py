@@ -19,11 +19,11 @@ from kiln.calibration.datasets import CalibData, open_dataset
 from kiln.compiler import artifact
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.fingerprint import fingerprint
-from kiln.compiler.frontends import ImportOptions, load_graph
+from kiln.compiler.frontends import ImportOptions, SourceFormat, detect_format, load_graph
 from kiln.compiler.graph import Graph, GraphKind, Provenance, TensorSpec
 from kiln.compiler.manifest import Backend, BuildRecord, IntegerKernels, Manifest, Precision, Verification
 from kiln.compiler.passes import run_passes
-from kiln.errors import InputError, SettingError, TargetError
+from kiln.errors import InputError, SettingError, TargetError, UnsupportedOpError
 from kiln.progress import QUIET, Progress
 from kiln.quantization.config import QuantizeOptions
 from kiln.quantization.quantizer import Quantized, quantize_graph, save_model
@@ -100,7 +100,9 @@ class ModelSummary:
     source: Provenance
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    details: dict[str, Any]  # neural: opset, nodes, parameters, ops, unsupported; trees: {"tree": summary}
+    # neural: opset, nodes, parameters, ops, unsupported (an MXNet symbol that does not convert: its own ops and
+    # the unsupported ones); trees: {"tree": summary}
+    details: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "source": self.source.to_json(),
@@ -272,10 +274,21 @@ def tune_model(model: Path, imports: ImportOptions, preset: Preset, records: Pat
 
 
 def inspect_path(path: Path, imports: ImportOptions) -> Manifest | ModelSummary:
-    """An artifact's manifest, or a model file's summary."""
+    """An artifact's manifest, or a model file's summary: like an ONNX model with ops kiln cannot compile, an
+    MXNet symbol with ops kiln cannot convert is summarized, its unsupported ops listed."""
     if path.is_dir():
         return artifact.read_manifest(path)
-    return summarize(load_graph(path, imports))
+    try:
+        graph = load_graph(path, imports)
+    except UnsupportedOpError as exc:
+        if detect_format(path) is not SourceFormat.MXNET:
+            raise
+        from kiln.compiler.frontends.mxnet.convert import describe
+
+        source, inputs, outputs, ops = describe(path, imports.params, imports.input_shapes)
+        details = {"ops": _most_used_first(ops), "unsupported": exc.unsupported}
+        return ModelSummary(GraphKind.NEURAL, source, inputs, outputs, details)
+    return summarize(graph)
 
 
 def summarize(graph: Graph) -> ModelSummary:
@@ -300,9 +313,13 @@ def _neural_details(graph: Graph) -> dict[str, Any]:
         "opset": opset_of(model),
         "nodes": len(model.graph.node),
         "parameters": sum(math.prod(t.dims) for t in model.graph.initializer),
-        "ops": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
+        "ops": _most_used_first(ops),
         "unsupported": unsupported_ops(model),
     }
+
+
+def _most_used_first(ops: Counter[str]) -> dict[str, int]:
+    return dict(sorted(ops.items(), key=lambda item: (-item[1], item[0])))
 
 
 def verify_artifact(path: Path, data: Path | None = None) -> Verification:

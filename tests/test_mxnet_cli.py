@@ -4,6 +4,7 @@ inspect reads MXNet models; bad inputs fail with the exit code and a message tha
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,7 +53,8 @@ def test_mistakes_name_their_fix(cli_runner, args, message):
     assert message in result.output
 
 
-def test_every_unsupported_op_is_reported_at_once(cli_runner, tmp_path):
+def _with_unsupported_ops(tmp_path) -> Path:
+    """The digits symbol with ops kiln does not convert (by op, and by attribute value) after its output."""
     document = json.loads(SYMBOL.read_text())
     nodes = document["nodes"]
     last = len(nodes) - 1
@@ -63,11 +65,34 @@ def test_every_unsupported_op_is_reported_at_once(cli_runner, tmp_path):
     document["heads"] = [[last + 4, 0, 0]]
     symbol = tmp_path / "broken-symbol.json"
     symbol.write_text(json.dumps(document))
-    result = cli_runner.invoke(cli, ["inspect", str(symbol), "--params", str(PARAMS), "--input-shape", "data:1x1x8x8"])
+    return symbol
+
+
+def test_every_unsupported_op_is_reported_at_once(cli_runner, tmp_path):
+    result = cli_runner.invoke(cli, ["compile", str(_with_unsupported_ops(tmp_path)), "--params", str(PARAMS),
+                                     "--input-shape", "data:1x1x8x8", "-o", str(tmp_path / "broken.kiln")])
     assert result.exit_code == 4, result.output
     for expected in ("Correlation ×1 (nodes corr0)", "ROIPooling ×1 (nodes roi0)",
                      "Activation(act_type=swish) ×1 (nodes act0)"):
         assert expected in result.output
+
+
+def test_inspect_lists_the_ops_kiln_cannot_convert(cli_runner, tmp_path):
+    """As for ONNX models: listed with their nodes, exit 0."""
+    args = ["inspect", str(_with_unsupported_ops(tmp_path)), "--params", str(PARAMS), "--input-shape", "data:1x1x8x8"]
+    result = cli_runner.invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["unsupported"] == {"Correlation": ["corr0"], "ROIPooling": ["roi0"],
+                                     "Activation(act_type=swish)": ["act0"]}
+    assert report["ops"]["Convolution"] == 3 and report["ops"]["Activation"] == 4 and report["ops"]["add_n"] == 1
+    assert report["inputs"] == [{"name": "data", "shape": [1, 1, 8, 8], "dtype": "float32"}]
+    assert report["outputs"] == [{"name": "sum0_output", "shape": ["?"], "dtype": "unknown"}]
+    assert report["source"]["format"] == "mxnet"
+    human = cli_runner.invoke(cli, args)
+    assert human.exit_code == 0, human.output
+    assert ("unsupported: Correlation ×1 (corr0), Activation(act_type=swish) ×1 (act0), ROIPooling ×1 (roi0)"
+            in human.stdout)
 
 
 def test_mxnet_model_quantizes_like_an_onnx_one(cli_runner, tmp_path):

@@ -61,18 +61,17 @@ def check_can_run(preset: Preset) -> None:
 
 
 def _check_gpu(preset: Preset) -> None:
-    import tvm
-    import tvm_ffi
+    import kiln.tvm_runtime as tvm_runtime
 
-    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
+    why = tvm_runtime.cuda_runtime_error()
+    if why is not None:
         raise TargetError(f"artifact is built for {preset.name} and needs an NVIDIA GPU with TVM's CUDA runtime, "
                           "which did not load here: libtvm_runtime_cuda.so needs the NVIDIA driver (libcuda.so.1) "
                           "and the CUDA 13 runtime (libcudart.so.13, `pip install nvidia-cuda-runtime` or the CUDA "
-                          "toolkit, on LD_LIBRARY_PATH)")
-    device = tvm.cuda(0)
-    if not device.exist:
+                          f"toolkit, on LD_LIBRARY_PATH). The loader said: {why}")
+    if not tvm_runtime.device_exists(tvm_runtime.KDL_CUDA):
         raise TargetError(f"artifact is built for {preset.name} and needs an NVIDIA GPU; none is visible here")
-    have = device.compute_version
+    have = tvm_runtime.compute_version()
     need = preset.requires[0] if preset.requires else have
     if tuple(map(int, have.split("."))) < tuple(map(int, need.split("."))):
         raise TargetError(f"artifact is built for {preset.name} (compute capability {need}); "

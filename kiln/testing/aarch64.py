@@ -78,14 +78,48 @@ def _runtime_libraries() -> Path:
     folder = CACHE / "-".join(f"{name}-{version}" for name, version in versions.items())
     if all((folder / Path(member).name).is_file() for member in _RUNTIME_LIBRARIES.values()):
         return folder
-    wheels = folder / "wheels"
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--platform", "manylinux_2_28_aarch64", "--python-version", python, "--dest", str(wheels),
-                    *(f"{name}=={version}" for name, version in versions.items())], check=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for name, member in _RUNTIME_LIBRARIES.items():
-        wheel = next(wheels.glob(f"{name.replace('-', '_')}-{versions[name]}-*.whl"))
-        with zipfile.ZipFile(wheel) as archive:
+        with zipfile.ZipFile(aarch64_wheel(name)) as archive:
             (folder / Path(member).name).write_bytes(archive.read(member))
-    shutil.rmtree(wheels)
     return folder
+
+
+def aarch64_wheel(distribution: str) -> Path:
+    """The registry's aarch64 wheel of an installed distribution, same version, downloaded once."""
+    version = metadata.version(distribution)
+    wheels = CACHE / "wheels"
+    pattern = f"{distribution.replace('-', '_')}-{version}-*.whl"
+    if not any(wheels.glob(pattern)):
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux_2_28_aarch64", "--python-version", python, "--dest", str(wheels),
+                        f"{distribution}=={version}"], check=True)
+    return next(wheels.glob(pattern))
+
+
+# Debian's arm64 packages an aarch64 CPython 3.11 needs to start, import numpy and ctypes, and load kiln's
+# libraries (libstdc++ for TVM's runtime, libgomp for tree libraries); unpacked, not installed.
+PYTHON_PACKAGES = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libstdc++6",
+                   "libgcc-s1", "libgomp1", "libffi8", "zlib1g", "libexpat1", "libssl3", "libbz2-1.0", "liblzma5",
+                   "libcrypt1", "libuuid1")
+
+
+def python_root() -> Path:
+    """A folder holding Debian's aarch64 python3.11 and the libraries it loads (usr/bin/python3.11, run it with
+    `qemu-aarch64 -L <root>`), unpacked from the arm64 packages once. Needs the arm64 architecture in dpkg
+    (scripts/system-deps.sh adds it)."""
+    root = CACHE / "python-root" / hashlib.sha256(" ".join(PYTHON_PACKAGES).encode()).hexdigest()[:12]
+    if (root / "usr" / "bin" / "python3.11").is_file():
+        return root
+    debs = root.with_name(root.name + ".debs")
+    debs.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", "-q", *(f"{package}:arm64" for package in PYTHON_PACKAGES)], cwd=debs,
+                   check=True, capture_output=True)
+    staged = root.with_name(root.name + ".tmp")
+    shutil.rmtree(staged, ignore_errors=True)
+    for deb in sorted(debs.glob("*.deb")):
+        subprocess.run(["dpkg", "-x", str(deb), str(staged)], check=True)
+    shutil.rmtree(debs)
+    staged.rename(root)
+    return root

@@ -91,9 +91,56 @@ CASES = {
              {"x": MATRIX, "i": (2, 2)}),
     "unary_math": (S.Group([S.exp(X), S.abs(X), S.negative(X), S.floor(X), S.ceil(X), S.square(X),
                             S.relu(X), S.sigmoid(X), S.tanh(X), S.erf(X)]), {"x": MATRIX}),
+    # issue #26: the tensor ops of GluonCV's zoo
+    "slice_like": (S.Group([S.slice_like(X, Y), S.slice_like(X, Y, axes=(1, -1)), S.slice_like(X, Y, axes=(0,))]),
+                   {"x": (3, 5, 6), "y": (2, 3, 4)}),
+    "arange": (S.Group([S.arange(5), S.arange(1, 2.2, 0.3), S.arange(6, 0, -1.5, repeat=2, dtype="int32"),
+                        S.arange(2, 3, 2, dtype="int64"), S.identity(X)]), {"x": MATRIX}),
+    "zeros_ones_like": (S.Group([S.zeros_like(X), S.ones_like(X), S.ones_like(S.Cast(X, dtype="int32"))]),
+                        {"x": MATRIX}),
+    "tile": (S.Group([S.tile(X, reps=(2, 3)), S.tile(X, reps=(2,)), S.tile(X, reps=(2, 1, 3))]), {"x": MATRIX}),
+    "repeat": (S.Group([S.repeat(X, repeats=2), S.repeat(X, repeats=3, axis=1), S.repeat(X, repeats=2, axis=-2)]),
+               {"x": MATRIX}),
+    "cast": (S.Group([S.Cast(X * 4, dtype="int32"), S.Cast(X, dtype="float16"), S.Cast(X, dtype="float64"),
+                      S.Cast(S.abs(X) * 9, dtype="uint8"), S.Cast(X * 100, dtype="int8"),
+                      S.Cast(X * 3, dtype="int64")]), {"x": MATRIX}),
+    "slice_channel": (S.Group([*S.SliceChannel(X, num_outputs=2), *S.split(X, num_outputs=3, axis=-1,
+                                                                            squeeze_axis=True),
+                               S.SliceChannel(X, num_outputs=1, axis=0)]), {"x": (2, 4, 3)}),
+    "block_grad": (S.BlockGrad(X * 2), {"x": MATRIX}),
+    "reverse": (S.Group([S.reverse(X, axis=1), S.reverse(X, axis=(0, 2))]), {"x": (2, 3, 4)}),
+    "stack": (S.Group([S.stack(X, Y), S.stack(X, Y, X, axis=-1), S.stack(X, Y, axis=1)]), {"x": MATRIX, "y": MATRIX}),
+    "broadcast_axis": (S.Group([S.broadcast_axis(X, axis=1, size=3), S.broadcast_axis(X, axis=(0, 2), size=(2, 4))]),
+                       {"x": (1, 1, 1)}),
+    "mod": (S.Group([S.broadcast_mod(X * 5, Y), X % 0.3, 2 % X, S.broadcast_mod(X * 5, Y * 0),
+                     S.broadcast_mod(S.Cast(X * 9, dtype="int32"), S.Cast(Y * 3 + 0.5, dtype="int32"))]),
+            {"x": MATRIX, "y": (1, 4)}),
+    "shape_array": (S.shape_array(X), {"x": (2, 3, 4)}),
+    "gather_nd": (S.gather_nd(X, S.var("i")), {"x": (3, 4, 2), "i": (2, 3, 5)}),
+    "topk": (S.Group([*S.topk(X, k=2, ret_typ="both"), S.topk(X, axis=0, k=2, is_ascend=True),
+                      S.topk(X, ret_typ="value", k=0), S.topk(X, ret_typ="mask", k=3, axis=1)]), {"x": (3, 6)}),
+    "topk_flattened": (S.Group([S.topk(X, ret_typ="indices", k=3, dtype="int32", axis=None),
+                                S.topk(X, ret_typ="mask", k=2, axis=None, is_ascend=True)]), {"x": (3, 6)}),
+    "adaptive_avg_pooling": (S.Group([S.contrib.AdaptiveAvgPooling2D(X),
+                                      S.contrib.AdaptiveAvgPooling2D(X, output_size=4),
+                                      S.contrib.AdaptiveAvgPooling2D(X, output_size=(3, 6)),
+                                      S.contrib.AdaptiveAvgPooling2D(X, output_size=(5, 2))]), {"x": (1, 2, 6, 7)}),
+    **{f"bilinear_{name}": (S.contrib.BilinearResize2D(X, **kw), {"x": (1, 2, 5, 6)}) for name, kw in {
+        "size": {"height": 9, "width": 4},
+        "size_half_pixel": {"height": 9, "width": 4, "align_corners": False},
+        "scale": {"scale_height": 1.5, "scale_width": 0.7},
+        "scale_half_pixel": {"scale_height": 2.0, "scale_width": 2.0, "align_corners": False},
+        "odd_scale": {"scale_height": 2.0, "scale_width": 0.5, "mode": "odd_scale"},
+        "to_even_up": {"mode": "to_even_up"},
+        "to_odd_down": {"mode": "to_odd_down", "align_corners": False},
+        "one_pixel": {"height": 1, "width": 1},
+    }.items()},
+    "bilinear_like": (S.contrib.BilinearResize2D(X, Y, mode="like"), {"x": (1, 2, 5, 6), "y": (1, 1, 3, 8)}),
 }
 # Inputs that are integer positions rather than data.
-INDEX_INPUTS = {"embedding": ("x", 10), "take": ("i", 9)}
+INDEX_INPUTS = {"embedding": ("x", 10), "take": ("i", 9), "gather_nd": ("i", 2)}
+# Inputs with ties, which random ones lack: MXNet's topk sorts the small axes these have stably (lower index first).
+FIXED_INPUTS = {"topk": {"x": [[1, 3, 3, 2, 3, 1], [2, 2, 2, 2, 2, 2], [0, 5, -1, 5, 4, 5]]}}
 
 
 def export(name: str, out_dir: Path, rng: np.random.Generator) -> None:
@@ -103,6 +150,8 @@ def export(name: str, out_dir: Path, rng: np.random.Generator) -> None:
     if name in INDEX_INPUTS:
         index, bound = INDEX_INPUTS[name]
         args[index] = mx.nd.array(rng.integers(-1, bound, shapes[index]).astype(np.float32))
+    for input_name, values in FIXED_INPUTS.get(name, {}).items():
+        args[input_name] = mx.nd.array(values)
     aux = {n: mx.nd.array(rng.uniform(0.5, 1.5, s)) for n, s in zip(symbol.list_auxiliary_states(), aux_shapes)}
     executor = symbol.bind(mx.cpu(), args=args, aux_states=aux, grad_req="null")
     outputs = [o.asnumpy() for o in executor.forward(is_train=False)]

@@ -21,6 +21,8 @@ def _check_case(folder: Path) -> str | None:
                        ImportOptions({n: a.shape for n, a in feeds.items()}, params=folder / "model-0000.params"))
     for index, actual in enumerate(onnxruntime_outputs(graph.body, feeds)):
         expected = reference[f"output{index}"]
+        if actual.dtype != expected.dtype:
+            return f"output {index}: {actual.dtype}, not MXNet's {expected.dtype}"
         if actual.shape != expected.shape or not np.allclose(actual, expected, rtol=1e-4, atol=1e-5):
             return f"output {index}: max |diff| {np.abs(actual - expected).max()} (shape {actual.shape})"
     return None
@@ -31,3 +33,26 @@ def test_every_op_case_matches_mxnet(op_exports: Path):
     assert len(cases) > 60
     failures = {case.name: problem for case in cases if (problem := _check_case(case))}
     assert not failures, failures
+
+
+def test_attribute_values_kiln_cannot_express_are_refused():
+    """Listed as unsupported (exit 4), never converted to something else."""
+    from kiln.compiler.frontends.mxnet.convert import convert
+    from kiln.compiler.frontends.mxnet.symbol import parse_symbol
+    from kiln.errors import UnsupportedOpError
+
+    refused = {
+        "topk(ret_typ=sorted)": ("topk", {"ret_typ": "sorted"}),
+        "Cast(dtype=bfloat16)": ("Cast", {"dtype": "bfloat16"}),
+        "_arange(infer_range=True)": ("_arange", {"start": "0", "stop": "4", "infer_range": "True"}),
+        "reverse(axis=-1 on rank 4 (MXNet's reverse takes axes 0 to 3))": ("reverse", {"axis": "-1"}),
+        "_contrib_BilinearResize2D(mode=size without both scale_height and scale_width)":
+            ("_contrib_BilinearResize2D", {"scale_height": "2"}),
+    }
+    nodes = [{"op": "null", "name": "x", "inputs": []}]
+    nodes += [{"op": op, "name": f"node{i}", "attrs": attrs, "inputs": [[0, 0, 0]]}
+              for i, (op, attrs) in enumerate(refused.values())]
+    symbol = parse_symbol({"nodes": nodes, "heads": [[i, 0, 0] for i in range(1, len(nodes))]}, Path("refused"))
+    with pytest.raises(UnsupportedOpError) as raised:
+        convert(symbol, {}, {"x": (1, 2, 4, 4)})
+    assert raised.value.unsupported == {key: [f"node{i}"] for i, key in enumerate(refused)}

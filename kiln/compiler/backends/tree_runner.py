@@ -15,7 +15,7 @@ import numpy as np
 
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.predictor import Predictor
-from kiln.errors import InputError
+from kiln.errors import InputError, TargetError
 from kiln.targets.presets import Preset
 
 _ENTRY_POINTS = {np.dtype(np.float32): "kiln_predict_f32", np.dtype(np.float64): "kiln_predict_f64"}
@@ -25,7 +25,11 @@ class TreePredictor(Predictor):
     def __init__(self, library: Path, preset: Preset, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], threads: int | None = None):
         super().__init__(inputs, outputs)
-        self._library = ctypes.CDLL(str(library))
+        try:
+            self._library = ctypes.CDLL(str(library))
+        except OSError as exc:  # the artifact passed its checks, so what is missing is on this machine
+            raise TargetError(f"{library} cannot be loaded here: {exc}. Tree libraries use OpenMP: install the "
+                              "libgomp1 package (apt-get install libgomp1)") from None
         self._entry_points = {dtype: self._function(name) for dtype, name in _ENTRY_POINTS.items()}
         self._input_name, self._output_name = inputs[0].name, outputs[0].name
         self._num_feature = inputs[0].shape[1]

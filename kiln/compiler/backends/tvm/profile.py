@@ -8,6 +8,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+NO_OP = 0  # tvm.runtime.vm.VMInstrumentReturnKind.NO_OP: the instrument lets the VM run the call
+
 
 @dataclass(frozen=True)
 class KernelTime:
@@ -22,9 +24,7 @@ class KernelTime:
 
 def profile_vm(vm, main, args: list, runs: int) -> list[KernelTime]:
     """Run `main(*args)` `runs` times with every VM call timed; each name's median time per run (robust to
-    a run stalled by other load), largest first."""
-    from tvm.runtime.vm import VMInstrumentReturnKind
-
+    a run stalled by other load), largest first. `vm` is the VM module (tvm_runtime.load_vm)."""
     per_run: list[dict[str, float]] = []
     calls: dict[str, int] = defaultdict(int)
     starts: list[float] = []
@@ -35,16 +35,16 @@ def profile_vm(vm, main, args: list, runs: int) -> list[KernelTime]:
         else:
             per_run[-1][name] += time.perf_counter() - starts.pop()
             calls[name] += 1
-        return VMInstrumentReturnKind.NO_OP
+        return NO_OP
 
     main(*args)  # warm up outside the measurement
-    vm.set_instrument(instrument)
+    vm["set_instrument"](instrument)
     try:
         for _ in range(runs):
             per_run.append(defaultdict(float))
             main(*args)
     finally:
-        vm.set_instrument(None)
+        vm["set_instrument"](None)
     medians = {name: statistics.median(run[name] for run in per_run) * 1e3 for name in calls}
     total = sum(medians.values()) or 1.0
     rows = [KernelTime(name, calls[name] // runs, ms, ms / total) for name, ms in medians.items()]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+import kiln.tvm_runtime as tvm_runtime
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.predictor import Predictor
 from kiln.targets.presets import Family, Preset
@@ -16,22 +17,18 @@ class TVMPredictor(Predictor):
     def __init__(self, library: Path, preset: Preset, inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...], threads: int | None = None):
         prepare_thread_pool()
-        import tvm
-        from tvm import relax
-
         super().__init__(inputs, outputs)
         if threads:
             set_threads(threads)
         on_cpu = preset.family is not Family.CUDA
-        self._device = tvm.cpu(0) if on_cpu else tvm.cuda(0)
-        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self._device)
+        self._device = tvm_runtime.device(tvm_runtime.KDL_CPU if on_cpu else tvm_runtime.KDL_CUDA)
+        self._vm = tvm_runtime.load_vm(library, self._device)
         self._main = self._vm["main"]
-        self._tensor = tvm.runtime.tensor
         # Inputs are copied into tensors made once (neural shapes are static): a new TVM tensor per
         # call costs more than a small model's whole run. On the CPU, numpy views of those tensors
-        # (DLPack) take the copies in and out: TVM's copyfrom and numpy() cost ~13 us each, np.copyto
-        # 0.5 us, against a VM run of ~15 us for the example CNN. The lock keeps concurrent calls apart.
-        self._inputs = [tvm.runtime.empty(spec.shape, spec.dtype, self._device) for spec in inputs]
+        # (DLPack) take the copies in and out: a copy through TVM's byte copy or numpy() costs ~13 us,
+        # np.copyto 0.5 us, against a VM run of ~15 us for the example CNN. The lock keeps concurrent calls apart.
+        self._inputs = [tvm_runtime.empty(spec.shape, spec.dtype, self._device) for spec in inputs]
         self._input_views = [np.from_dlpack(tensor) for tensor in self._inputs] if on_cpu else None
         self._lock = threading.Lock()
 
@@ -42,7 +39,7 @@ class TVMPredictor(Predictor):
                     np.copyto(view, array)
             else:
                 for tensor, array in zip(self._inputs, arrays):
-                    tensor.copyfrom(array)
+                    tvm_runtime.copy_into(tensor, array)
             result = self._main(*self._inputs)
             results = [result] if len(self.outputs) == 1 else list(result)
             return [self._array(r, spec) for r, spec in zip(results, self.outputs)]
@@ -50,15 +47,18 @@ class TVMPredictor(Predictor):
     def _array(self, value, spec: TensorSpec) -> np.ndarray:
         """A VM result as numpy: a tensor copied out (it can be the VM's own constant or alias an input), or a
         shape (a Shape output's value, computed at compile time) as an array of the output's dtype."""
-        if not hasattr(value, "numpy"):
+        if not hasattr(value, "__dlpack__"):
             return np.asarray(tuple(value) if hasattr(value, "__len__") else value, dtype=spec.dtype)
-        return np.from_dlpack(value).copy() if self._input_views is not None else value.numpy()
+        return np.from_dlpack(value).copy() if self._input_views is not None else tvm_runtime.copy_out(value)
 
     def profile(self, feed: dict[str, np.ndarray], runs: int):
         """Time per kernel over `runs` runs on `feed`: a list of profile.KernelTime, largest first."""
         from kiln.compiler.backends.tvm.profile import profile_vm
 
-        args = [self._tensor(np.asarray(feed[spec.name]), self._device) for spec in self.inputs]
+        args = []
+        for spec in self.inputs:
+            args.append(tvm_runtime.empty(spec.shape, spec.dtype, self._device))
+            tvm_runtime.copy_into(args[-1], np.ascontiguousarray(feed[spec.name], dtype=spec.dtype))
         return profile_vm(self._vm, self._main, args, runs)
 
 
@@ -81,6 +81,7 @@ def prepare_thread_pool() -> None:
 
 def set_threads(threads: int) -> None:
     """Resize TVM's CPU thread pool (process-wide)."""
-    import tvm
+    import tvm_ffi
 
-    tvm.get_global_func("runtime.config_threadpool")(0, threads)
+    tvm_runtime.load_runtime()
+    tvm_ffi.get_global_func("runtime.config_threadpool")(0, threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from kiln.compiler.frontends.mxnet.ops import LABEL_INPUTS, OPS
 from kiln.compiler.frontends.mxnet.params import DTYPES, read_params
 from kiln.compiler.frontends.mxnet.symbol import Entry, Node, Symbol, read_symbol
 from kiln.compiler.frontends.options import ImportOptions
-from kiln.compiler.graph import Graph, Provenance, SourceFile
+from kiln.compiler.graph import Graph, Provenance, SourceFile, TensorSpec
 from kiln.errors import InputError, SettingError, UnsupportedOpError
 
 
@@ -28,6 +29,21 @@ def load(symbol_path: Path, params_path: Path | None, input_shapes: dict[str, tu
     model.graph.value_info.extend(_check_and_infer(builder.typed_model(), symbol_path).graph.value_info)
     provenance = Provenance("mxnet", (SourceFile.of(symbol_path), SourceFile.of(params_path)))
     return Graph(model, signature(model), provenance)
+
+
+def describe(symbol_path: Path, params_path: Path, input_shapes: dict[str, tuple[int, ...]]
+             ) -> tuple[Provenance, tuple[TensorSpec, ...], tuple[TensorSpec, ...], Counter[str]]:
+    """What `kiln inspect` shows of a symbol that does not convert: its provenance, inputs, outputs (of unknown
+    shape) and ops (MXNet's names) by count."""
+    symbol, params = read_symbol(symbol_path), read_params(params_path)
+    needed = sorted(_needed_nodes(symbol))
+    variables = {symbol.nodes[i].name: symbol.nodes[i] for i in needed if symbol.nodes[i].is_variable}
+    inputs = tuple(TensorSpec(name, input_shapes.get(name) or _declared_shape(v), _input_dtype(v).name)
+                   for name, v in variables.items() if name not in params)
+    outputs = tuple(TensorSpec(_output_name(symbol, head), ("?",), "unknown") for head in symbol.heads)
+    ops = Counter(symbol.nodes[i].op for i in needed if not symbol.nodes[i].is_variable)
+    provenance = Provenance("mxnet", (SourceFile.of(symbol_path), SourceFile.of(params_path)))
+    return provenance, inputs, outputs, ops
 
 
 def convert(symbol: Symbol, params: dict[str, np.ndarray], input_shapes: dict[str, tuple[int, ...]]) -> GraphBuilder:
@@ -136,11 +152,15 @@ def _outputs(builder: GraphBuilder, symbol: Symbol, tensors: dict[Entry, str]) -
         if head not in tensors:
             raise UnsupportedOpError("MXNet", {f"{node.op} output {head.output}": [node.name]},
                                      "kiln converts the inference output of this op only")
-        builder.scope = f"{node.name}_output" + (str(head.output) if head.output else "")
+        builder.scope = _output_name(symbol, head)
         name = builder.op("Identity", [tensors[head]])
         dtype = helper.np_dtype_to_tensor_dtype(builder.dtype(name))
         outputs.append(helper.make_tensor_value_info(name, dtype, builder.shape(name)))
     return outputs
+
+
+def _output_name(symbol: Symbol, head: Entry) -> str:
+    return f"{symbol.nodes[head.node].name}_output" + (str(head.output) if head.output else "")
 
 
 def _check_and_infer(model, symbol_path: Path):

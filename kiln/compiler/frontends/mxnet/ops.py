@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kiln.compiler.frontends.mxnet import ops_array as array
 from kiln.compiler.frontends.mxnet import ops_nn as nn
 from kiln.compiler.frontends.mxnet import ops_tensor as t
 
@@ -12,6 +13,7 @@ _ARITHMETIC = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
 _COMPARISONS = {"equal": "Equal", "not_equal": "NotEqual", "greater": "Greater", "greater_equal": "GreaterOrEqual",
                 "lesser": "Less", "lesser_equal": "LessOrEqual"}
 _EXTREMA = {"maximum": "Max", "minimum": "Min"}
+_MOD = {"mod": "Mod"}  # MXNet's mod, not ONNX's: see ops_tensor._mod
 
 OPS = {
     # layers
@@ -28,6 +30,8 @@ OPS = {
     "SoftmaxOutput": nn.softmax_output,
     "UpSampling": nn.upsampling,
     "Embedding": nn.embedding,
+    "_contrib_AdaptiveAvgPooling2D": nn.adaptive_avg_pooling,
+    "_contrib_BilinearResize2D": nn.bilinear_resize,
     # shapes and data movement
     "Flatten": t.flatten,
     "Concat": t.concat,
@@ -43,6 +47,22 @@ OPS = {
     "_copy": t.identity,
     "identity": t.identity,
     "add_n": t.add_n,
+    "BlockGrad": t.identity,
+    "Cast": array.cast,
+    # creating, repeating, splitting and gathering arrays
+    "_arange": array.arange,
+    "zeros_like": array.zeros_like,
+    "ones_like": array.ones_like,
+    "shape_array": array.shape_array,
+    "tile": array.tile,
+    "repeat": array.repeat,
+    "SliceChannel": array.split,
+    "reverse": array.reverse,
+    "stack": array.stack,
+    "broadcast_axis": array.broadcast_axis,
+    "slice_like": array.slice_like,
+    "gather_nd": array.gather_nd,
+    "topk": array.topk,
     # reductions
     "sum": t.reduction("ReduceSum"),
     "mean": t.reduction("ReduceMean"),
@@ -52,8 +72,8 @@ OPS = {
     # element-wise, broadcast and scalar arithmetic and comparisons
     **{f"elemwise_{name}": t.binary(op) for name, op in _ARITHMETIC.items()},
     **{f"broadcast_{name}": t.binary(op) for name, op in _ARITHMETIC.items()},
-    **{f"broadcast_{name}": t.binary(op) for name, op in {**_COMPARISONS, **_EXTREMA}.items()},
-    **{f"_{name}": t.binary(op) for name, op in {**_COMPARISONS, **_EXTREMA}.items()},
+    **{f"broadcast_{name}": t.binary(op) for name, op in {**_COMPARISONS, **_EXTREMA, **_MOD}.items()},
+    **{f"_{name}": t.binary(op) for name, op in {**_COMPARISONS, **_EXTREMA, **_MOD}.items()},
     "_power": t.binary("Pow"),
     "broadcast_power": t.binary("Pow"),
     "_plus_scalar": t.scalar("Add"),
@@ -66,6 +86,8 @@ OPS = {
     "_rpower_scalar": t.scalar("Pow", reverse=True),
     "_maximum_scalar": t.scalar("Max"),
     "_minimum_scalar": t.scalar("Min"),
+    "_mod_scalar": t.scalar("Mod"),
+    "_rmod_scalar": t.scalar("Mod", reverse=True),
     **{f"_{name}_scalar": t.scalar(op) for name, op in _COMPARISONS.items()},
     # element-wise math
     "relu": t.unary("Relu"),

@@ -197,3 +197,65 @@ def upsampling(g: GraphBuilder, x: list[str], a: Attrs) -> str:
 
 def embedding(g: GraphBuilder, x: list[str], a: Attrs) -> str:
     return g.op("Gather", [x[1], g.cast(x[0], "int64")], axis=0)
+
+
+def adaptive_avg_pooling(g: GraphBuilder, x: list[str], a: Attrs) -> str:
+    """_contrib_AdaptiveAvgPooling2D: output cell i averages input rows floor(i * H / h) to ceil((i + 1) * H / h),
+    MXNet's bins (which overlap when h does not divide H); as two matrix products, one per spatial axis."""
+    sizes = a.ints("output_size", ())
+    if len(sizes) > 2:
+        raise ValueError(f"output_size={sizes} has more than two sizes")
+    height, width = g.shape(x[0])[2:]
+    out_height, out_width = (sizes * 2)[:2] if sizes else (1, 1)  # one size is both
+    rows, columns = _bin_means(height, out_height), _bin_means(width, out_width)
+    pooled_columns = g.op("MatMul", [x[0], g.const(columns.T, g.dtype(x[0]))])
+    return g.op("MatMul", [g.const(rows, g.dtype(x[0])), pooled_columns])
+
+
+def _bin_means(size: int, bins: int) -> np.ndarray:
+    """The (bins, size) matrix whose row i averages MXNet's adaptive pooling bin i."""
+    if bins < 1:
+        raise ValueError(f"output size {bins}")
+    matrix = np.zeros((bins, size))
+    for i in range(bins):
+        start, end = (i * size) // bins, -((-(i + 1) * size) // bins)
+        matrix[i, start:end] = 1 / (end - start)
+    return matrix
+
+
+_RESIZE_MODES = {
+    "to_even_down": lambda n: n - n % 2,
+    "to_even_up": lambda n: n + n % 2,
+    "to_odd_down": lambda n: n - 1 + n % 2,
+    "to_odd_up": lambda n: n + 1 - n % 2,
+}
+
+
+def bilinear_resize(g: GraphBuilder, x: list[str], a: Attrs) -> str:
+    """_contrib_BilinearResize2D: MXNet's output size for each mode, then ONNX Resize; MXNet's align_corners=False
+    maps output pixel centres as half_pixel does, its True (the default) as align_corners does."""
+    shape = g.shape(x[0])
+    sizes = _resized(a, shape[2:], g.shape(x[1])[2:] if len(x) > 1 else None)
+    transform = "align_corners" if a.bool("align_corners", True) else "half_pixel"
+    return g.op("Resize", [x[0], "", "", g.ints(shape[:2] + sizes)], mode="linear",
+                coordinate_transformation_mode=transform)
+
+
+def _resized(a: Attrs, spatial: tuple[int, int], like: tuple[int, int] | None) -> tuple[int, int]:
+    mode = a.str("mode", "size")
+    if mode in _RESIZE_MODES:
+        return tuple(_RESIZE_MODES[mode](n) for n in spatial)
+    if mode == "like":
+        if like is None:
+            raise ValueError("mode=like without a second input")
+        return like
+    scales = (a.optional_float("scale_height"), a.optional_float("scale_width"))
+    if mode == "size" and scales == (None, None):
+        return a.int("height", 1), a.int("width", 1)
+    if mode not in ("size", "odd_scale"):
+        raise Unsupported(f"mode={mode}")
+    if None in scales:  # MXNet itself fails on a missing scale
+        raise Unsupported(f"mode={mode} without both scale_height and scale_width")
+    # MXNet multiplies in float32 and truncates; odd_scale keeps an odd size's last pixel.
+    kept = [n % 2 if mode == "odd_scale" else 0 for n in spatial]
+    return tuple(int(np.float32(n - k) * np.float32(s)) + k for n, k, s in zip(spatial, kept, scales))

@@ -23,8 +23,22 @@ def _apply(g: GraphBuilder, onnx_op: str, a: str, b: str) -> str:
     """One binary ONNX op; comparisons return 0/1 in the operands' type, as MXNet's do."""
     if onnx_op == "NotEqual":
         return g.cast(g.op("Not", [g.op("Equal", [a, b])]), g.dtype(a))
+    if onnx_op == "Mod":
+        return _mod(g, a, b)
     result = g.op(onnx_op, [a, b])
     return g.cast(result, g.dtype(a)) if onnx_op in _COMPARISONS else result
+
+
+def _mod(g: GraphBuilder, a: str, b: str) -> str:
+    """MXNet's mod: the remainder takes the divisor's sign (Python's %), and is 0 where the divisor is 0."""
+    zero = g.const_like(0, b)
+    by_zero = g.op("Equal", [b, zero])
+    divisor = g.op("Where", [by_zero, g.const_like(1, b), b])  # an integer division by zero would trap
+    remainder = g.op("Mod", [a, divisor], fmod=1)  # C's fmod: the dividend's sign
+    signs_differ = g.op("Xor", [g.op("Less", [remainder, zero]), g.op("Less", [divisor, zero])])
+    shift = g.op("And", [signs_differ, g.op("Not", [g.op("Equal", [remainder, zero])])])
+    remainder = g.op("Where", [shift, g.op("Add", [remainder, divisor]), remainder])
+    return g.op("Where", [by_zero, zero, remainder])
 
 
 def binary(onnx_op: str) -> Converter:
