@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kiln.cli_options import (EXIT_CODE_HELP, compile_options, echo_json, exit_on_signals, handles_errors,
-                              import_options, json_option, neural_quantize_options, progress_reporter)
-from kiln.cli_runtime import bench_command, run_command
+                              import_options, in_worker, json_option, neural_quantize_options, progress_reporter)
+from kiln.cli_runtime import bench_command, rpc_server_command, run_command
 from kiln.errors import OUT_OF_DATE_EXIT_CODE
 
 if TYPE_CHECKING:
@@ -36,6 +36,28 @@ def cli() -> None:
 
 cli.add_command(run_command)
 cli.add_command(bench_command)
+cli.add_command(rpc_server_command)
+
+
+@cli.command("rpc-tracker", epilog=EXIT_CODE_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on (0.0.0.0: every interface, for servers and clients on other machines).")
+@click.option("--port", type=click.IntRange(0, 65535), default=9190, show_default=True,
+              help="The port to listen on (0: any free one; the line on stdout says which).")
+@handles_errors
+def rpc_tracker_command(host: str, port: int):
+    """Pool RPC servers by key and hand each client a free one (TVM's tracker).
+
+    Servers join with `kiln rpc-server --tracker HOST:PORT --key KEY`; `kiln tune --rpc-tracker` measures
+    on every server of a key at once, `kiln run/bench --rpc-tracker` take one.
+
+    \b
+    Example:
+      kiln rpc-tracker --host 0.0.0.0 --port 9190
+    """
+    from kiln.remote.tracker import serve
+
+    serve(host, port, lambda bound: click.echo(f"kiln rpc-tracker listening on {host}:{bound}"))
 
 
 @cli.command("compile", epilog=EXIT_CODE_HELP)
@@ -56,7 +78,11 @@ def compile_command(model: Path, options: CompileOptions, quiet: bool, as_json: 
     """
     import kiln
 
-    result = kiln.compile(model, options, progress_reporter(quiet or as_json))
+    from kiln.compiler.artifact import remove_abandoned_stages
+
+    progress = progress_reporter(quiet or as_json)
+    result = in_worker(lambda: kiln.compile(model, options, progress), f"compiling {model}",
+                       cleanup=lambda: remove_abandoned_stages(options.output))
     manifest = result.manifest
     quantization = ({**manifest.quantization.to_json(), "report": result.report.to_json()}
                     if manifest.quantization and result.report else None)
@@ -121,13 +147,16 @@ def quantize_command(model: Path, calib: Path, output: Path, target: str, import
     import kiln
     from kiln.quantization.report import table
 
-    quantized = kiln.quantize(model, calib, output, target=kiln.target(target), options=quantize_options,
-                              imports=imports, progress=progress_reporter(quiet or as_json)).quantized
+    def quantize() -> tuple[dict[str, Any], dict[str, Any]]:  # what crosses back from the worker: JSON only
+        quantized = kiln.quantize(model, calib, output, target=kiln.target(target), options=quantize_options,
+                                  imports=imports, progress=progress_reporter(quiet or as_json)).quantized
+        return quantized.summary().to_json(), quantized.report.to_json()
+
+    summary, report = in_worker(quantize, f"quantizing {model}")
     if as_json:
-        echo_json({"output": str(output), "quantization": quantized.summary().to_json(),
-                    "report": quantized.report.to_json()})
+        echo_json({"output": str(output), "quantization": summary, "report": report})
         return
-    click.echo(table(quantized.report.to_json()))
+    click.echo(table(report))
     click.echo(f"quantized {model} -> {output}")
 
 
@@ -172,7 +201,8 @@ def inspect_command(model: Path, imports: ImportOptions, as_json: bool):
     import kiln
     from kiln.compiler.manifest import Manifest
 
-    described = kiln.inspect(model, imports)
+    described = kiln.inspect(model, imports) if model.is_dir() else in_worker(lambda: kiln.inspect(model, imports),
+                                                                               f"reading {model}")
     report = described.to_json()
     if isinstance(described, Manifest):
         report = {"kind": "artifact", "path": str(model), **report}
@@ -293,7 +323,9 @@ def build_command(names: tuple[str, ...], config_path: Path, jobs: int, check: b
     """
     import kiln
 
-    report = kiln.build(config_path, names, jobs=jobs, check=check, progress=progress_reporter(quiet or as_json))
+    progress = progress_reporter(quiet or as_json)
+    report = in_worker(lambda: kiln.build(config_path, names, jobs=jobs, check=check, progress=progress),
+                       f"building {config_path}")
     if as_json:
         echo_json(report.to_json())
     else:
@@ -310,5 +342,7 @@ def build_command(names: tuple[str, ...], config_path: Path, jobs: int, check: b
 
 
 def main() -> None:
+    from kiln.isolation import Limits
+
     exit_on_signals()
-    cli()
+    cli(obj=Limits.from_environment())

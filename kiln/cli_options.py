@@ -10,7 +10,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping, TypeVar
 
 import click
 
@@ -18,12 +18,47 @@ from kiln.errors import EXIT_CODES, KilnError, SettingError
 from kiln.progress import QUIET, Advance, Progress
 from kiln.settings import as_flags
 
+T = TypeVar("T")
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (for CI).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="CPU threads to use [default: all cores].")
+
+
+def remote_options(doing: str) -> Callable:
+    """--rpc, --rpc-tracker and --rpc-key (what `doing` does remotely); the command receives them as one `remote`:
+    a kiln.remote.session.Remote, or None when none is given."""
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        @handles_errors  # the options are checked here, outside the command's own handles_errors
+        def wrapper(*args, rpc: str | None, rpc_tracker: str | None, rpc_key: str | None, **kwargs):
+            from kiln.remote.session import Address, Remote
+
+            remote = None
+            if rpc or rpc_tracker or rpc_key:
+                remote = Remote(server=Address.parse(rpc, "--rpc") if rpc else None,
+                                tracker=Address.parse(rpc_tracker, "--rpc-tracker") if rpc_tracker else None,
+                                key=rpc_key or "")
+            return command(*args, remote=remote, **kwargs)
+
+        options = [
+            click.option("--rpc", metavar="HOST:PORT", default=None,
+                         help=f"{doing} on this RPC server (`kiln rpc-server` on the device) instead of here."),
+            click.option("--rpc-tracker", metavar="HOST:PORT", default=None,
+                         help=f"{doing} on a free server of this RPC tracker (`kiln rpc-tracker`), one of those "
+                              "registered under --rpc-key."),
+            click.option("--rpc-key", metavar="KEY", default=None,
+                         help="The servers' key (kiln rpc-server --key): required with --rpc-tracker, and with --rpc "
+                              "for a server started with a key."),
+        ]
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
 
 
 def settings_options(cls: type, name: str, only: Collection[str] | None = None,
@@ -110,6 +145,15 @@ def handles_errors(command: Callable) -> Callable:
         sys.exit(code)
 
     return wrapper
+
+
+def in_worker(work: Callable[[], T], doing: str, cleanup: Callable[[], None] = lambda: None) -> T:
+    """work() in kiln's worker process (kiln.isolation) when this is the `kiln` command (main() passes the limits
+    as the context's obj); in this process when the CLI is called another way (click's CliRunner in tests)."""
+    from kiln.isolation import run_isolated
+
+    limits = click.get_current_context().find_root().obj
+    return work() if limits is None else run_isolated(work, limits, doing, cleanup)
 
 
 def exit_on_signals() -> None:

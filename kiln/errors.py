@@ -15,6 +15,18 @@ class KilnError(Exception):
 
     exit_code = 1
 
+    def __reduce__(self):
+        # Subclasses take other arguments than their message: unpickled (from kiln's worker process, isolation.py)
+        # from their state, not by calling __init__ again.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type, args: tuple, state: dict) -> KilnError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class UsageError(KilnError):
     """A setting or name given to kiln that it cannot use (the command line's usage errors)."""
@@ -78,6 +90,12 @@ class AccuracyGateError(KilnError):
     exit_code = 6
 
 
+class RemoteError(KilnError):
+    """An RPC server or tracker that cannot be reached, has no free server, or failed during a remote run."""
+
+    exit_code = 8
+
+
 # `kiln build --check` exits with this when an artifact is out of date (not an error of kiln's).
 OUT_OF_DATE_EXIT_CODE = 7
 
@@ -90,6 +108,7 @@ EXIT_CODES = {
     TargetError.exit_code: "unknown target, missing toolchain, or host lacks the target's instruction set",
     AccuracyGateError.exit_code: "accuracy gate failed",
     OUT_OF_DATE_EXIT_CODE: "kiln build --check: some artifact is out of date",
+    RemoteError.exit_code: "RPC server or tracker unreachable, busy, or failed (--rpc, --rpc-tracker)",
     128 + signal.SIGINT: "stopped by SIGINT (Ctrl-C)",
     128 + signal.SIGTERM: "stopped by SIGTERM",
 }

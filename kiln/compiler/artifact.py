@@ -86,7 +86,7 @@ def check_output_path(output: Path) -> None:
 def staging(output: Path) -> Iterator[Path]:
     """A fresh directory to build the artifact in; on success it replaces `output` atomically."""
     check_output_path(output)
-    _remove_abandoned_stages(output)
+    remove_abandoned_stages(output)
     stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.{os.getpid()}.", suffix=".staging", dir=output.parent))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; an artifact is an ordinary folder
     try:
@@ -97,7 +97,7 @@ def staging(output: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _remove_abandoned_stages(output: Path) -> None:
+def remove_abandoned_stages(output: Path) -> None:
     """Delete staging folders left by builds that were killed (their process is gone)."""
     for stage in output.parent.glob(f".{output.name}.*.staging"):
         pid = stage.name[len(output.name) + 2:].split(".", 1)[0]
@@ -187,6 +187,15 @@ def check_library_machine(library: Path, preset: Preset) -> None:
                          f"{preset.name} needs machine {expected}; the artifact is inconsistent. Rebuild it.")
 
 
+def checked_library(path: Path) -> tuple[Manifest, Path]:
+    """An artifact's manifest and its library, after the checks that need no device: the library is the one the
+    manifest names, unmodified, and built for the target's machine."""
+    manifest = read_manifest(path)
+    library = verified_file(path, manifest.library)
+    check_library_machine(library, manifest.target)
+    return manifest, library
+
+
 def load(path: str | os.PathLike, threads: int | None = None):
     """Load an artifact and return its predictor (`.predict(inputs)`, `.inputs`, `.outputs`)."""
     import importlib
@@ -194,10 +203,8 @@ def load(path: str | os.PathLike, threads: int | None = None):
     from kiln.targets.host import check_can_run
 
     path = Path(path)
-    manifest = read_manifest(path)
-    library = verified_file(path, manifest.library)
+    manifest, library = checked_library(path)
     check_can_run(manifest.target)
-    check_library_machine(library, manifest.target)
     module_name, class_name = _PREDICTORS[manifest.backend].split(":")
     predictor_class = getattr(importlib.import_module(module_name), class_name)
     return predictor_class(library, manifest.target, manifest.inputs, manifest.outputs, threads=threads)
