@@ -1,7 +1,8 @@
 """`kiln bench`: latency and throughput of an artifact, optionally beside a reference engine.
 
 Kiln and the reference run alternately on the same inputs and thread count, so that both see the
-same machine noise; results are medians and ratios from one run.
+same machine noise; results are medians and ratios from one run. With a remote device (BenchOptions.remote)
+kiln is timed on that device by TVM's time evaluator and the reference here, one after the other.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import numpy as np
 from kiln.compiler import artifact
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.manifest import Backend, Manifest
-from kiln.errors import InputError
+from kiln.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from kiln.compiler.backends.tvm.profile import KernelTime
+    from kiln.remote.session import Remote
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -28,7 +30,7 @@ Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 @dataclass(frozen=True)
 class BenchOptions:
     batch: int | None = None
-    threads: int = os.cpu_count() or 1
+    threads: int | None = None  # None: every core of the machine kiln runs on
     vs: str | None = None
     warmup: int = 3
     min_repeats: int = 10
@@ -36,6 +38,7 @@ class BenchOptions:
     seconds: float = 3.0
     inputs: dict[str, np.ndarray] | None = None
     profile_runs: int = 0  # > 0: also time each TVM kernel over this many runs ("profile" in the result)
+    remote: Remote | None = None  # run and time kiln on this RPC server (the reference stays here)
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,18 @@ class Comparison:
 class BenchResult:
     artifact: Path
     batch: int
-    threads: int
+    threads: int | None  # None: a remote server's own default (one that does not say how many)
     kiln: Timing
     reference: Comparison | None = None
     profile: tuple[KernelTime, ...] | None = None  # TVM artifacts: time per kernel, slowest first
+    remote: str | None = None  # where kiln ran, when not here (the reference always runs here)
+    remote_checked: bool = False  # whether the remote said what CPU it has, and it was checked against the target
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"artifact": str(self.artifact), "batch": self.batch, "threads": self.threads,
                                 "kiln": vars(self.kiln)}
+        if self.remote:
+            data["remote"] = {"where": self.remote, "cpu_checked": self.remote_checked}
         if self.reference:
             data[self.reference.engine] = vars(self.reference.timing)
             data["speedup"], data["max_abs_diff"] = self.reference.speedup, self.reference.max_abs_diff
@@ -85,26 +92,56 @@ class BenchResult:
 
 
 def bench(path: Path, options: BenchOptions) -> BenchResult:
+    if options.remote:
+        return _bench_remote(path, options)
+    threads = options.threads or os.cpu_count() or 1
     manifest = artifact.read_manifest(path)
-    predictor = artifact.load(path, threads=options.threads)
+    predictor = artifact.load(path, threads=threads)
     inputs = options.inputs or random_inputs(predictor.inputs, options.batch)
     runners: dict[str, Runner] = {"kiln": lambda feed: list(predictor.run(feed).values())}
     if options.vs:
-        runners[options.vs] = reference(options.vs, path, manifest, options.threads)
+        runners[options.vs] = reference(options.vs, path, manifest, threads)
     timings, outputs = measure(runners, inputs, options)
-    comparison = None
-    if options.vs:
-        difference = max(float(np.max(np.abs(k.astype(np.float64) - r.astype(np.float64))))
-                         for k, r in zip(outputs["kiln"], outputs[options.vs]))
-        comparison = Comparison(options.vs, timings[options.vs],
-                                timings[options.vs].median_ms / timings["kiln"].median_ms, difference)
+    comparison = _comparison(options.vs, timings, outputs) if options.vs else None
     profile = None
     if options.profile_runs:
         if not hasattr(predictor, "profile"):
             raise InputError(f"--profile times the kernels of TVM artifacts; {path} is a {manifest.backend.value} "
                              "artifact: drop --profile")
         profile = tuple(predictor.profile(inputs, options.profile_runs))
-    return BenchResult(path, _batch_of(inputs), options.threads, timings["kiln"], comparison, profile)
+    return BenchResult(path, _batch_of(inputs), threads, timings["kiln"], comparison, profile)
+
+
+def _bench_remote(path: Path, options: BenchOptions) -> BenchResult:
+    """Kiln timed on the remote server (TVM's time evaluator there: no network in the timings), then the
+    reference here on the same inputs with this machine's threads."""
+    from kiln.remote.predictor import load
+
+    if options.profile_runs:
+        raise UsageError("--profile times each kernel through the VM's instrument hook, which calls back into this "
+                         "process: it does not run over RPC. Drop --profile, or profile on the device itself")
+    predictor = load(path, options.remote, options.threads)
+    inputs = options.inputs or random_inputs(predictor.inputs, options.batch)
+    outputs = {"kiln": list(predictor.run(inputs).values())}
+    median = float(np.median(predictor.seconds(inputs, options.min_repeats)))
+    repeats = int(min(options.max_repeats, max(options.min_repeats, options.seconds / max(median, 1e-9))))
+    timings = {"kiln": Timing.of(predictor.seconds(inputs, repeats), _batch_of(inputs))}
+    if options.vs:
+        manifest = artifact.read_manifest(path)
+        local, local_outputs = measure({options.vs: reference(options.vs, path, manifest,
+                                                                options.threads or os.cpu_count() or 1)},
+                                       inputs, options)
+        timings.update(local)
+        outputs.update(local_outputs)
+    comparison = _comparison(options.vs, timings, outputs) if options.vs else None
+    return BenchResult(path, _batch_of(inputs), predictor.threads, timings["kiln"], comparison,
+                       remote=predictor.session.where, remote_checked=predictor.host_checked)
+
+
+def _comparison(engine: str, timings: dict[str, Timing], outputs: dict[str, list[np.ndarray]]) -> Comparison:
+    difference = max(float(np.max(np.abs(k.astype(np.float64) - r.astype(np.float64))))
+                     for k, r in zip(outputs["kiln"], outputs[engine]))
+    return Comparison(engine, timings[engine], timings[engine].median_ms / timings["kiln"].median_ms, difference)
 
 
 def random_inputs(specs: tuple[TensorSpec, ...], batch: int | None) -> dict[str, np.ndarray]:
@@ -119,7 +156,7 @@ def random_inputs(specs: tuple[TensorSpec, ...], batch: int | None) -> dict[str,
         if np.issubdtype(np.dtype(spec.dtype), np.floating):
             feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         else:
-            feed[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+            feed[spec.name] = rng.integers(0, min(spec.index_bound or 10, 10), shape).astype(spec.dtype)
     return feed
 
 

@@ -36,6 +36,8 @@ from kiln.verification import (ReferenceUnavailable, VerificationError, calibrat
 if TYPE_CHECKING:
     import numpy as np
 
+    from kiln.remote.session import Remote
+
 
 def _target(spec: str) -> Preset:
     from kiln.targets import resolve
@@ -154,7 +156,7 @@ def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, 
         checked = (_check_against_reference(graph, library, files, options, quantized, progress) if options.verify
                    else None)
         manifest = artifact.make_manifest(
-            source, options.target, Backend.TVM, library, precision=options.precision, files=files,
+            graph, options.target, Backend.TVM, library, precision=options.precision, files=files,
             build=dataclasses.replace(build, schedules=report.schedules),
             integer_kernels=IntegerKernels.of(report.integer, options.target.int8_isa),
             quantization=quantized.summary() if quantized else None, verification=checked)
@@ -184,7 +186,7 @@ def _check_against_reference(graph: Graph, library: Path, files: dict[str, Path]
         except SettingError:  # fewer samples than the pinned batch: random inputs serve
             pass
     if feed is None:
-        feed = random_feed(graph.body, graph.signature.inputs)
+        feed = random_feed(graph.signature.inputs)
     predictor = TVMPredictor(library, options.target, graph.signature.inputs, graph.signature.outputs)
     reference = files["int8_onnx" if options.precision is Precision.INT8 else "onnx"]
     try:
@@ -259,8 +261,9 @@ def quantize_model(model: Path, calib: Path, options: QuantizeOptions, imports: 
 
 
 def tune_model(model: Path, imports: ImportOptions, preset: Preset, records: Path, trials: int,
-               progress: Progress = QUIET):
-    """`kiln tune`: search faster schedules for a neural model's kernels into `records` (a TuneReport)."""
+               progress: Progress = QUIET, remote: Remote | None = None):
+    """`kiln tune`: search faster schedules for a neural model's kernels into `records` (a TuneReport), measured
+    here or on `remote`'s servers."""
     from kiln.compiler.backends.tvm import tuning
     from kiln.compiler.backends.tvm.build import check_compilable
 
@@ -270,7 +273,7 @@ def tune_model(model: Path, imports: ImportOptions, preset: Preset, records: Pat
         raise InputError(f"{model} is a tree ensemble: tl2cgen compiles it with nothing to tune; "
                          "use kiln compile")
     check_compilable(graph)
-    return tuning.tune_model(graph, preset, records, trials, progress)
+    return tuning.tune_model(graph, preset, records, trials, progress, remote)
 
 
 def inspect_path(path: Path, imports: ImportOptions) -> Manifest | ModelSummary:
@@ -325,8 +328,6 @@ def _most_used_first(ops: Counter[str]) -> dict[str, int]:
 def verify_artifact(path: Path, data: Path | None = None) -> Verification:
     """`kiln verify`: check a neural artifact against ONNX Runtime again, on `data` (.npz/.npy) or seeded random
     inputs; a VerificationError (exit 3) when they differ beyond the tolerance."""
-    import onnx
-
     from kiln.arrays import read_arrays
 
     manifest = artifact.read_manifest(path)
@@ -339,7 +340,7 @@ def verify_artifact(path: Path, data: Path | None = None) -> Verification:
     if data:
         feed, described = given_feed(read_arrays(data, single), manifest.inputs, str(data))
     else:
-        feed = random_feed(onnx.load(str(reference), load_external_data=False), manifest.inputs)
+        feed = random_feed(manifest.inputs)
         described = "random inputs (seed 0)"
     checked = verify(predictor.run, reference, manifest.precision, feed, described)
     if not checked.passed:

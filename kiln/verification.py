@@ -98,17 +98,10 @@ def _output_steps(qdq_model: Path) -> dict[str, float]:
     return {output: scales[scale] for output, scale in scale_of.items() if scale in scales}
 
 
-def random_feed(model: "onnx.ModelProto", specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-    """Seeded inputs for `specs`: floats from a standard normal; integers below the row count of every table a
-    Gather indexes with them (token ids within the vocabulary), else 0 or 1; booleans at random."""
+def random_feed(specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """Seeded inputs for `specs`: floats from a standard normal; integers that index tables within their rows
+    (token ids within the vocabulary), else 0 or 1; booleans at random."""
     rng = np.random.default_rng(SEED)
-    tables = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    bounds: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in tables:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            rows = tables[node.input[0]][axis]
-            bounds[node.input[1]] = min(bounds.get(node.input[1], rows), rows)
     feed = {}
     for spec in specs:
         dtype = np.dtype(spec.dtype)
@@ -117,7 +110,7 @@ def random_feed(model: "onnx.ModelProto", specs: tuple[TensorSpec, ...]) -> dict
         elif dtype == np.bool_:
             feed[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
         else:
-            feed[spec.name] = rng.integers(0, bounds.get(spec.name, 2), spec.shape).astype(dtype)
+            feed[spec.name] = rng.integers(0, spec.index_bound or 2, spec.shape).astype(dtype)
     return feed
 
 

@@ -30,17 +30,21 @@ class TensorSpec:
     name: str
     shape: tuple[Dim, ...]
     dtype: str
+    # An integer input that indexes constant tables (passes.index_bounds): their fewest rows. Valid values are
+    # -index_bound .. index_bound - 1, as ONNX's Gather takes them.
+    index_bound: int | None = None
 
     @property
     def is_static(self) -> bool:
         return all(isinstance(d, int) for d in self.shape)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        data = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return data if self.index_bound is None else {**data, "index_bound": self.index_bound}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TensorSpec":
-        return cls(data["name"], tuple(data["shape"]), data["dtype"])
+        return cls(data["name"], tuple(data["shape"]), data["dtype"], data.get("index_bound"))
 
     def describe(self) -> str:
         dims = "x".join(str(d) for d in self.shape) or "scalar"

@@ -59,4 +59,10 @@ def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] =
         raise InputError(f"input {spec.name!r} has shape {got}; the model takes "
                          f"{'x'.join(map(str, spec.shape))}. To run another batch size, recompile with "
                          f"--input-shape {spec.name}:<dims>")
+    if spec.index_bound is not None and array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < -spec.index_bound or high >= spec.index_bound:
+            raise InputError(f"input {spec.name!r} holds {high if high >= spec.index_bound else low}, outside the "
+                             f"{spec.index_bound} rows of the table it indexes (valid: {-spec.index_bound} to "
+                             f"{spec.index_bound - 1}); the compiled code would read past the table")
     return np.ascontiguousarray(array)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from kiln.compiler.graph import Graph, GraphKind
 from kiln.compiler.passes.fold_batchnorm import fold_batchnorm
 from kiln.compiler.passes.fold_constants import fold_constants
+from kiln.compiler.passes.index_bounds import index_bounds
 from kiln.compiler.passes.name_nodes import name_nodes
 
 # Names first, so an unnamed node keeps the name its place in the source model gives it; constants folded
-# before BatchNorm folding, which needs its parameters (Constant nodes in some exports) as initializers.
-NEURAL_PASSES = (name_nodes, fold_constants, fold_batchnorm)
+# before BatchNorm folding, which needs its parameters (Constant nodes in some exports) as initializers; index
+# bounds once the tables a Gather reads are initializers.
+NEURAL_PASSES = (name_nodes, fold_constants, fold_batchnorm, index_bounds)
 
 
 def run_passes(graph: Graph) -> Graph:
