@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 # Below this opset the model is upgraded with onnx.version_converter before anything else.
 MIN_OPSET = 11
 UPGRADE_OPSET = 13
+PROTOBUF_LIMIT = 2**31
 
 
 def load(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
@@ -24,6 +26,7 @@ def load(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> 
 
     model = _read(path)
     _load_external_data(model, path)
+    _check_tensor_sizes(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -44,6 +47,11 @@ def _read(path: Path) -> "onnx.ModelProto":
 
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    if path.stat().st_size >= PROTOBUF_LIMIT:
+        raise InputError(f"{path}: {path.stat().st_size / 2**30:.1f} GiB, past protobuf's 2 GiB limit for one "
+                         "message, so no ONNX reader can parse it; save the model with its weights as external "
+                         "data (onnx.save_model(model, path, save_as_external_data=True), or "
+                         "torch.onnx.export(..., external_data=True)) and compile that")
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
@@ -72,8 +80,28 @@ def _load_external_data(model: "onnx.ModelProto", path: Path) -> None:
             raise InputError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
     try:
         external_data_helper.load_external_data_for_model(model, str(folder))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read external data: {exc}") from exc
+    except Exception as exc:  # OSError, ValueError, and onnx's ValidationError for a hard-linked data file
+        raise InputError(f"{path}: cannot read external data: {_first_line(exc).rstrip('.')}. If the data file is a link, "
+                         "copy it in its place.") from exc
+
+
+def _check_tensor_sizes(model: "onnx.ModelProto", path: Path) -> None:
+    """Refuse a tensor whose raw bytes do not fill its dims exactly (numpy would fail on it deep in the build)."""
+    from onnx import helper
+
+    for tensor in all_tensors(model):
+        if not tensor.HasField("raw_data") or tensor.data_type in _VARIABLE_SIZE:
+            continue
+        bits = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize * 8
+        bits = _PACKED_BITS.get(tensor.data_type, bits)
+        expected = (math.prod(tensor.dims) * bits + 7) // 8
+        if len(tensor.raw_data) != expected:
+            raise InputError(f"{path}: tensor {tensor.name!r} has {len(tensor.raw_data)} bytes of data, but its "
+                             f"dims {list(tensor.dims)} need {expected}; the model is corrupt. Re-export it.")
+
+
+_VARIABLE_SIZE = frozenset({8})  # STRING
+_PACKED_BITS = {21: 4, 22: 4, 23: 4, 25: 2, 26: 2}  # UINT4, INT4, FLOAT4E2M1, UINT2, INT2: packed sub-byte types
 
 
 def _upgrade_opset(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":

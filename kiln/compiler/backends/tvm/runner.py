@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import kiln.tvm_runtime as tvm_runtime
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.predictor import Predictor
+from kiln.errors import InputError
 from kiln.targets.presets import Family, Preset
 
 
@@ -40,7 +42,10 @@ class TVMPredictor(Predictor):
             else:
                 for tensor, array in zip(self._inputs, arrays):
                     tvm_runtime.copy_into(tensor, array)
-            result = self._main(*self._inputs)
+            try:
+                result = self._main(*self._inputs)
+            except RuntimeError as exc:
+                raise _signature_error(exc) or exc
             results = [result] if len(self.outputs) == 1 else list(result)
             return [self._array(r, spec) for r, spec in zip(results, self.outputs)]
 
@@ -60,6 +65,16 @@ class TVMPredictor(Predictor):
             args.append(tvm_runtime.empty(spec.shape, spec.dtype, self._device))
             tvm_runtime.copy_into(args[-1], np.ascontiguousarray(feed[spec.name], dtype=spec.dtype))
         return profile_vm(self._vm, self._main, args, runs)
+
+
+def _signature_error(exc: RuntimeError) -> InputError | None:
+    """An InputError when the library refused its inputs' shapes or dtypes: the inputs passed the manifest's
+    checks, so the manifest and the library disagree."""
+    match = re.search(r"ErrorContext\(fn=main, loc=param\[\d+\], param=(\w+), annotation=(.*?)\)\s", str(exc))
+    if match is None:
+        return None
+    return InputError(f"the artifact's library takes {match[1]} as {match[2]}, unlike its manifest; the artifact "
+                      "is inconsistent (edited or assembled from two builds). Rebuild it.")
 
 
 def prepare_thread_pool() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from kiln.compiler.frontends.mxnet.attrs import Attrs, Unsupported
 from kiln.compiler.frontends.mxnet.builder import GraphBuilder
+from kiln.errors import InputError
 
 _CHANNEL_FIRST_LAYOUTS = ("None", "NCW", "NCHW", "NCDHW")
 
@@ -32,10 +33,26 @@ def _window(a: Attrs, kernel: tuple[int, ...]) -> dict:
             "pads": _spatial(a, "pad", rank, 0) * 2}
 
 
+def _check_parameters(g: GraphBuilder, x: list[str], shapes: tuple[tuple[int, ...], ...], meaning: str) -> None:
+    """Refuse a weight or bias from the .params file whose shape is not what the op's attributes and input
+    make it: shape inference would fail later without naming the parameter."""
+    for name, expected in zip(x[1:], shapes):
+        array = g.array(name)
+        if array is not None and array.shape != expected:
+            raise InputError(f"{g.scope}: parameter {name!r} has shape {'x'.join(map(str, array.shape))} in the "
+                             f".params file, but this op needs {'x'.join(map(str, expected))} ({meaning}); the "
+                             ".params file does not match the symbol: export both from the same model")
+
+
 def convolution(g: GraphBuilder, x: list[str], a: Attrs) -> str:
     _check_layout(a)
     kernel = a.ints("kernel")
     inputs = x[:2] if a.bool("no_bias", False) else x[:3]
+    # Input channels are left to shape inference: knowing them here would run it once per convolution
+    weight, filters = g.array(x[1]), a.int("num_filter")
+    channels = weight.shape[1] if weight is not None and weight.ndim > 1 else 1
+    _check_parameters(g, inputs, ((filters, channels, *kernel), (filters,)),
+                      f"num_filter {filters}, kernel {'x'.join(map(str, kernel))}")
     return g.op("Conv", inputs, dilations=_spatial(a, "dilate", len(kernel), 1), group=a.int("num_group", 1),
                 **_window(a, kernel))
 
@@ -61,6 +78,10 @@ def deconvolution(g: GraphBuilder, x: list[str], a: Attrs) -> str:
 
 def fully_connected(g: GraphBuilder, x: list[str], a: Attrs) -> str:
     weights_and_bias = x[1:2] if a.bool("no_bias", False) else x[1:3]
+    hidden, shape = a.int("num_hidden"), g.shape(x[0])
+    features = math.prod(shape[1:]) if a.bool("flatten", True) else shape[-1]
+    _check_parameters(g, [x[0], *weights_and_bias], ((hidden, features), (hidden,)),
+                      f"num_hidden {hidden}, {features} input features")
     if a.bool("flatten", True):
         return g.op("Gemm", [g.op("Flatten", [x[0]], axis=1)] + weights_and_bias, transB=1)
     product = g.op("MatMul", [x[0], g.op("Transpose", [x[1]], perm=(1, 0))])
