@@ -22,40 +22,9 @@ KNOWN_FAILURES = {  # case -> what goes wrong today (status: exception in compon
     "test_attention_23_fullymasked_qk_matmul_output_mode3_zero_expanded":
         "wrong: nan location mismatch (NaN for fully masked rows)",
     "test_attention_4d_gqa_causal_nonpad_decode_fp16_expanded": "wrong: Mismatched elements: 3 / 64 (4.69%)",
-    "test_compress_default_axis":
-        "internal: AssertionError in legalization: emit_te now only supports Tensor that has ShapeExpr",
-    "test_constantofshape_float_ones": "internal: AssertionError in legalization:",
-    "test_expand_dim_changed":
-        "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
-    "test_eyelike_with_dtype":
-        "internal: ValueError in TVM importer: dtype mismatch between input (int32) and attribute (11)",
-    "test_hammingwindow_expanded":
-        "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
-    "test_hannwindow_expanded":
-        "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
-    "test_maxpool_with_argmax_2d_precomputed_strides":
-        "internal: AssertionError in TVM importer: Missing outputs during conversion. Expected 2 but G",
     "test_mish": "wrong: Mismatched elements: 1 / 10000 (0.01%)",
     "test_mish_expanded": "wrong: Mismatched elements: 1 / 10000 (0.01%)",
-    "test_nonmaxsuppression_identical_boxes":
-        "internal: InternalError in schedule: Check failed: (it != flat_map_.end()) is false: Buffer T",
-    "test_nonmaxsuppression_iou_threshold_boundary":
-        "internal: InternalError in schedule: Check failed: (it != flat_map_.end()) is false: Buffer T",
-    "test_nonmaxsuppression_limit_output_size":
-        "internal: InternalError in schedule: Check failed: (it != flat_map_.end()) is false: Buffer T",
-    "test_nonmaxsuppression_two_classes":
-        "internal: InternalError in schedule: Check failed: (it != flat_map_.end()) is false: Buffer T",
-    "test_optional_get_element_optional_tensor": "internal: ValueError in runtime: unknown dtype `unknown`",
-    "test_quantizelinear_blocked_symmetric":
-        "internal: ValueError in TVM importer: QuantizeLinear blocked quantization is not supported yet.",
-    "test_range_float16_type_positive_delta":
-        "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
     "test_roialign_mode_max": "wrong: Mismatched elements: 71 / 75 (94.7%)",
-    "test_squeeze": "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
-    "test_tile_precomputed":
-        "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
-    "test_unsqueeze_axis_1":
-        "internal: InternalError in schedule: Check failed: (slot->value_computed) is false: PrimExpr",
 }
 
 

@@ -1,5 +1,6 @@
 """kiln's CPU schedules: each rule alone on a small PrimFunc (against numpy), the NCHWc rewrite,
-whole models against ONNX Runtime at batch 1 and 8, and --schedule none."""
+whole models against ONNX Runtime at batch 1 and 8, --schedule none, and graphs the rules leave to TVM
+(run-time shapes, opaque kernels, zero-size constants)."""
 
 from __future__ import annotations
 
@@ -280,3 +281,63 @@ def test_bench_profile_shows_the_kernels(cli_runner, tmp_path: Path):
     assert sum(row["share"] for row in rows) == pytest.approx(1.0)
     text = cli_runner.invoke(cli, ["bench", str(artifact), "--profile", "--seconds", "0.2"]).output
     assert "where the time goes" in text and "fused_kconv" in text
+
+
+def _range_window(path: Path) -> Path:
+    """cos(2*pi*k/n) for k in Range(0, n): its length is a run-time value, defined by a match_cast in Relax."""
+    from kiln.testing.onnx_graphs import GraphBuilder
+
+    b = GraphBuilder("window", opset=17)
+    n = b.node("Cast", [b.input("n", [], onnx.TensorProto.INT32)], to=onnx.TensorProto.FLOAT)
+    size = b.node("Sub", [n, b.const(np.array(0, np.float32))])
+    angle = b.node("Div", [b.const(np.array(2 * np.pi, np.float32)), size])  # before the Range: fused with it
+    steps = b.node("Range", [b.const(np.array(0, np.float32)), n, b.const(np.array(1, np.float32))])
+    b.output(b.node("Cos", [b.node("Mul", [steps, angle])], "y"), ["n"])
+    return b.save(path)
+
+
+def test_run_time_lengths_compile_and_match(tmp_path: Path):
+    """A Range of computed length fused with the math before it: the layout rewrite dropped its match_cast, then
+    TVM's FuseOps moved the fused call above it (VMShapeLower: "range_len has not been computed", exit 1)."""
+    check_correctness(_range_window(tmp_path / "window.onnx"), {"n": np.array(10, np.int32)}, tmp_path)
+
+
+def test_squeeze_of_run_time_axes_compiles_and_matches(tmp_path: Path):
+    """The layout rewrite re-emitted the match_cast that defines the output's dims as a plain binding (exit 1)."""
+    from kiln.testing.onnx_graphs import GraphBuilder
+
+    b = GraphBuilder("squeeze", opset=13)
+    axes = b.input("axes", [1], onnx.TensorProto.INT64)
+    b.output(b.node("Squeeze", [b.input("x", [1, 3, 4]), axes], "y"), [3, 4])
+    check_correctness(b.save(tmp_path / "squeeze.onnx"),
+                      {"x": RNG.standard_normal((1, 3, 4)).astype(np.float32), "axes": np.array([0], np.int64)},
+                      tmp_path)
+
+
+def test_opaque_kernels_keep_tvms_schedule(tmp_path: Path):
+    """NonMaxSuppression's blocks read T_gather without declaring it: the reduction rule inlined it and lowering
+    failed ("Buffer T_gather is used before its definition", exit 1)."""
+    from kiln.testing.onnx_graphs import GraphBuilder
+
+    b = GraphBuilder("nms", opset=11)
+    boxes, scores = b.input("boxes", [1, 6, 4]), b.input("scores", [1, 2, 6])
+    limits = [b.const(np.array([2], np.int64)), b.const(np.array([0.5], np.float32)),
+              b.const(np.array([0.0], np.float32))]
+    b.nodes.append(onnx.helper.make_node("NonMaxSuppression", [boxes, scores, *limits], ["selected"]))
+    b.output("selected", [4, 3], onnx.TensorProto.INT64)
+    corners = np.array([[0, 0, 1, 1], [0, 0.1, 1, 1.1], [0, -0.1, 1, 0.9], [0, 10, 1, 11], [0, 10.1, 1, 11.1],
+                        [0, 100, 1, 101]], np.float32)[None]
+    check_correctness(b.save(tmp_path / "nms.onnx"),
+                      {"boxes": corners, "scores": np.array([[[.9, .75, .6, .95, .5, .3]] * 2], np.float32)}, tmp_path)
+
+
+def test_zero_size_constants_load_and_match(tmp_path: Path):
+    """An empty initial state concatenated with the input: TVM wrote the (2, 4, 0) constant into the library but
+    could not load it back ("Invalid DLTensor file format", exit 1)."""
+    from kiln.testing.onnx_graphs import GraphBuilder
+
+    b = GraphBuilder("empty_state", opset=17)
+    state = b.const(np.zeros((2, 4, 0), np.float32), "state")
+    b.output(b.node("Concat", [state, b.input("x", [2, 4, 8])], "y", axis=2), [2, 4, 8])
+    check_correctness(b.save(tmp_path / "empty.onnx"), {"x": RNG.standard_normal((2, 4, 8)).astype(np.float32)},
+                      tmp_path)

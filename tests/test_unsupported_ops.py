@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from kiln.cli import cli
@@ -175,3 +176,78 @@ def test_attributes_the_converter_ignores_are_refused(tmp_path: Path):
     assert unsupported_ops(is_inf(detect_negative=1)) == {}
     onnx.save(is_inf(), str(tmp_path / "isinf.onnx"))
     check_correctness(tmp_path / "isinf.onnx", {"x": np.array([1.0, np.inf, -np.inf, np.nan], np.float32)}, tmp_path)
+
+
+def test_inputs_the_converter_takes_wrongly_at_run_time_are_refused():
+    """TVM's Expand broadcasts to a run-time shape one way only ([3, 1] by [2, 1, 6] gave [2, 1, 6], not
+    [2, 3, 6]); its NonMaxSuppression replaces run-time limits with its defaults. Both were wrong answers."""
+    from kiln.compiler.backends.tvm.ops import unsupported_ops
+
+    b = GraphBuilder("expand", opset=13)
+    b.output(b.node("Expand", [b.input("x", [3, 1]), b.input("shape", [3], TensorProto.INT64)], "y", name="exp"))
+    assert unsupported_ops(b.model()) == {"Expand (shape must be constant)": ["exp"]}
+    b = GraphBuilder("nms", opset=11)
+    limits = [b.const(np.array([2], np.int64)), b.input("iou", [1]), b.const(np.array([0.0], np.float32))]
+    b.output(b.node("NonMaxSuppression", [b.input("boxes", [1, 6, 4]), b.input("scores", [1, 1, 6]), *limits],
+                    "selected", name="nms"))
+    assert unsupported_ops(b.model()) == {"NonMaxSuppression (iou_threshold must be constant)": ["nms"]}
+
+
+def _one_node(op: str, inputs: list[tuple[str, int, list[int]]], outputs: int = 1, opset: int = 23,
+              **attributes) -> onnx.ModelProto:
+    """A graph of one node named "n" over graph inputs (name, element type, shape); "" for an omitted input."""
+    b = GraphBuilder(op.lower(), opset=opset)
+    names = [b.input(name, shape, dtype) if name else "" for name, dtype, shape in inputs]
+    b.nodes.append(helper.make_node(op, names, [f"y{i}" for i in range(outputs)], name="n", **attributes))
+    for i in range(outputs):
+        b.output(f"y{i}")
+    return b.model()
+
+
+F32, F16, I32, I64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT64
+# Each raised an exception in TVM's importer or legalization (exit 1) before it was refused.
+CONVERTER_CRASHES = {
+    "ConstantOfShape (input must be constant)": _one_node("ConstantOfShape", [("shape", I64, [3])]),
+    "MaxPool (Indices output)": _one_node("MaxPool", [("x", F32, [1, 1, 4, 4])], outputs=2, kernel_shape=[2, 2]),
+    "DequantizeLinear (block_size 2 (the converter rejects it))": _one_node(
+        "DequantizeLinear", [("x", TensorProto.INT8, [2, 4]), ("scale", F32, [2, 2])], axis=1, block_size=2),
+    "OptionalHasElement (no input; the converter needs one)": _one_node("OptionalHasElement", []),
+    "Elu (float16 input; the converter's constants are float32)": _one_node("Elu", [("x", F16, [4])]),
+    "Pow (exponent of another type than the base)": _one_node("Pow", [("x", F32, [4]), ("e", I64, [4])]),
+    "Pow (int32 base; Relax's power takes floats only)": _one_node("Pow", [("x", I32, [4]), ("e", I32, [4])]),
+    "EyeLike (dtype other than the input's)": _one_node("EyeLike", [("x", I32, [3, 3])], dtype=TensorProto.DOUBLE),
+    "RMSNormalization (axis 0: every dim normalized)": _one_node(
+        "RMSNormalization", [("x", F32, [2, 3]), ("w", F32, [2, 3])], axis=-2),
+}
+
+
+@pytest.mark.parametrize("label", CONVERTER_CRASHES)
+def test_nodes_the_converter_crashes_on_are_refused(label: str):
+    from kiln.compiler.backends.tvm.ops import unsupported_ops
+
+    assert unsupported_ops(CONVERTER_CRASHES[label]) == {label: ["n"]}
+
+
+def test_the_same_ops_with_what_the_converter_takes_are_not_refused():
+    from kiln.compiler.backends.tvm.ops import unsupported_ops
+
+    for model in (_one_node("MaxPool", [("x", F32, [1, 1, 4, 4])], kernel_shape=[2, 2]),
+                  _one_node("Elu", [("x", F32, [4])]), _one_node("Pow", [("x", F32, [4]), ("e", F32, [4])]),
+                  _one_node("EyeLike", [("x", I32, [3, 3])], dtype=I32), _one_node("OptionalHasElement", [("", 0, [])]),
+                  _one_node("RMSNormalization", [("x", F32, [2, 3]), ("w", F32, [3])], axis=-1)):
+        assert unsupported_ops(model) == {}, model.graph.node[0].op_type
+
+
+def test_an_optional_input_given_a_shape_is_refused(cli_runner, tmp_path: Path):
+    """Pinning its shape turned the optional input into a tensor of no dtype, which the runner could not allocate
+    ("unknown dtype `unknown`", exit 1)."""
+    optional = helper.make_tensor_type_proto(TensorProto.FLOAT, [4])
+    graph = helper.make_graph(
+        [helper.make_node("OptionalHasElement", ["opt"], ["out"], name="has_0")], "optional",
+        [helper.make_value_info("opt", helper.make_optional_type_proto(optional))],
+        [helper.make_tensor_value_info("out", TensorProto.BOOL, [])])
+    model = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(model))
+    result = _compile(cli_runner, model, tmp_path, "opt:4")
+    assert result.exit_code == UnsupportedOpError.exit_code, result.output
+    assert "(opt)" in result.stderr

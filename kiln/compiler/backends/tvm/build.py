@@ -64,7 +64,9 @@ def build_library(graph: Graph, preset: Preset, library: Path, schedule: Schedul
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
-    mod = from_onnx(graph.body, keep_params_in_input=False)
+    from kiln.compiler.backends.tvm.rewrite.empty import allocate_empty
+
+    mod = allocate_empty(from_onnx(graph.body, keep_params_in_input=False))
     target = tvm.target.Target(preset.tvm_target)
     report = BuildReport()
     executable = tvm.compile(mod, target=target,
@@ -74,7 +76,7 @@ def build_library(graph: Graph, preset: Preset, library: Path, schedule: Schedul
 
         cuda.export_library(executable, preset, library)
     else:
-        executable.export_library(str(library), fcompile=_linker(preset))
+        executable.export_library(str(library), fcompile=linker(preset))
     return report
 
 
@@ -105,7 +107,8 @@ def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Pat
     return cpu_pipeline(target, database, report.schedules, report.integer)
 
 
-def _linker(preset: Preset):
+def linker(preset: Preset):
+    """The fcompile that links `preset`'s code into a shared library (None: TVM's default, the host's cc)."""
     if preset.family is not Family.AARCH64:
         return None
     from tvm.support import cc

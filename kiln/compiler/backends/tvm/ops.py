@@ -6,6 +6,8 @@ A node is refused (with a reason) when
   com.microsoft's, and crashes on it);
 - an input the importer takes only as a constant (REQUIRED_CONSTANT: ReduceX axes, Resize scales, TopK K, ...) is
   computed at run time ("axes must be constant");
+- an attribute value, a missing optional input or an input type makes the converter raise (blocked quantization,
+  Pow of mixed types, EyeLike's dtype, ...);
 - the importer has no converter for it at all (no reason: the plain by-name case).
 Nodes inside If / Loop / Scan subgraphs are scanned too, named `outer/attribute/node`.
 """
@@ -32,12 +34,17 @@ _REDUCE_AXES = {op: ((1, "axes"),) for op in (
     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
     "ReduceSum", "ReduceSumSquare")}
 # Inputs (index, ONNX name) that TVM 0.27's importer reads only as constants (onnx_frontend.py: get_constant then
-# an isinstance(..., GenericConst) check, an assert, or `.value.numpy()`).
+# an isinstance(..., GenericConst) check, an assert, or `.value.numpy()`), or converts wrongly when computed.
 REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
     **_REDUCE_AXES,
     "AffineGrid": ((1, "size"),),
+    "ConstantOfShape": ((0, "input"),),
     "CumSum": ((1, "axis"),),
+    # a computed shape is taken as broadcast_to's target: a 1 in it does not keep the data's dim (wrong answers)
+    "Expand": ((1, "shape"),),
     "MaxUnpool": ((2, "output_shape"),),
+    # computed ones are replaced by the defaults (0 boxes, IoU 0.5, score 0): wrong answers
+    "NonMaxSuppression": ((2, "max_output_boxes_per_class"), (3, "iou_threshold"), (4, "score_threshold")),
     "OneHot": ((1, "depth"), (2, "values")),
     "Pad": ((1, "pads"), (3, "axes")),
     "Reshape": ((1, "shape"),),
@@ -53,10 +60,16 @@ REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
 # Ops whose converters compute only their first output (the others come back empty or wrong): refused when a graph
 # reads more.
 FIRST_OUTPUT_ONLY = {"LayerNormalization": "Mean and InvStdDev outputs", "BatchNormalization": "training-mode outputs",
-                     "Dropout": "mask output"}
+                     "Dropout": "mask output", "MaxPool": "Indices output"}
 # Attribute values the converters ignore, computing the default instead (wrong answers): op -> (attribute, the
 # value that is honoured), refused when the node sets another.
 IGNORED_ATTRIBUTES = {"IsInf": (("detect_negative", 1), ("detect_positive", 1)), "SpaceToDepth": (("mode", b"DCR"),)}
+# Attribute values the converters raise on, the same way.
+REJECTED_ATTRIBUTES = {"QuantizeLinear": (("block_size", 0),), "DequantizeLinear": (("block_size", 0),)}
+# Optional inputs the converters raise without (not listed at all).
+REQUIRED_INPUTS = {"OptionalHasElement": "input"}
+# Ops whose converters build float32 constants, which Relax will not combine with other float types.
+FLOAT32_ONLY = frozenset({"Elu", "Selu"})
 # Never constant, whatever their inputs (fold_constants does not fold them either).
 _RUNTIME_ONLY = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                            "Bernoulli", "Dropout", "QuantizeLinear", "DequantizeLinear"})
@@ -91,19 +104,23 @@ def unsupported_ops(model: "onnx.ModelProto") -> dict[str, list[str]]:
     return found
 
 
-def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str], prefix: str) -> Iterator[Refusal]:
+def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str], prefix: str,
+          outer_types: Types | None = None) -> Iterator[Refusal]:
     supported = onnx_importer_ops()
     constants = set(outer_constants) | {t.name for t in graph.initializer}
+    types = {**(outer_types or {}), **_tensor_types(graph)}
     for index, node in enumerate(graph.node):
         name = prefix + (node.name or f"#{index}")
         reason = _reason(node, opset, supported, constants)
+        if reason is None:
+            reason = _type_reason(node, types)
         if reason is not None:
             op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
             yield Refusal(op, name, reason)
         for attribute in node.attribute:
             subgraphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
             for subgraph in subgraphs:
-                yield from _scan(subgraph, opset, frozenset(constants), f"{name}/{attribute.name}/")
+                yield from _scan(subgraph, opset, frozenset(constants), f"{name}/{attribute.name}/", types)
         if _is_constant(node, constants):
             constants.update(output for output in node.output if output)
 
@@ -124,16 +141,58 @@ def _reason(node, opset: int, supported: frozenset[str], constants: set[str]) ->
         return "not an ai.onnx op; TVM converts com.microsoft's"
     if node.op_type in FIRST_OUTPUT_ONLY and any(node.output[1:]):
         return FIRST_OUTPUT_ONLY[node.op_type]
+    if node.op_type in REQUIRED_INPUTS and not node.input:  # an empty name, for an empty optional, it takes
+        return f"no {REQUIRED_INPUTS[node.op_type]}; the converter needs one"
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    ignored = [f"{name} {attributes[name]!r}" for name, honoured in IGNORED_ATTRIBUTES.get(node.op_type, ())
-               if name in attributes and attributes[name] != honoured]
-    if ignored:
-        return ", ".join(ignored) + " (the converter ignores it)"
+    for table, effect in ((IGNORED_ATTRIBUTES, "ignores"), (REJECTED_ATTRIBUTES, "rejects")):
+        unhonoured = [f"{name} {attributes[name]!r}" for name, honoured in table.get(node.op_type, ())
+                      if name in attributes and attributes[name] != honoured]
+        if unhonoured:
+            return ", ".join(unhonoured) + f" (the converter {effect} it)"
     dynamic = [name for index, name in REQUIRED_CONSTANT.get(node.op_type, ())
                if index < len(node.input) and node.input[index] and node.input[index] not in constants]
     if dynamic:
         return " and ".join(dynamic) + (" must be constant" if len(dynamic) == 1 else " must be constants")
     return None
+
+
+Types = dict[str, tuple[int, "int | None"]]  # value name -> (ONNX element type, rank where known)
+
+
+def _tensor_types(graph: "onnx.GraphProto") -> Types:
+    """The tensor types `graph` declares or shape inference recorded (inputs, value_info, outputs, initializers)."""
+    types: Types = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = value.type.tensor_type if value.type.WhichOneof("value") == "tensor_type" else None
+        if tensor is not None and tensor.elem_type:
+            types[value.name] = (tensor.elem_type, len(tensor.shape.dim) if tensor.HasField("shape") else None)
+    types.update({t.name: (t.data_type, len(t.dims)) for t in graph.initializer})
+    return types
+
+
+def _type_reason(node, types: Types) -> str | None:
+    """Why a converter raises on `node`'s input types (None where it does not, or where the types are unknown)."""
+    import onnx
+
+    if node.domain not in DEFAULT_DOMAINS:
+        return None
+    (first, rank), (second, _) = ([types.get(name, (0, None)) for name in node.input[:2]] + [(0, None)] * 2)[:2]
+    first_name = onnx.TensorProto.DataType.Name(first).lower()
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in FLOAT32_ONLY and first and first != onnx.TensorProto.FLOAT:
+        return f"{first_name} input; the converter's constants are float32"
+    if node.op_type == "Pow" and first and second and first != second:
+        return "exponent of another type than the base"
+    if node.op_type == "Pow" and first and first not in _FLOAT_TYPES:
+        return f"{first_name} base; Relax's power takes floats only"
+    if node.op_type == "EyeLike" and first and attributes.get("dtype", first) != first:
+        return "dtype other than the input's"
+    if node.op_type == "RMSNormalization" and rank and attributes.get("axis", -1) in (0, -rank):
+        return "axis 0: every dim normalized"
+    return None
+
+
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def _is_constant(node, constants: set[str]) -> bool:
@@ -169,8 +228,11 @@ def unsupported_io(model: "onnx.ModelProto") -> dict[str, list[str]]:
             if kind != "tensor_type":
                 found.setdefault(f"{(kind or 'untyped').removesuffix('_type')} {side}s", []).append(value.name)
                 continue
-            elem_type = value.type.tensor_type.elem_type  # 0: not declared, left to the importer
-            type_name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "FLOAT"
+            elem_type = value.type.tensor_type.elem_type  # 0: not declared
+            if not elem_type and side == "input":  # the runner allocates each input with its declared dtype
+                found.setdefault("input dtype undeclared", []).append(value.name)
+                continue
+            type_name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "FLOAT"  # an output: the importer's
             if type_name not in _RUNNABLE_TYPES:
                 found.setdefault(f"{side} dtype {type_name.lower()}", []).append(value.name)
     return found

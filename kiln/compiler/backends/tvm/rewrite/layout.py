@@ -255,13 +255,24 @@ class _Rewriter:
             result = self.bb.emit(relax.Call(value.op, args, value.attrs, value.ty_args)), None
         self.env[var] = result
 
+    def match_cast(self, binding) -> None:
+        """Re-emitted as a match_cast, in NCHW: it defines the symbolic dims of a shape known only at run time (a
+        Squeeze's axes input, nonzero's count), which a plain binding would leave undefined for VMShapeLower."""
+        value = binding.value
+        if isinstance(value, relax.Call):
+            value = relax.Call(value.op, [self.plain(x) for x in value.args], value.attrs, value.ty_args)
+        self.env[binding.var] = (self.bb.match_cast(self.plain(value), binding.ty), None)
+
     def run(self) -> tvm.IRModule:
         main = self.mod["main"]
         with self.bb.function("kiln_main", list(main.params), attrs=dict(main.attrs) if main.attrs else None):
             with self.bb.dataflow():
                 for block in main.body.blocks:
                     for binding in block.bindings:
-                        self.bind(binding.var, binding.value)
+                        if isinstance(binding, relax.MatchCast):
+                            self.match_cast(binding)
+                        else:
+                            self.bind(binding.var, binding.value)
                 output = self.bb.emit_output(self.plain(main.body.body))
             self.bb.emit_func_output(output)
         built = self.bb.get()

@@ -83,6 +83,13 @@ def block_names(sch: Schedule) -> set[str]:
     return {sch.get(b).name_hint for b in blocks(sch)}
 
 
+def has_opaque_block(sch: Schedule) -> bool:
+    """Whether a block declares neither reads nor writes (TOPI's extern and hand-written kernels: sort, scan,
+    NonMaxSuppression): the schedule cannot see which buffers it uses, so a rule inlining a producer it reads
+    would drop that buffer."""
+    return any(not block.reads and not block.writes for block in map(sch.get, blocks(sch)))
+
+
 def is_reduction(sch: Schedule, block) -> bool:
     return any(iv.iter_type == REDUCE for iv in sch.get(block).iter_vars)
 

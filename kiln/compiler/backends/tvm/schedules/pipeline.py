@@ -7,7 +7,8 @@
 
 Each fused PrimFunc is scheduled by the first rule that applies; the rule's name is recorded on
 it as the `kiln.rule` attribute (see `rules_used`). A PrimFunc with a loop of symbolic extent (a shape
-known only at run time) gets no rule: it stays with TVM's default handling, as in TVM's own pipeline."""
+known only at run time) or an opaque block (an extern or hand-written kernel) gets no rule: it stays with TVM's
+default handling, as in TVM's own pipeline."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
 from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
-from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, SymbolicExtent, cpu_spec
+from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, SymbolicExtent, cpu_spec, has_opaque_block
 from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_INT8, DEPTHWISE_NCHWC
 from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
 from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
@@ -32,6 +33,8 @@ log = logging.getLogger("kiln.schedules")
 
 
 def rule_for(sch: Schedule) -> Rule | None:
+    if has_opaque_block(sch):
+        return None
     try:
         return next((rule for rule in RULES if rule.applies(sch)), None)
     except SymbolicExtent:
@@ -82,16 +85,20 @@ def fuse(mod: tvm.IRModule, target, integer: list[dict] | None = None) -> tvm.IR
     multinomial sampling), legalization to TIR, fusion. Tuning tasks are this output's PrimFuncs."""
     with target:
         mod = to_nchwc(mod, cpu_spec(target), integer)
-        return tvm.transform.Sequential([
+        mod = tvm.transform.Sequential([
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(),
         ])(mod)
+        fused = tvm.transform.Sequential([relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
+        if relax.analysis.check_well_formed(mod) and not relax.analysis.check_well_formed(fused):
+            # TVM 0.27's FuseOps can move a fused call above the match_cast that defines a dim it reads (a Range
+            # whose length is computed at run time, fused with the math before it); VMShapeLower then fails
+            log.debug("kiln: fusion left a binding before a definition it reads; the ops stay unfused")
+            fused = mod
+        return relax.transform.DeadCodeElimination()(fused)
 
 
 def cpu_pipeline(target, database=None, rules: dict[str, int] | None = None,
