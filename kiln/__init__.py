@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from kiln.compiler.manifest import Manifest, Verification
     from kiln.pipeline import CompileOptions, CompileResult, ModelSummary, QuantizeResult
     from kiln.quantization.config import QuantizeOptions
+    from kiln.remote.session import Remote
     from kiln.targets.presets import Preset
 
 __all__ = ["compile", "quantize", "tune", "inspect", "verify", "load", "build", "target", "CompileOptions", "ImportOptions",
@@ -86,13 +87,15 @@ def quantize(model: str | os.PathLike, calib: str | os.PathLike, output: str | o
 
 
 def tune(model: str | os.PathLike, records: str | os.PathLike, *, target: "Preset", trials: int,
-         imports: "ImportOptions | None" = None, progress: Progress = QUIET) -> "TuneReport":
-    """Search faster schedules for a neural model's kernels on this machine into a records folder."""
+         imports: "ImportOptions | None" = None, progress: Progress = QUIET,
+         remote: "Remote | None" = None) -> "TuneReport":
+    """Search faster schedules for a neural model's kernels into a records folder, measured on this machine or on
+    `remote`'s RPC servers (kiln.remote.session.Remote: one server, or a tracker's servers of a key, in parallel)."""
     _needs_compiler("tune")
     from kiln.compiler.frontends import ImportOptions
     from kiln.pipeline import tune_model
 
-    return tune_model(Path(model), imports or ImportOptions(), target, Path(records), trials, progress)
+    return tune_model(Path(model), imports or ImportOptions(), target, Path(records), trials, progress, remote)
 
 
 def inspect(path: str | os.PathLike, imports: "ImportOptions | None" = None) -> "Manifest | ModelSummary":

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kiln.cli_options import (EXIT_CODE_HELP, compile_options, echo_json, exit_on_signals, handles_errors,
-                              import_options, in_worker, json_option, neural_quantize_options, progress_reporter)
+                              import_options, in_worker, json_option, neural_quantize_options, progress_reporter,
+                              remote_options)
 from kiln.cli_runtime import bench_command, rpc_server_command, run_command
 from kiln.errors import OUT_OF_DATE_EXIT_CODE
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from kiln.compiler.frontends import ImportOptions
     from kiln.pipeline import CompileOptions
     from kiln.quantization.config import QuantizeOptions
+    from kiln.remote.session import Remote
 
 
 @click.group(epilog=EXIT_CODE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -254,17 +256,19 @@ def targets_command(as_json: bool):
 @cli.command("tune", epilog=EXIT_CODE_HELP)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="x86-64", show_default=True,
-              help="Target preset or `host`; it must run on this machine, which measures the candidates.")
+              help="Target preset or `host`; the machine that measures the candidates (this one, or the RPC "
+                   "servers) must run it.")
 @click.option("--trials", type=click.IntRange(min=1), default=256, show_default=True,
               help="Candidate schedules to measure, over all kernels together.")
 @click.option("--output", "-o", "records", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Records folder to create or add to; pass it to `kiln compile --records`.")
 @import_options("input_shapes", "params")
+@remote_options("Measure the candidates")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages or progress bar.")
 @json_option
 @handles_errors
-def tune_command(model: Path, target: str, trials: int, records: Path, imports: ImportOptions, quiet: bool,
-                 as_json: bool):
+def tune_command(model: Path, target: str, trials: int, records: Path, imports: ImportOptions,
+                 remote: Remote | None, quiet: bool, as_json: bool):
     """Search faster schedules for a neural MODEL's kernels with MetaSchedule, into a records folder.
 
     Records are keyed by kernel and target, so a partial tuning still helps and models that share
@@ -272,21 +276,34 @@ def tune_command(model: Path, target: str, trials: int, records: Path, imports: 
     --records never picks a slower one. Winograd convs get kiln's rule variants only: MetaSchedule's
     search spent most of the time on them and rarely beat the rule.
 
+    With --rpc-tracker and --rpc-key, candidates are built here (linked for the target) and measured on
+    every server of the key at once: tune on the device the artifact is for. A server that drops out
+    costs only the candidates it was measuring, which go to the others; tuning finishes with what it has.
+
     \b
-    Example:
+    Examples:
       kiln tune model.onnx --input-shape input:1x3x224x224 --trials 512 -o records/
       kiln compile model.onnx --input-shape input:1x3x224x224 --records records/ -o model.kiln
+      kiln tune model.onnx --input-shape input:1x3x224x224 --target aarch64 \\
+        --rpc-tracker 10.0.0.5:9190 --rpc-key rpi4 -o records/
     """
     import kiln
 
     report = kiln.tune(model, records, target=kiln.target(target), trials=trials, imports=imports,
-                       progress=progress_reporter(quiet or as_json))
+                       progress=progress_reporter(quiet or as_json), remote=remote)
     if as_json:
         echo_json({"records": str(records), **report.to_json()})
         return
     click.echo(f"tuned {report.tasks} kernels ({report.tasks - report.searched} in kiln's rule variants only) "
                f"with {report.trials} trials in {report.seconds:.0f} s; "
                f"{report.improved} beat the default schedules -> {records}")
+    if report.remote:
+        click.echo(f"  measured on {report.servers} server{'s' if report.servers != 1 else ''}: {report.remote}")
+    for lost in report.lost:
+        click.echo(f"  lost {lost}; its candidates were measured elsewhere or counted as failed")
+    if report.failed:
+        click.echo(f"  {report.failed} of the searched candidates failed to build or measure; the records hold the "
+                   "rest")
 
 
 @cli.command("build", epilog=EXIT_CODE_HELP)

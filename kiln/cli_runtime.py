@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from kiln.cli_options import EXIT_CODE_HELP, echo_json, exit_on_signals, handles_errors, json_option, threads_option
+from kiln.cli_options import (EXIT_CODE_HELP, echo_json, exit_on_signals, handles_errors, json_option, remote_options,
+                              threads_option)
 
 if TYPE_CHECKING:
     from kiln.compiler.backends.tvm.profile import KernelTime
+    from kiln.remote.session import Remote
 
 
 @click.group(epilog=EXIT_CODE_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,19 +38,31 @@ def runtime_cli() -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Write the outputs to this .npz, one array per output name.")
 @threads_option
+@remote_options("Run it")
 @json_option
 @handles_errors
-def run_command(artifact: Path, input_path: Path, output: Path | None, threads: int | None, as_json: bool):
-    """Run an ARTIFACT on inputs from a file.
+def run_command(artifact: Path, input_path: Path, output: Path | None, threads: int | None, remote: Remote | None,
+                as_json: bool):
+    """Run an ARTIFACT on inputs from a file, here or on a remote device (--rpc, --rpc-tracker).
+
+    Remotely, the artifact is checked here (manifest, sha256, machine), its library is uploaded to the server
+    and run there, and the outputs come back.
 
     \b
-    Example:
+    Examples:
       kiln run digits.kiln --input examples/digits_cnn/digits_test.npz --output logits.npz
+      kiln run arm.kiln --input x.npz --rpc 192.168.1.20:9090
     """
     import kiln
     from kiln.arrays import read_arrays, write_arrays
 
-    predictor = kiln.load(artifact, threads=threads)
+    if remote:
+        from kiln.remote.predictor import load
+
+        predictor = load(artifact, remote, threads)
+        click.echo(f"running on {predictor.session.where}", err=True)
+    else:
+        predictor = kiln.load(artifact, threads=threads)
     single = predictor.inputs[0].name if len(predictor.inputs) == 1 else None
     outputs = predictor.run(read_arrays(input_path, single))
     if output:
@@ -80,30 +94,41 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
               help="Time budget for the measured runs.")
 @click.option("--profile", is_flag=True, help="Also show where the time goes: each kernel's share (TVM artifacts).")
+@remote_options("Time it")
 @json_option
 @handles_errors
 def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: int | None,
-                  input_path: Path | None, seconds: float, as_json: bool, profile: bool):
+                  input_path: Path | None, seconds: float, profile: bool, remote: Remote | None, as_json: bool):
     """Measure latency (median, p90, p99) and throughput of an ARTIFACT.
 
     With --vs, the reference runs alternately with kiln on the same inputs, so both see the same
     machine load; the speedup is reference median / kiln median (above 1: kiln is faster).
 
+    With --rpc or --rpc-tracker, kiln runs on the remote device and is timed there (no network in the
+    timings); the reference of --vs still runs here, so its speedup compares two machines.
+
     \b
-    Example:
+    Examples:
       kiln bench digits.kiln --vs onnxruntime --threads 2
+      kiln bench arm.kiln --rpc-tracker 10.0.0.5:9190 --rpc-key rpi4
     """
     from kiln.arrays import read_arrays
     from kiln.bench import BenchOptions, bench
 
     inputs = read_arrays(input_path) if input_path else None
     options = BenchOptions(batch=batch, vs=vs, seconds=seconds, inputs=inputs,
-                           profile_runs=PROFILE_RUNS if profile else 0, **({"threads": threads} if threads else {}))
+                           profile_runs=PROFILE_RUNS if profile else 0, threads=threads, remote=remote)
     result = bench(artifact, options)
     if as_json:
         echo_json(result.to_json())
         return
-    click.echo(f"{artifact}: batch {result.batch}, {result.threads} threads")
+    threads_used = f"{result.threads} threads" if result.threads else "the server's default threads"
+    click.echo(f"{artifact}: batch {result.batch}, {threads_used}" + (f", on {result.remote}" if result.remote else ""))
+    if result.remote and vs:
+        click.echo(f"  kiln ran on {result.remote}; {vs} ran here, on this machine: the speedup compares the two")
+    if result.remote and not result.remote_checked:
+        click.echo("  the server did not say what CPU it has (TVM's own server; kiln rpc-server does): "
+                   "the artifact's target was not checked against it")
     click.echo(f"  {'engine':12} {'median ms':>10} {'p90 ms':>10} {'p99 ms':>10} {'rows/s':>12}")
     timings = [("kiln", result.kiln)] + ([(vs, result.reference.timing)] if result.reference else [])
     for engine, t in timings:
@@ -129,8 +154,54 @@ def _echo_profile(rows: tuple[KernelTime, ...]) -> None:
                    f"{sum(r.calls for r in rest):5d}  ({len(rest)} more)")
 
 
+_TRUST = ("It runs whatever library a client sends it, as this user: listen beyond loopback only on a network "
+          "whose every client you trust.")
+
+
+@click.command("rpc-server", epilog=EXIT_CODE_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help=f"The address to listen on (0.0.0.0: every interface). {_TRUST}")
+@click.option("--port", type=click.IntRange(0, 65535), default=9090, show_default=True,
+              help="The port to listen on (0: any free one; the line on stdout says which).")
+@click.option("--tracker", metavar="HOST:PORT", default=None,
+              help="Join this RPC tracker's pool under --key: clients (kiln tune, run, bench --rpc-tracker) get it "
+                   "from the tracker when it is free.")
+@click.option("--key", default="", help="The pool's name at the tracker (a device kind: rpi4, graviton3); without "
+                                        "--tracker, clients must give it as --rpc-key.")
+@handles_errors
+def rpc_server_command(host: str, port: int, tracker: str | None, key: str):
+    """Lend this machine to remote runs: kiln run/bench --rpc, and kiln tune measuring candidates on it.
+
+    Each client's session runs in its own process, one session at a time; uploaded libraries live in a
+    temporary folder removed when the session ends. Needs only kiln-runtime (or the full kiln-ml).
+
+    \b
+    WARNING: an RPC server runs whatever library it is sent, with this user's rights. It listens on
+    loopback unless --host says otherwise; expose it only to clients you trust.
+
+    \b
+    Examples:
+      kiln rpc-server --port 9090                                      # for kiln run/bench --rpc HOST:9090
+      kiln rpc-server --host 0.0.0.0 --tracker 10.0.0.5:9190 --key rpi4 # join a tracker's rpi4 pool
+    """
+    from kiln.errors import UsageError
+    from kiln.remote.server import ServerOptions, serve
+    from kiln.remote.session import Address
+
+    if tracker and not key:
+        raise UsageError("--tracker needs --key: the pool this server joins (clients ask the tracker for it by key)")
+    options = ServerOptions(host, port, Address.parse(tracker, "--tracker") if tracker else None, key)
+
+    def ready(bound: int) -> None:
+        joined = f", in RPC tracker {options.tracker}'s {key!r} pool" if options.tracker else ""
+        click.echo(f"kiln rpc-server listening on {host}:{bound}{joined}")
+
+    serve(options, ready, lambda message: click.echo(f"kiln rpc-server: {message}", err=True))
+
+
 runtime_cli.add_command(run_command)
 runtime_cli.add_command(bench_command)
+runtime_cli.add_command(rpc_server_command)
 
 
 def main() -> None:

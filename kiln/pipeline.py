@@ -11,6 +11,7 @@ Each returns a typed result; the command line only prints them.
 from __future__ import annotations
 
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,8 @@ from kiln.compiler import artifact
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.fingerprint import fingerprint
 from kiln.compiler.frontends import ImportOptions, SourceFormat, detect_format, load_graph
-from kiln.compiler.graph import Graph, GraphKind, Provenance, TensorSpec
+from kiln.compiler.batching import DEFAULT_RANGE, chunk_sizes, ranged
+from kiln.compiler.graph import DimRange, Graph, GraphKind, Provenance, Signature, TensorSpec
 from kiln.compiler.manifest import Backend, BuildRecord, IntegerKernels, Manifest, Precision, Verification
 from kiln.compiler.passes import run_passes
 from kiln.errors import InputError, SettingError, TargetError, UnsupportedOpError
@@ -122,18 +124,107 @@ def compile_model(model: Path, options: CompileOptions, progress: Progress = QUI
     artifact.check_output_path(options.output)
     build = BuildRecord(fingerprint(model, options))
     progress.step(f"importing {model}")
-    source = load_graph(model, options.imports)
+    batch = options.imports.batch_range()
+    if batch is not None and detect_format(model) is not SourceFormat.ONNX:
+        raise SettingError(ImportOptions, "a batch range in {input_shapes} needs an ONNX model; compile one "
+                                          "artifact per batch size")
+    source = load_graph(model, options.imports.pinned(BATCH) if batch else options.imports)
     if source.kind is GraphKind.TREE:
         return _compile_tree(source, model, options, build, progress)
-    return _compile_neural(source, options, build, progress)
+    batch = batch or _default_batch(source, progress)
+    if batch is None:
+        return _compile_neural(source, options, build, progress)
+    return _compile_batch_range(source, model, batch, options, build, progress)
+
+
+BATCH = "batch"  # the name a ranged batch dim gets in the reference ONNX model
+
+
+def _default_batch(source: Graph, progress: Progress) -> DimRange | None:
+    """DEFAULT_RANGE when the inputs' only free dims are their first ones (a free batch), else None."""
+    free = [(spec, index) for spec in source.signature.inputs for index, dim in enumerate(spec.shape)
+            if not isinstance(dim, int)]
+    if not free or any(index != 0 for _, index in free):
+        return None
+    progress.step(f"the batch is free: compiling for batches {DEFAULT_RANGE} (pin one size with --input-shape "
+                  f"{free[0][0].name}:1x..., or give another range)")
+    return DEFAULT_RANGE
 
 
 def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, progress: Progress) -> CompileResult:
-    import dataclasses
+    import onnx
+
+    graph = _prepared(source, options)
+    with artifact.staging(options.output) as stage:
+        reference = stage / "model.onnx"
+        onnx.save_model(source.body, str(reference))
+        built = _build_library(graph, reference, stage, stage / "model.so", options, progress)
+        manifest = _neural_manifest(graph, options, build, built, {"onnx": reference, **built.files})
+        artifact.write_manifest(stage, manifest)
+    progress.step(f"wrote {options.output}")
+    return CompileResult(options.output, manifest, built.quantized.report if built.quantized else None)
+
+
+def _compile_batch_range(source: Graph, model: Path, batch: DimRange, options: CompileOptions, build: BuildRecord,
+                         progress: Progress) -> CompileResult:
+    """A library per chunk size of the range (kiln.compiler.batching), each compiled from the model with its batch
+    pinned and checked like a fixed-batch build; the manifest's inputs and outputs take the range."""
+    import tempfile
 
     import onnx
 
-    from kiln.compiler.backends.tvm.build import build_library, check_compilable, check_toolchain, uses_cpu_schedules
+    with artifact.staging(options.output) as stage:
+        libraries: dict[int, _Built] = {}
+        for size in chunk_sizes(batch):
+            progress.step(f"batch {size} (of the range {batch})")
+            pinned = load_graph(model, _pinned_batch(source, options.imports, size))
+            graph = _prepared(pinned, options)
+            _check_batched_outputs(graph, size)
+            with tempfile.TemporaryDirectory(dir=stage) as scratch:  # this chunk's reference models, for its check
+                reference = Path(scratch) / "model.onnx"
+                onnx.save_model(pinned.body, str(reference))
+                libraries[size] = _build_library(graph, reference, Path(scratch), stage / f"model-b{size}.so",
+                                                 options, progress)
+            last = graph
+        smallest = libraries[min(libraries)]
+        files = {"onnx": stage / "model.onnx"}
+        onnx.save_model(source.body, str(files["onnx"]))
+        if smallest.quantized:
+            files.update(smallest.quantized.write(stage))
+        signature = Signature(tuple(ranged(spec, batch) if spec.name in _batched_inputs(source) else spec
+                                    for spec in last.signature.inputs),
+                              tuple(ranged(spec, batch) for spec in last.signature.outputs))
+        manifest = dataclasses.replace(
+            _neural_manifest(dataclasses.replace(last, signature=signature), options, build, smallest, files),
+            batch_libraries={size: artifact.file_entry(built.library) for size, built in libraries.items()})
+        artifact.write_manifest(stage, manifest)
+    progress.step(f"wrote {options.output}")
+    return CompileResult(options.output, manifest, smallest.quantized.report if smallest.quantized else None)
+
+
+def _batched_inputs(source: Graph) -> set[str]:
+    """The inputs whose first dim is the free batch (the source's other dims are all pinned)."""
+    return {spec.name for spec in source.signature.inputs if spec.shape and not isinstance(spec.shape[0], int)}
+
+
+def _pinned_batch(source: Graph, imports: ImportOptions, size: int) -> ImportOptions:
+    """`imports` pinning every batched input of `source` to batch `size`."""
+    shapes = {spec.name: (size, *spec.shape[1:]) for spec in source.signature.inputs
+              if spec.name in _batched_inputs(source)}
+    return dataclasses.replace(imports, input_shapes={**imports.input_shapes, **shapes})
+
+
+def _check_batched_outputs(graph: Graph, size: int) -> None:
+    unbatched = [spec.describe() for spec in graph.signature.outputs if not spec.shape or spec.shape[0] != size]
+    if unbatched:
+        raise SettingError(ImportOptions, f"the outputs {', '.join(unbatched)} do not have the batch ({size}) as "
+                                          "their first dim, so a batch cannot be run in pieces; pin one batch size "
+                                          "with {input_shapes}")
+
+
+def _prepared(source: Graph, options: CompileOptions) -> Graph:
+    """The graph after the passes, checked compilable for the options' target."""
+    from kiln.compiler.backends.tvm.build import check_compilable, check_toolchain, uses_cpu_schedules
 
     check_toolchain(options.target)
     if options.records is not None and not uses_cpu_schedules(options.target, options.schedule):
@@ -142,27 +233,42 @@ def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, 
                                            "{records}, or use {schedule} default with an x86 or NEON aarch64 target")
     graph = run_passes(source)
     check_compilable(graph)  # after the passes: constant folding makes many parameters (axes, shapes) constants
+    return graph
+
+
+@dataclass(frozen=True)
+class _Built:
+    library: Path
+    report: Any  # backends.tvm.build.BuildReport
+    quantized: Quantized | None
+    files: dict[str, Path]  # INT8: the QDQ model, report and ranges, in the folder _build_library was given
+    verification: Verification | None
+
+
+def _build_library(graph: Graph, reference: Path, folder: Path, library: Path, options: CompileOptions,
+                   progress: Progress) -> _Built:
+    """Quantize (INT8, its files written into `folder`), build `library` (renamed content-addressed), and check it
+    against ONNX Runtime running `reference` (the model as imported) or, for INT8, the QDQ model."""
+    from kiln.compiler.backends.tvm.build import build_library
+
     quantized = _quantize(graph, options, progress) if options.precision is Precision.INT8 else None
-    with artifact.staging(options.output) as stage:
-        progress.step(f"compiling with TVM for {options.target.name}")
-        library = stage / "model.so"
-        report = build_library(quantized.graph if quantized else graph, options.target, library,
-                               options.schedule, options.records)
-        library = artifact.content_addressed(library)
-        files = {"onnx": stage / "model.onnx"}
-        onnx.save_model(source.body, str(files["onnx"]))
-        if quantized:
-            files.update(quantized.write(stage))
-        checked = (_check_against_reference(graph, library, files, options, quantized, progress) if options.verify
-                   else None)
-        manifest = artifact.make_manifest(
-            graph, options.target, Backend.TVM, library, precision=options.precision, files=files,
-            build=dataclasses.replace(build, schedules=report.schedules),
-            integer_kernels=IntegerKernels.of(report.integer, options.target.int8_isa),
-            quantization=quantized.summary() if quantized else None, verification=checked)
-        artifact.write_manifest(stage, manifest)
-    progress.step(f"wrote {options.output}")
-    return CompileResult(options.output, manifest, quantized.report if quantized else None)
+    progress.step(f"compiling with TVM for {options.target.name}")
+    report = build_library(quantized.graph if quantized else graph, options.target, library, options.schedule,
+                           options.records)
+    library = artifact.content_addressed(library)
+    files = quantized.write(folder) if quantized else {}
+    checked = (_check_against_reference(graph, library, {"onnx": reference, **files}, options, quantized, progress)
+               if options.verify else None)
+    return _Built(library, report, quantized, files, checked)
+
+
+def _neural_manifest(graph: Graph, options: CompileOptions, build: BuildRecord, built: _Built,
+                     files: dict[str, Path]) -> Manifest:
+    return artifact.make_manifest(
+        graph, options.target, Backend.TVM, built.library, precision=options.precision, files=files,
+        build=dataclasses.replace(build, schedules=built.report.schedules),
+        integer_kernels=IntegerKernels.of(built.report.integer, options.target.int8_isa),
+        quantization=built.quantized.summary() if built.quantized else None, verification=built.verification)
 
 
 def _check_against_reference(graph: Graph, library: Path, files: dict[str, Path], options: CompileOptions,
@@ -273,7 +379,17 @@ def tune_model(model: Path, imports: ImportOptions, preset: Preset, records: Pat
         raise InputError(f"{model} is a tree ensemble: tl2cgen compiles it with nothing to tune; "
                          "use kiln compile")
     check_compilable(graph)
-    return tuning.tune_model(graph, preset, records, trials, progress, remote)
+    if remote is None:
+        return tuning.tune_model(graph, preset, records, trials, progress)
+    import tempfile
+
+    from kiln.compiler.backends.tvm.build import check_toolchain
+    from kiln.remote.measure import RemotePool
+
+    check_toolchain(preset)  # candidates are linked here, for the servers' machine
+    with tempfile.TemporaryDirectory(prefix="kiln-tune-") as folder, \
+            RemotePool(remote, preset, tuning.REPEAT, Path(folder)) as pool:
+        return tuning.tune_model(graph, preset, records, trials, progress, pool)
 
 
 def inspect_path(path: Path, imports: ImportOptions) -> Manifest | ModelSummary:

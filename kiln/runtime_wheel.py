@@ -27,10 +27,12 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 MODULES = (
     "__init__.py", "arrays.py", "bench.py", "cli_options.py", "cli_runtime.py", "errors.py", "files.py",
     "progress.py", "settings.py", "tvm_runtime.py",
-    "compiler/__init__.py", "compiler/artifact.py", "compiler/graph.py", "compiler/manifest.py",
+    "compiler/__init__.py", "compiler/artifact.py", "compiler/batching.py", "compiler/graph.py",
+    "compiler/manifest.py",
     "compiler/predictor.py", "compiler/backends/__init__.py", "compiler/backends/tree_runner.py",
     "compiler/backends/tvm/__init__.py",
     "compiler/backends/tvm/profile.py", "compiler/backends/tvm/runner.py",
+    "remote/__init__.py", "remote/predictor.py", "remote/server.py", "remote/session.py",
     "targets/__init__.py", "targets/host.py", "targets/isa.py", "targets/llvm.py", "targets/presets.py",
 )
 # TVM's runtime libraries (never libtvm_compiler.so), installed as kiln/lib/ (tvm_runtime.BUNDLED).

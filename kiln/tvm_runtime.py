@@ -23,6 +23,8 @@ CORE = "libtvm_runtime.so"
 SIDECARS = ("libtvm_runtime_extra.so", "libtvm_runtime_cuda.so")
 
 KDL_CPU, KDL_CUDA = 1, 2
+# A device on an RPC server is its type + (session table index + 1) * RPC_SESS_MASK (tvm/rpc/base.py).
+RPC_SESS_MASK = 128
 _DEVICE_EXISTS, _DEVICE_COMPUTE_VERSION = 0, 4  # TVM's DeviceAttrKind
 
 
@@ -54,6 +56,14 @@ def load_runtime() -> dict[str, str]:
         else:
             failed[name] = f"{folder / name} is not installed"
     return failed
+
+
+def global_function(name: str):
+    """TVM's global function `name` (the runtime loaded first)."""
+    import tvm_ffi
+
+    load_runtime()
+    return tvm_ffi.get_global_func(name)
 
 
 def cuda_runtime_error() -> str | None:
@@ -110,15 +120,22 @@ def copy_out(tensor):
 
 
 def load_vm(library: Path, on):
-    """The Relax VM of a compiled library, initialized for device `on` (with the CPU for shape functions) and
-    TVM's pooled allocator, as tvm.relax.VirtualMachine does."""
+    """The Relax VM of a compiled library, initialized for device `on` (vm_of)."""
     import tvm_ffi
 
     load_runtime()
+    return vm_of(tvm_ffi.load_module(str(library)), on)
+
+
+def vm_of(module, on):
+    """The Relax VM of a loaded library module (here, or on an RPC server with `on` one of its devices),
+    initialized for device `on` (with the CPU for shape functions) and TVM's pooled allocator, as
+    tvm.relax.VirtualMachine does."""
     pooled = 2
-    executable = tvm_ffi.load_module(str(library))["vm_load_executable"]()
-    devices = [(on.dlpack_device_type(), on.index)]
-    if devices[0][0] != KDL_CPU:
+    executable = module["vm_load_executable"]()
+    kind = on.dlpack_device_type() % RPC_SESS_MASK  # the VM runs where the module is: devices as seen there
+    devices = [(kind, on.index)]
+    if kind != KDL_CPU:
         devices.append((KDL_CPU, 0))
     executable["vm_initialization"](*[value for kind, index in devices for value in (kind, index, pooled)])
     return executable

@@ -157,11 +157,14 @@ def test_an_image_spec_takes_its_keys_and_defaults_from_the_fields(tmp_path):
 
 
 def _symbolic_model(tmp_path):
-    import shutil
+    """The digits CNN with a free image size as well as a free batch (a free batch alone gets a default range)."""
+    import onnx
 
-    model = tmp_path / "m.onnx"
-    shutil.copy(DIGITS_CNN, model)
-    return model
+    model = onnx.load(str(DIGITS_CNN))
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "size"
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    return tmp_path / "m.onnx"
 
 
 def test_a_setting_reads_as_a_field_a_flag_or_a_key(tmp_path, cli_runner):
@@ -169,15 +172,15 @@ def test_a_setting_reads_as_a_field_a_flag_or_a_key(tmp_path, cli_runner):
     with pytest.raises(SettingError) as error:  # Python: the field
         compile_model(model, CompileOptions(resolve("x86-64"), tmp_path / "a.kiln"))
     assert error.value.owner is ImportOptions
-    assert "Pin them with input_shapes, e.g. input_shapes input:1x1x8x8" in str(error.value)
-    assert as_flags(error.value).endswith("Pin them with --input-shape, e.g. --input-shape input:1x1x8x8")
+    assert "Pin them with input_shapes, e.g. input_shapes input:1x1x1x1" in str(error.value)
+    assert as_flags(error.value).endswith("Pin them with --input-shape, e.g. --input-shape input:1x1x1x1")
     result = cli_runner.invoke(cli, ["compile", str(model), "-o", str(tmp_path / "b.kiln")])  # the CLI: the flag
     assert result.exit_code == InputError.exit_code
-    assert "Pin them with --input-shape, e.g. --input-shape input:1x1x8x8" in result.stderr
+    assert "Pin them with --input-shape, e.g. --input-shape input:1x1x1x1" in result.stderr
     (tmp_path / "kiln.toml").write_text('[artifact.a]\nmodel = "m.onnx"\n')  # kiln.toml: the key
     result = cli_runner.invoke(cli, ["build", "--config", str(tmp_path / "kiln.toml"), "--json"])
     assert result.exit_code == InputError.exit_code
-    assert "Pin them with input_shapes, e.g. input_shapes input:1x1x8x8" in result.stdout
+    assert "Pin them with input_shapes, e.g. input_shapes input:1x1x1x1" in result.stdout
 
 
 def test_int8_without_calibration_data_names_the_calib_setting(tmp_path, cli_runner):

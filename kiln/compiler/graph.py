@@ -17,7 +17,30 @@ if TYPE_CHECKING:
     import onnx
     import treelite
 
-Dim = Union[int, str]
+
+
+@dataclass(frozen=True)
+class DimRange:
+    """A batch dim an artifact takes at any size from low to high (`--input-shape input:1-64x3x224x224`)."""
+
+    low: int
+    high: int
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+    def __contains__(self, size: int) -> bool:
+        return self.low <= size <= self.high
+
+    @classmethod
+    def parse(cls, text: str) -> "DimRange | None":
+        """"1-64" -> DimRange(1, 64); None unless both ends are dims (1 to MAX_DIM) in order."""
+        low, sep, high = text.partition("-")
+        ends = parse_dims(f"{low}x{high}") if sep else None
+        return cls(*ends) if ends and ends[0] <= ends[1] else None
+
+
+Dim = Union[int, str, DimRange]  # a size, a symbolic name (any size), or a range (the batch of dynamic artifacts)
 
 
 class GraphKind(str, enum.Enum):
@@ -39,12 +62,14 @@ class TensorSpec:
         return all(isinstance(d, int) for d in self.shape)
 
     def to_json(self) -> dict[str, Any]:
-        data = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        shape = [str(d) if isinstance(d, DimRange) else d for d in self.shape]
+        data = {"name": self.name, "shape": shape, "dtype": self.dtype}
         return data if self.index_bound is None else {**data, "index_bound": self.index_bound}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TensorSpec":
-        return cls(data["name"], tuple(data["shape"]), data["dtype"], data.get("index_bound"))
+        shape = tuple(DimRange.parse(d) or d if isinstance(d, str) else d for d in data["shape"])
+        return cls(data["name"], shape, data["dtype"], data.get("index_bound"))
 
     def describe(self) -> str:
         dims = "x".join(str(d) for d in self.shape) or "scalar"

@@ -159,6 +159,9 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     library: FileEntry
     files: dict[str, FileEntry] = field(default_factory=dict)  # by role: onnx, int8_onnx, report, ranges, model
+    # An artifact whose inputs take a batch range: a library per batch size it runs, any batch in the range run as
+    # a sequence of them (kiln.compiler.batching); `library` is the smallest.
+    batch_libraries: dict[int, FileEntry] = field(default_factory=dict)
     build: BuildRecord | None = None
     tree: dict[str, Any] | None = None  # a tree build's summary (backends.treelite.TreeBuild)
     integer_kernels: IntegerKernels | None = None
@@ -179,6 +182,9 @@ class Manifest:
             "library": self.library.to_json(),
             "files": {role: entry.to_json() for role, entry in sorted(self.files.items())},
         }
+        if self.batch_libraries:
+            data["batch_libraries"] = {str(size): entry.to_json()
+                                       for size, entry in sorted(self.batch_libraries.items())}
         for key, record in (("build", self.build), ("integer_kernels", self.integer_kernels),
                             ("quantization", self.quantization), ("verification", self.verification)):
             if record is not None:
@@ -206,6 +212,8 @@ class Manifest:
                 outputs=tuple(TensorSpec.from_json(s) for s in data["outputs"]),
                 library=FileEntry.from_json(data["library"]),
                 files={role: FileEntry.from_json(entry) for role, entry in data["files"].items()},
+                batch_libraries={int(size): FileEntry.from_json(entry)
+                                 for size, entry in data.get("batch_libraries", {}).items()},
                 build=BuildRecord.from_json(data["build"]) if "build" in data else None,
                 tree=data.get("tree"),
                 integer_kernels=IntegerKernels.from_json(data["integer_kernels"]) if "integer_kernels" in data

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kiln.compiler.graph import TensorSpec
+from kiln.compiler.graph import DimRange, TensorSpec
 from kiln.errors import InputError
 
 
@@ -53,7 +53,15 @@ def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] =
         raise InputError(f"input {spec.name!r} has dtype {array.dtype.name}; the model takes "
                          f"{' or '.join(dtypes)} (convert with .astype(np.{dtypes[0]}))")
     shape_ok = len(array.shape) == len(spec.shape) and all(
-        isinstance(want, str) or want == got for want, got in zip(spec.shape, array.shape))
+        isinstance(want, str) or want == got or (isinstance(want, DimRange) and got in want)
+        for want, got in zip(spec.shape, array.shape))
+    if not shape_ok and len(array.shape) == len(spec.shape) and isinstance(spec.shape[0], DimRange) \
+            and array.shape[0] not in spec.shape[0] and tuple(array.shape[1:]) == tuple(spec.shape[1:]):
+        batch = spec.shape[0]
+        raise InputError(f"input {spec.name!r} has batch {array.shape[0]}; this artifact takes batches {batch}. "
+                         f"Split the batch, or recompile with a wider range (--input-shape {spec.name}:"
+                         f"{max(1, min(batch.low, array.shape[0]))}-{max(batch.high, array.shape[0])}x"
+                         f"{'x'.join(map(str, spec.shape[1:]))})")
     if not shape_ok:
         got = "x".join(map(str, array.shape)) or "scalar"
         raise InputError(f"input {spec.name!r} has shape {got}; the model takes "

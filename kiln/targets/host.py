@@ -46,17 +46,21 @@ def host_preset() -> Preset:
 
 def check_can_run(preset: Preset) -> None:
     """Raise a TargetError naming what this host lacks to run artifacts built for `preset`."""
-    machine = platform.machine()
     if preset.family is Family.CUDA:
         _check_gpu(preset)
         return
+    check_cpu(preset, platform.machine(), cpu_flags(), "this host")
+
+
+def check_cpu(preset: Preset, machine: str, flags: frozenset[str], where: str) -> None:
+    """Raise a TargetError when a CPU (`machine`, `flags`; `where` names it) cannot run code built for `preset`."""
     if machine != preset.machine:
-        raise TargetError(f"artifact is built for {preset.name} ({preset.machine}); this host is {machine}. "
+        raise TargetError(f"artifact is built for {preset.name} ({preset.machine}); {where} is {machine}. "
                           "Run it on a matching machine, or rebuild with --target host.")
-    missing = sorted(set(preset.requires) - cpu_flags())
+    missing = sorted(set(preset.requires) - flags)
     if missing:
         raise TargetError(f"artifact is built for {preset.name}, which needs the {', '.join(missing)} "
-                          f"instruction set{'s' if len(missing) > 1 else ''}; this CPU lacks "
+                          f"instruction set{'s' if len(missing) > 1 else ''}; {where} lacks "
                           f"{'them' if len(missing) > 1 else 'it'}. Rebuild with --target host or x86-64.")
 
 

@@ -21,7 +21,7 @@ UPGRADE_OPSET = 13
 PROTOBUF_LIMIT = 2**31
 
 
-def load(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = None) -> Graph:
     import onnx
 
     model = _read(path)
@@ -125,8 +125,8 @@ def graph_inputs(model: "onnx.ModelProto") -> list:
     return [v for v in model.graph.input if v.name not in initializers]
 
 
-def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int, ...]]) -> None:
-    """Overwrite the declared dims of the named inputs (in place)."""
+def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int | str, ...]]) -> None:
+    """Overwrite the declared dims of the named inputs (in place); a str dim is left free, under that name."""
     inputs = {v.name: v for v in graph_inputs(model)}
     unknown = sorted(set(input_shapes) - set(inputs))
     if unknown:
@@ -138,12 +138,18 @@ def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int
             raise SettingError(ImportOptions, f"{{input_shapes}} {name}: gives {len(shape)} dims, the model "
                                               f"declares {len(dims)} ({_dims_text(dims)})")
         for dim, expected in zip(dims, shape):
+            if dim.HasField("dim_value") and isinstance(expected, str):
+                raise SettingError(ImportOptions, f"{{input_shapes}} {name}: dim {dim.dim_value} is fixed in the "
+                                                  "model; it cannot take a range of sizes")
             if dim.HasField("dim_value") and dim.dim_value != expected:
                 raise SettingError(ImportOptions, f"{{input_shapes}} {name}: dim {dim.dim_value} is fixed in "
                                                   f"the model; cannot set it to {expected}")
         del dims[:]
         for size in shape:
-            dims.add().dim_value = size
+            if isinstance(size, str):
+                dims.add().dim_param = size
+            else:
+                dims.add().dim_value = size
 
 
 def signature(model: "onnx.ModelProto") -> Signature:

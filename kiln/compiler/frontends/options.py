@@ -2,33 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln.compiler.graph import MAX_DIM, parse_dims
+from kiln.compiler.graph import MAX_DIM, Dim, DimRange, parse_dims
+from kiln.errors import SettingError
 from kiln.settings import boolean, setting
 
 
-def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """`name:1x3x224x224` (one --input-shape) -> ("name", (1, 3, 224, 224))."""
+def parse_shape(text: str) -> tuple[Dim, ...] | None:
+    """"1x3x224x224" -> (1, 3, 224, 224); "1-64x3x224x224" -> (DimRange(1, 64), 3, 224, 224): a range is taken
+    for the first (batch) dim only. None when the text is not such dims."""
+    first, sep, rest = text.partition("x")
+    batch = DimRange.parse(first) if "-" in first else None
+    if batch is None:
+        return parse_dims(text)
+    others = parse_dims(rest) if sep else ()
+    return None if others is None else (batch, *others)
+
+
+def input_shape(text: str) -> tuple[str, tuple[Dim, ...]]:
+    """`name:1x3x224x224` (one --input-shape) -> ("name", (1, 3, 224, 224)); `name:1-64x3x224x224` gives a batch
+    range."""
     name, sep, dims = text.rpartition(":")
-    shape = parse_dims(dims)
+    shape = parse_shape(dims)
     if not sep or not name or shape is None:
-        raise ValueError(f"{text!r} is not NAME:DIMS with positive integer dims (at most {MAX_DIM:,}), "
-                         "e.g. input:1x3x224x224")
+        raise ValueError(f"{text!r} is not NAME:DIMS with positive integer dims (at most {MAX_DIM:,}) and at most "
+                         "a LOW-HIGH range for the first (batch) dim, e.g. input:1x3x224x224 or input:1-64x3x224x224")
     return name, shape
 
 
-def _input_shapes(value: Any) -> dict[str, tuple[int, ...]]:
+def _input_shapes(value: Any) -> dict[str, tuple[Dim, ...]]:
     """--input-shape's (name, dims) pairs, or kiln.toml's table of name -> "1x3x224x224"."""
     if not isinstance(value, (dict, list, tuple)):
         raise ValueError('give a table of input name -> dims, e.g. { input = "1x3x224x224" }')
     shapes = {}
     for name, dims in (value.items() if isinstance(value, dict) else value):
-        shape = dims if isinstance(dims, tuple) else parse_dims(str(dims))
+        shape = dims if isinstance(dims, tuple) else parse_shape(str(dims))
         if shape is None:
-            raise ValueError(f"{name} = {dims!r} is not dims like \"1x3x224x224\"")
+            raise ValueError(f"{name} = {dims!r} is not dims like \"1x3x224x224\" or \"1-64x3x224x224\"")
         shapes[name] = shape
     return shapes
 
@@ -38,11 +52,12 @@ class ImportOptions:
     """How to read a model file. Each keyed field is also an option of `kiln compile`, `inspect`, `tune` and
     `quantize` and a kiln.toml key (see kiln.settings)."""
 
-    input_shapes: dict[str, tuple[int, ...]] = setting(
+    input_shapes: dict[str, tuple[Dim, ...]] = setting(
         default_factory=dict, key="input_shapes", flag="--input-shape", kind="multiple", parse=_input_shapes,
         item=input_shape, metavar="NAME:DIMS",
-        help="Pin an input's shape, e.g. input:1x3x224x224 (repeat for several inputs). "
-             "Needed when the model has symbolic dims such as a free batch size.")
+        help="Pin an input's shape, e.g. input:1x3x224x224 (repeat for several inputs), or give its batch a range "
+             "(input:1-64x3x224x224): the artifact then takes any batch in it. Needed when the model has symbolic "
+             "dims; a free batch alone defaults to the range 1-64.")
     # The weights file of a model whose graph and weights are separate files (MXNet's .params).
     params: Path | None = setting(
         None, key="params", parse=Path, path=True,
@@ -52,3 +67,17 @@ class ImportOptions:
         False, key="trust_pickle", parse=boolean, kind="flag",
         help="Load pickle/joblib models (they run code while loading: only for files you trust), and skops files "
              "holding types kiln does not trust by default.")
+
+    def batch_range(self) -> DimRange | None:
+        """The batch range the shapes give (every input given one must give the same), or None."""
+        ranges = {shape[0] for shape in self.input_shapes.values() if shape and isinstance(shape[0], DimRange)}
+        if len(ranges) > 1:
+            raise SettingError(ImportOptions, f"{{input_shapes}} gives batch ranges {', '.join(map(str, ranges))}; "
+                                              "the inputs share one batch, give them the same range")
+        return next(iter(ranges), None)
+
+    def pinned(self, batch: int | str) -> "ImportOptions":
+        """These options with each batch range replaced by `batch`: a size, or a name that leaves the dim free."""
+        shapes = {name: (batch, *shape[1:]) if shape and isinstance(shape[0], DimRange) else shape
+                  for name, shape in self.input_shapes.items()}
+        return dataclasses.replace(self, input_shapes=shapes)

@@ -11,7 +11,9 @@ process, into a records folder that `kiln compile --records` applies.
   are in a model, where the other layers evicted them (a conv whose weights were warm ran its
   one-pass sum fastest; in the model, chunked sums were 10-20% faster).
 - Builds and measurements run in this process (MetaSchedule's LocalBuilder starts fresh workers
-  per batch, each importing tvm.s_tir.tensor_intrin: ~57 s per batch here).
+  per batch, each importing tvm.s_tir.tensor_intrin: ~57 s per batch here). With a remote (--rpc-tracker),
+  builds still run here, linked into libraries for the target, and are measured on the remote's servers, one
+  candidate per server at a time (kiln.remote.measure).
 - MetaSchedule's JSON serialization segfaults with apache-tvm-ffi 0.1.15 (apache-tvm 0.27.0.post1
   is built against 0.1.14), so tuning and records need apache-tvm-ffi==0.1.14.post0.
 """
@@ -28,6 +30,8 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from kiln.compat.tvm import tensor_intrinsics_skipped
@@ -37,8 +41,12 @@ from kiln.progress import QUIET, Advance, Progress
 from kiln.targets.isa import Int8Isa
 from kiln.targets.presets import Family, Preset
 
+if TYPE_CHECKING:
+    from kiln.remote.measure import RemotePool
+
 WORKLOADS, RECORDS = "database_workload.json", "database_tuning_record.json"
 TRIALS_PER_ROUND = 16
+REPEAT = 12  # timed runs per candidate (their median is its time)
 SAFE_FFI = "0.1.14"
 
 
@@ -49,9 +57,13 @@ class TuneReport:
     trials: int
     seconds: float
     improved: int  # tasks whose best record beats kiln's default rule
+    failed: int = 0  # searched candidates that did not build or measure
+    remote: str | None = None  # where candidates were measured, when not here
+    servers: int = 0  # remote servers measuring at the start
+    lost: tuple[str, ...] = ()  # remote servers dropped mid-run, with why (their candidates were retried)
 
     def to_json(self) -> dict:
-        return vars(self)
+        return {**vars(self), "lost": list(self.lost)}
 
 
 def check_ffi() -> None:
@@ -80,8 +92,10 @@ def open_records(records: Path, preset: Preset, create: bool = False):
     return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), allow_missing=True)
 
 
-def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progress: Progress = QUIET) -> TuneReport:
-    """Tune the kernels of a neural graph for `preset` into `records` (kiln's rule variants, then MetaSchedule)."""
+def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progress: Progress = QUIET,
+               pool: RemotePool | None = None) -> TuneReport:
+    """Tune the kernels of a neural graph for `preset` into `records` (kiln's rule variants, then MetaSchedule),
+    measured here or on a remote pool's servers (kiln.pipeline.tune_model opens it)."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import Schedule
@@ -90,18 +104,21 @@ def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progres
     from kiln.compiler.backends.tvm.runner import prepare_thread_pool
     from kiln.compiler.backends.tvm.schedules.pipeline import fuse, rule_for
     from kiln.compiler.backends.tvm.schedules.winograd import CONV2D_WINOGRAD, CONV2D_WINOGRAD_INT8
-    from kiln.targets.host import check_can_run
 
     if preset.family is Family.CUDA:
         raise TargetError("kiln tune searches CPU schedules; for CUDA targets compile without --records")
-    check_can_run(preset)  # candidates are measured on this machine
+    if pool is None:
+        from kiln.targets.host import check_can_run
+
+        check_can_run(preset)  # candidates are measured on this machine
     prepare_thread_pool()
     database = open_records(records, preset, create=True)
     started = time.perf_counter()
-    target = tvm.target.Target({**preset.tvm_target, "num-cores": os.cpu_count() or 1})
+    cores = (pool.cpus if pool else None) or os.cpu_count() or 1  # the measuring machine's
+    target = tvm.target.Target({**preset.tvm_target, "num-cores": cores})
     mod = fuse(from_onnx(graph.body, keep_params_in_input=False), target)
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    measure = _Measure(target)
+    measure = _Measure(target, pool, preset)
     rules = {task.task_name: rule_for(Schedule(task.dispatched[0]["main"])) for task in tasks}
     defaults = {task.task_name: _record_rule_variants(task, rules[task.task_name], target, database, measure)
                 for task in tasks}
@@ -118,8 +135,8 @@ def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progres
     if quiet.level == logging.NOTSET:  # else MetaSchedule sets DEBUG and prints every round's tables
         quiet.setLevel(logging.WARNING)
     with progress.bar("tuning", trials) as advance:
-        callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel(),
-                     _progress_callback(trials, advance)]
+        counter = _progress_callback(trials, advance)
+        callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel(), counter]
         if contexts:
             ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in searched],
                           work_dir=str(records / target_key(preset)),
@@ -127,7 +144,10 @@ def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progres
                           builder=measure.builder, runner=measure.runner, database=database, cost_model="random",
                           measure_callbacks=callbacks)
     improved = sum(_best_seconds(database, task) < defaults[task.task_name] for task in tasks)
-    return TuneReport(len(tasks), len(searched), trials, time.perf_counter() - started, improved)
+    remote = pool.report() if pool else None
+    return TuneReport(len(tasks), len(searched), trials, time.perf_counter() - started, improved, counter.failed,
+                      pool.remote.describe() if pool else None, remote.servers if remote else 0,
+                      remote.lost if remote else ())
 
 
 def _search(trials: int):
@@ -192,9 +212,10 @@ def _progress_callback(total: int, advance: Advance):
     @derived_object
     class ProgressCallback(PyMeasureCallback):
         def __init__(self):
-            self.done = 0
+            self.done = self.failed = 0
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            self.failed += sum(result.error_msg is not None for result in runner_results)
             done = min(self.done + len(runner_results), total)
             advance(done - self.done)
             self.done = done
@@ -204,13 +225,14 @@ def _progress_callback(total: int, advance: Advance):
 
 class _Measure:
     """An in-process MetaSchedule builder and runner: compiled modules stay in memory, keyed by a
-    name the runner looks up (nothing is written to disk or started)."""
+    name the runner looks up (nothing is written to disk or started). With a remote pool, each build
+    is linked into a library in the pool's work folder instead, and runs go to the pool's servers."""
 
-    def __init__(self, target, repeat: int = 12):
+    def __init__(self, target, pool: RemotePool | None = None, preset: Preset | None = None):
         self.modules: dict[str, object] = {}
         self.names = (f"kiln-inprocess-{i}" for i in itertools.count())
         self.builder, self.runner = _builder(self), _runner(self)
-        self.target, self.repeat = target, repeat
+        self.target, self.repeat, self.pool, self.preset = target, REPEAT, pool, preset
 
     def build(self, mod, target) -> str:
         import tvm
@@ -218,12 +240,35 @@ class _Measure:
 
         name = next(self.names)
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-        self.modules[name] = tvm.compile(mod, target=target).mod  # the LLVM module, run by JIT: no linking
+        compiled = tvm.compile(mod, target=target)
+        if self.pool is None:
+            self.modules[name] = compiled.mod  # the LLVM module, run by JIT: no linking
+            return name
+        from kiln.compiler.backends.tvm.build import linker
+
+        library = self.pool.workdir / f"{name}.so"
+        compiled.export_library(str(library), fcompile=linker(self.preset))
+        self.modules[name] = library
         return name
+
+    def submit(self, name: str, args_info):
+        """A future of the run's [seconds]: on the remote pool, or here (done already)."""
+        from concurrent.futures import Future
+
+        if self.pool is not None:
+            return self.pool.submit(self.modules.pop(name), args_info)
+        future: Future = Future()
+        try:
+            future.set_result(self.run(name, args_info))
+        except Exception as exc:  # noqa: BLE001 - the future carries it to the runner's result
+            future.set_exception(exc)
+        return future
 
     def run(self, name: str, args_info) -> list[float]:
         import tvm
 
+        if self.pool is not None:
+            return self.submit(name, args_info).result()
         module = self.modules.pop(name)
         rng = np.random.default_rng(0)
         device = tvm.cpu(0)
@@ -264,13 +309,12 @@ def _runner(measure: _Measure):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerResult
 
-    def future(result: RunnerResult) -> RunnerFuture:
-        return RunnerFuture(f_done=lambda: True, f_result=lambda: result)
+    def future(pending) -> RunnerFuture:
+        return RunnerFuture(f_done=pending.done, f_result=lambda: RunnerResult(*_attempt(pending.result)))
 
     @derived_object
     class InProcessRunner(PyRunner):
         def run(self, runner_inputs):
-            return [future(RunnerResult(*_attempt(measure.run, item.artifact_path, item.args_info)))
-                    for item in runner_inputs]
+            return [future(measure.submit(item.artifact_path, item.args_info)) for item in runner_inputs]
 
     return InProcessRunner()

@@ -1,0 +1,105 @@
+"""A TVM artifact run on an RPC server: its library uploaded and loaded into a Relax VM there, inputs sent,
+outputs brought back. Timings come from TVM's time evaluator running on the server, so they hold no network
+round trips.
+
+The checks that need no device run here before the upload (manifest, sha256, ELF machine); the server's CPU is
+checked against the target when the server says what it is (`kiln rpc-server` does; TVM's own server does not).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+import kiln.tvm_runtime as tvm_runtime
+from kiln.compiler import artifact
+from kiln.compiler.graph import TensorSpec
+from kiln.compiler.manifest import Backend
+from kiln.compiler.predictor import Predictor
+from kiln.errors import RemoteError, TargetError, UsageError
+from kiln.remote.session import Remote, Session, last_line
+from kiln.targets.presets import Family, Preset
+
+
+def load(path: Path, remote: Remote, threads: int | None = None) -> "RemotePredictor":
+    """Check an artifact here, then load it on `remote` (threads: the server's TVM thread pool size)."""
+    manifest, library = artifact.checked_library(path)
+    if manifest.backend is not Backend.TVM:
+        raise UsageError(f"{path} is a {manifest.backend.value} tree artifact: its library is plain C with a "
+                         "predict() entry, and a TVM RPC server loads only TVM modules (it looks up TVM's "
+                         "module symbols in what it loads). Run tree artifacts on the device itself, with "
+                         "kiln-runtime there")
+    if manifest.batch_libraries:
+        raise UsageError(f"{path} takes a batch range, which runs as several libraries; run it on the device with "
+                         "kiln-runtime there, or compile one batch size for RPC")
+    session = remote.connect()
+    return RemotePredictor(session, library, manifest.target, manifest.inputs, manifest.outputs, threads)
+
+
+class RemotePredictor(Predictor):
+    def __init__(self, session: Session, library: Path, preset: Preset, inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[TensorSpec, ...], threads: int | None = None):
+        super().__init__(inputs, outputs)
+        self.session = session
+        facts = session.host()
+        self.host_checked = facts is not None
+        self.threads = threads or (facts.cpus if facts else None)  # None: the server's default, unknown here
+        kind = tvm_runtime.KDL_CUDA if preset.family is Family.CUDA else tvm_runtime.KDL_CPU
+        try:
+            if kind == tvm_runtime.KDL_CUDA and not session.function("runtime.GetDeviceAttr")(kind, 0, 0):
+                raise TargetError(f"artifact is built for {preset.name} and needs an NVIDIA GPU; {session.where} "
+                                  "has none that TVM's runtime there can use")
+            if facts and kind == tvm_runtime.KDL_CPU:
+                from kiln.targets.host import check_cpu
+
+                check_cpu(preset, facts.machine, facts.flags, session.where)
+            if threads:
+                session.function("runtime.config_threadpool")(0, threads)
+            session.upload(library.name, library.read_bytes())
+            self._device = session.device(kind)
+            self._vm = tvm_runtime.vm_of(session.load_module(library.name), self._device)
+            self._inputs = [tvm_runtime.empty(spec.shape, spec.dtype, self._device) for spec in inputs]
+        except RuntimeError as exc:
+            raise RemoteError(f"{session.where} could not load {library.name}: {last_line(exc)}") from None
+        self._set_input, self._invoke = self._vm["set_input"], self._vm["invoke_stateful"]
+        self._arity, self._output = self._vm["get_output_arity"], self._vm["get_output"]
+
+    def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        try:
+            self._send(arrays)
+            self._invoke("main")
+            arity = self._arity("main")
+            results = [self._output("main")] if arity < 0 else [self._output("main", i) for i in range(arity)]
+            return [_array(value, spec) for value, spec in zip(results, self.outputs)]
+        except RuntimeError as exc:
+            raise RemoteError(f"the run on {self.session.where} failed: {last_line(exc)}") from None
+
+    def seconds(self, inputs: Mapping[str, np.ndarray], repeat: int) -> list[float]:
+        """`repeat` timings of one run each on `inputs`, measured on the server after one warm-up run."""
+        arrays = self._validate(inputs)
+        try:
+            self._send(arrays)
+            evaluate = tvm_runtime.global_function("runtime.RPCTimeEvaluator")
+            # (module, function, device type, id, number, repeat, min_repeat_ms, limit_zero_time_iterations,
+            #  cooldown_interval_ms, repeats_to_cooldown, cache_flush_bytes, f_preproc)
+            timer = evaluate(self._vm, "invoke_stateful", self._device.dlpack_device_type(), 0, 1, repeat, 0, 100, 0,
+                             1, 0, "")
+            return list(struct.unpack(f"@{repeat}d", bytes(timer("main"))))
+        except RuntimeError as exc:
+            raise RemoteError(f"timing on {self.session.where} failed: {last_line(exc)}") from None
+
+    def _send(self, arrays: list[np.ndarray]) -> None:
+        for tensor, array in zip(self._inputs, arrays):
+            tvm_runtime.copy_into(tensor, array)
+        self._set_input("main", *self._inputs)
+
+
+def _array(value, spec: TensorSpec) -> np.ndarray:
+    """A VM result brought back as numpy: a tensor on the server copied here, or a shape as an array."""
+    if hasattr(value, "__dlpack__"):
+        return tvm_runtime.copy_out(value)
+    return np.asarray(tuple(value) if hasattr(value, "__len__") else value, dtype=spec.dtype)
+
