@@ -14,7 +14,7 @@ from typing import Any, Callable, Collection, Iterator, Mapping, TypeVar
 
 import click
 
-from kiln.errors import EXIT_CODES, KilnError, SettingError
+from kiln.errors import BROKEN_PIPE_EXIT_CODE, EXIT_CODES, KilnError, SettingError
 from kiln.progress import QUIET, Advance, Progress
 from kiln.settings import as_flags
 
@@ -132,6 +132,9 @@ def handles_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except click.ClickException:
             raise
+        except BrokenPipeError:  # the reader of our output went away (`kiln inspect m.onnx | head`): nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(BROKEN_PIPE_EXIT_CODE)
         except SettingError as exc:  # the library names settings; the command line calls them flags
             code, message = exc.exit_code, as_flags(exc)
         except KilnError as exc:

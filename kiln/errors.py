@@ -98,6 +98,7 @@ class RemoteError(KilnError):
 
 # `kiln build --check` exits with this when an artifact is out of date (not an error of kiln's).
 OUT_OF_DATE_EXIT_CODE = 7
+BROKEN_PIPE_EXIT_CODE = 128 + signal.SIGPIPE  # as a shell reports a process killed by SIGPIPE
 
 EXIT_CODES = {
     0: "success",
@@ -111,4 +112,5 @@ EXIT_CODES = {
     RemoteError.exit_code: "RPC server or tracker unreachable, busy, or failed (--rpc, --rpc-tracker)",
     128 + signal.SIGINT: "stopped by SIGINT (Ctrl-C)",
     128 + signal.SIGTERM: "stopped by SIGTERM",
+    BROKEN_PIPE_EXIT_CODE: "the program reading the output closed it (e.g. `| head`)",
 }

@@ -93,11 +93,13 @@ def _child(work: Callable[[], Any], limits: Limits, sender) -> None:
     faulthandler.disable()  # a crash is reported by the parent, in one line
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds: staging is removed
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # and ends when the parent is killed outright
+    # Killed with its parent, even inside native code, where the SIGTERM handler would never run; the staging
+    # folder it leaves is removed by the next build (artifact.remove_abandoned_stages)
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if limits.memory_bytes:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+        _lower(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
     if limits.cpu_seconds:
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+        _lower(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 5)
     try:
         message = ("ok", work(), "")
     except MemoryError:
@@ -110,6 +112,14 @@ def _child(work: Callable[[], Any], limits: Limits, sender) -> None:
     except Exception as exc:  # an exception that does not pickle: its text crosses instead
         sender.send(("error", RuntimeError(f"{type(message[1]).__name__}: {message[1]} ({exc})"), message[2]))
     sender.close()
+
+
+def _lower(kind: int, soft: int, hard: int) -> None:
+    """Set a limit, never above the one this process was started with (raising it is not allowed)."""
+    _, current = resource.getrlimit(kind)
+    if current != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current), min(hard, current)
+    resource.setrlimit(kind, (soft, hard))
 
 
 def _died(exitcode: int | None, limits: Limits, doing: str) -> InputError:

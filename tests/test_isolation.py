@@ -123,3 +123,23 @@ def test_a_cpu_limit_reached_in_native_code_ends_the_command_with_exit_3(tmp_pat
     assert "failed while compiling" in done.stderr and "CPU time limit" in done.stderr
     assert "Traceback" not in done.stderr
     assert not output.exists() and not list(tmp_path.glob(".resnet18.kiln.*"))
+
+
+def test_limits_never_exceed_the_ones_the_command_was_started_with():
+    script = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (8 * 2**30, 8 * 2**30)); "
+              "from kiln.isolation import Limits, run_isolated; "
+              "print(run_isolated(lambda: resource.getrlimit(resource.RLIMIT_AS)[1], Limits(2**40, None), 'x'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 8 * 2**30
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly():
+    """`kiln inspect m.onnx | head -1`: the write that meets the closed pipe ends the command with 141, no traceback
+    (tested on a command that raises it: whether a real pipe is still open when kiln writes is a race)."""
+    script = ("import click\nfrom kiln.cli_options import handles_errors\n"
+              "@click.command()\n@handles_errors\ndef command():\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+              "command()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 141
+    assert done.stderr == ""

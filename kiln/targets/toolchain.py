@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 from kiln.errors import TargetError
+from kiln.targets.isa import Family
 from kiln.targets.presets import Preset
 
 
@@ -34,3 +35,13 @@ def _target_machine(compiler: str) -> str | None:
         return None
     triple = done.stdout.strip()
     return triple.split("-", 1)[0] if done.returncode == 0 and triple else None
+
+
+def linker(preset: Preset):
+    """The fcompile with which TVM links `preset`'s code into a shared library (None: TVM's default, the host's
+    cc)."""
+    if preset.family is not Family.AARCH64:
+        return None
+    from tvm.support import cc
+
+    return cc.cross_compiler(preset.toolchain.compiler)

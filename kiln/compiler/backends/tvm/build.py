@@ -11,7 +11,7 @@ from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph
 from kiln.errors import SettingError, UnsupportedOpError
 from kiln.targets.presets import Family, Preset
-from kiln.targets.toolchain import check_compiler
+from kiln.targets.toolchain import check_compiler, linker
 
 
 # The fix for refusals with a reason (an op "(axes must be constant)", an input's dtype), where the default hint of
@@ -105,12 +105,3 @@ def _relax_pipeline(preset: Preset, target, schedule: ScheduleMode, records: Pat
 
         database = open_records(records, preset)
     return cpu_pipeline(target, database, report.schedules, report.integer)
-
-
-def linker(preset: Preset):
-    """The fcompile that links `preset`'s code into a shared library (None: TVM's default, the host's cc)."""
-    if preset.family is not Family.AARCH64:
-        return None
-    from tvm.support import cc
-
-    return cc.cross_compiler(preset.toolchain.compiler)

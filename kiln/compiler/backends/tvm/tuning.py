@@ -244,7 +244,7 @@ class _Measure:
         if self.pool is None:
             self.modules[name] = compiled.mod  # the LLVM module, run by JIT: no linking
             return name
-        from kiln.compiler.backends.tvm.build import linker
+        from kiln.targets.toolchain import linker
 
         library = self.pool.workdir / f"{name}.so"
         compiled.export_library(str(library), fcompile=linker(self.preset))

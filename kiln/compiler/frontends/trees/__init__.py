@@ -11,6 +11,7 @@ class); one that averages class probabilities (random forests) has num_class 2.
 
 from __future__ import annotations
 
+import copy
 import enum
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,6 +103,8 @@ def _read_treelite(path: Path, source_format: SourceFormat, trust_pickle: bool) 
     import treelite
 
     from kiln.compiler.frontends.trees.native import load_native
+    from kiln.compiler.frontends.trees.validate import check_file, malformed
+    from kiln.compiler.frontends.trees.validate_native import check_native
 
     readers = {
         SourceFormat.XGBOOST_JSON: lambda: treelite.frontend.load_xgboost_model(path, format_choice="json"),
@@ -109,16 +112,20 @@ def _read_treelite(path: Path, source_format: SourceFormat, trust_pickle: bool) 
         SourceFormat.XGBOOST_BINARY: lambda: treelite.frontend.load_xgboost_model_legacy_binary(path),
         SourceFormat.LIGHTGBM: lambda: treelite.frontend.load_lightgbm_model(path),
     }
-    if source_format is SourceFormat.LIGHTGBM and _LIGHTGBM_END not in path.read_bytes():
-        # treelite reads the trees it finds, so a truncated file would load as a smaller model
-        raise InputError(f"{path}: the LightGBM model is truncated (no \"end of trees\" line); save it again")
     if source_format in readers:
+        data = path.read_bytes()
+        if source_format is SourceFormat.LIGHTGBM and _LIGHTGBM_END not in data:
+            # treelite reads the trees it finds, so a truncated file would load as a smaller model
+            raise InputError(f"{path}: the LightGBM model is truncated (no \"end of trees\" line); save it again")
+        # treelite reads indices unchecked: a corrupt tree crashes it or exhausts memory instead of failing
+        check_file(path, source_format, data)
         try:
             return readers[source_format]()
         except treelite.TreeliteError as exc:
-            raise InputError(f"{path}: not a valid {source_format.value} model ({_first_line(exc)}); "
-                             "the file may be truncated or corrupt: export it again") from exc
-    return _from_native(path, load_native(path, source_format, trust_pickle))
+            raise malformed(path, source_format, _first_line(exc)) from exc
+    model = load_native(path, source_format, trust_pickle)
+    check_native(path, model)
+    return _from_native(path, model)
 
 
 def _from_native(path: Path, model: Any) -> "treelite.Model":
@@ -131,12 +138,23 @@ def _from_native(path: Path, model: Any) -> "treelite.Model":
         if module == "lightgbm":
             return treelite.frontend.from_lightgbm(getattr(model, "booster_", model))
         if module == "sklearn":
-            return treelite.sklearn.import_model(model)
+            return treelite.sklearn.import_model(_with_fitted_count(model))
     except (treelite.TreeliteError, NotImplementedError, AttributeError) as exc:
         raise InputError(f"{path}: treelite cannot import this {type(model).__name__} ({_first_line(exc)})") from exc
     raise InputError(f"{path} holds a {type(model).__module__}.{type(model).__name__}; kiln compiles scikit-learn "
                      "RandomForest/ExtraTrees/GradientBoosting/HistGradientBoosting/IsolationForest, XGBoost and "
                      "LightGBM models")
+
+
+def _with_fitted_count(model: Any) -> Any:
+    """`model`, or a shallow copy whose n_estimators is the trees it holds: treelite reads n_estimators trees
+    from a GradientBoosting model, which holds n_estimators_ of them when it stopped early (n_iter_no_change)."""
+    fitted = getattr(model, "n_estimators_", None)
+    if fitted is None or fitted == getattr(model, "n_estimators", fitted):
+        return model
+    trimmed = copy.copy(model)
+    trimmed.n_estimators = fitted
+    return trimmed
 
 
 def _first_line(exc: Exception) -> str:
