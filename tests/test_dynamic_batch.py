@@ -39,6 +39,7 @@ def images() -> np.ndarray:
 def test_split_takes_the_largest_chunk_first():
     assert split(17, (8, 1)) == [8, 8, 1]
     assert split(3, (8, 1)) == [1, 1, 1]
+    assert split(7, (8, 2, 1)) == [2, 2, 2, 1]
     assert split(8, (8, 1)) == [8]
 
 
@@ -46,7 +47,7 @@ def test_the_manifest_records_the_range_and_a_library_per_chunk(digits):
     manifest = kiln.inspect(digits)
     assert manifest.inputs[0].shape == (DimRange(1, 20), 1, 8, 8)
     assert manifest.outputs[0].shape == (DimRange(1, 20), 10)
-    assert sorted(manifest.batch_libraries) == [1, 8]
+    assert sorted(manifest.batch_libraries) == [1, 2, 8]
     assert manifest.library == manifest.batch_libraries[1]
     written = json.loads((digits / "manifest.json").read_text())
     assert written["inputs"][0]["shape"] == ["1-20", 1, 8, 8]
@@ -85,7 +86,7 @@ def test_a_free_batch_without_input_shape_takes_the_default_range(tmp_path):
 def test_int8_range_artifacts_match_onnx_runtime_on_the_qdq_model(tmp_path, images):
     artifact = kiln.compile(DIGITS_CNN, _options(tmp_path / "int8.kiln", precision=kiln.Precision.INT8,
                                                  calib=DIGITS_CALIB)).path
-    assert sorted(kiln.inspect(artifact).batch_libraries) == [1, 8]
+    assert sorted(kiln.inspect(artifact).batch_libraries) == [1, 2, 8]
     got = kiln.load(artifact).predict({"input": images[:17]})
     qdq = artifact / "model.int8.onnx"  # the batch-1 chunk's QDQ model: ONNX Runtime runs it row by row
     expected = np.concatenate([onnxruntime_outputs(qdq, {"input": images[i:i + 1]})[0] for i in range(17)])

@@ -1,11 +1,12 @@
 """Artifacts that take a batch range (`--input-shape input:1-64x3x224x224`): a library compiled for each batch size
 of CHUNK_SIZES the range reaches, and any batch in the range run as a sequence of them, largest first
-(17 = 8 + 8 + 1).
+(17 = 8 + 8 + 1, 3 = 2 + 1).
 
 Chunks rather than kernels with a symbolic batch: kiln's schedules (NCHWc layouts, register tiles, packed
-weights) need static loop extents, and once one image keeps every core busy a CNN's time grows in proportion to
-its batch, so running a batch in pieces costs about what one fixed-batch run does. The batch-8 library is kept
-for machines with more cores than one image's kernels can use. Padding would cost up to half a run.
+weights) need static loop extents, and once a few images keep every core busy a CNN's time grows in proportion
+to its batch, so running a batch in pieces costs about what one fixed-batch run does. Batch 1 alone leaves cores
+idle in small layers, hence the batch-2 and batch-8 libraries; each library holds its own weights, so more
+sizes would make the artifact larger than three fixed-batch ones. Padding would cost up to half a run.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from kiln.compiler.graph import DimRange, TensorSpec
 from kiln.compiler.predictor import Predictor
 from kiln.errors import InputError
 
-CHUNK_SIZES = (8, 1)
+CHUNK_SIZES = (8, 2, 1)
 DEFAULT_RANGE = DimRange(1, 64)  # a model's free batch when no --input-shape is given
 
 
 def chunk_sizes(batch: DimRange) -> tuple[int, ...]:
-    """The batch sizes to compile for a range, largest first: each of CHUNK_SIZES up to its high end, and 1."""
+    """The batch sizes to compile for a range, largest first: each of CHUNK_SIZES up to its high end."""
     return tuple(size for size in CHUNK_SIZES if size == 1 or size <= batch.high)
 
 
