@@ -144,8 +144,8 @@ def _default_batch(source: Graph, progress: Progress) -> DimRange | None:
     """DEFAULT_RANGE when the inputs' only free dims are their first ones (a free batch), else None."""
     free = [(spec, index) for spec in source.signature.inputs for index, dim in enumerate(spec.shape)
             if not isinstance(dim, int)]
-    if not free or any(index != 0 for _, index in free):
-        return None
+    if not free or any(index != 0 or spec.dtype == "unknown" for spec, index in free):
+        return None  # other free dims, or an input that is no tensor (a sequence, an optional): refused later
     progress.step(f"the batch is free: compiling for batches {DEFAULT_RANGE} (pin one size with --input-shape "
                   f"{free[0][0].name}:1x..., or give another range)")
     return DEFAULT_RANGE

@@ -18,14 +18,7 @@ from kiln.testing.conformance import FAILURES, Outcome, Status, Worker, claimed_
 
 SAMPLE, FAST = 300, 30
 
-KNOWN_FAILURES = {  # case -> what goes wrong today (status: exception in component: message)
-    "test_attention_23_fullymasked_qk_matmul_output_mode3_zero_expanded":
-        "wrong: nan location mismatch (NaN for fully masked rows)",
-    "test_attention_4d_gqa_causal_nonpad_decode_fp16_expanded": "wrong: Mismatched elements: 3 / 64 (4.69%)",
-    "test_mish": "wrong: Mismatched elements: 1 / 10000 (0.01%)",
-    "test_mish_expanded": "wrong: Mismatched elements: 1 / 10000 (0.01%)",
-    "test_roialign_mode_max": "wrong: Mismatched elements: 71 / 75 (94.7%)",
-}
+KNOWN_FAILURES: dict[str, str] = {}  # case -> what goes wrong today (status: exception in component: message)
 
 
 _CASES = load_cases()

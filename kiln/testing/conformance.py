@@ -333,8 +333,12 @@ _COMPONENTS = (
     ("/kiln/compiler/artifact.py", "kiln artifact"),
     ("/kiln/pipeline.py", "kiln pipeline"),
 )
-# TVM passes run in C++: their name in the message says which stage raised.
-_PASS_COMPONENTS = (("LegalizeOps", "legalization"), ("FuseOps", "TVM build"), ("FoldConstant", "TVM build"))
+# TVM passes run in C++: their name in the message says which stage raised (the lowering passes are called from
+# tvm/s_tir's Python, whose frames alone would name the schedule).
+_PASS_COMPONENTS = (("LegalizeOps", "legalization"), ("FuseOps", "TVM build"), ("FoldConstant", "TVM build"),
+                    ("VMShapeLower", "TVM build"), ("FlattenBuffer", "TVM lowering"),
+                    ("LowerOpaqueBlock", "TVM lowering"), ("StorageRewrite", "TVM lowering"),
+                    ("VectorizeLoop", "TVM lowering"), ("MakePackedAPI", "TVM lowering"))
 
 
 def component(exc: BaseException, stage: str) -> str:
@@ -348,7 +352,7 @@ def component(exc: BaseException, stage: str) -> str:
                     return name  # everything under an importer or a pass is that step
                 found = name
                 break
-    if found in ("kiln build", "TVM build", ""):
+    if found in ("kiln build", "TVM build", "schedule", ""):
         text = str(exc)
         found = next((name for key, name in _PASS_COMPONENTS if key in text), found)
     if stage == "run" and found in ("", "kiln artifact", "kiln pipeline"):

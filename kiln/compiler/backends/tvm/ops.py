@@ -7,7 +7,8 @@ A node is refused (with a reason) when
 - an input the importer takes only as a constant (REQUIRED_CONSTANT: ReduceX axes, Resize scales, TopK K, ...) is
   computed at run time ("axes must be constant");
 - an attribute value, a missing optional input or an input type makes the converter raise (blocked quantization,
-  Pow of mixed types, EyeLike's dtype, ...);
+  Pow of mixed types, EyeLike's dtype, ...), or gives a wrong answer (ConvTranspose's output_shape, RoiAlign's max
+  mode, a training-mode Dropout);
 - the importer has no converter for it at all (no reason: the plain by-name case).
 Nodes inside If / Loop / Scan subgraphs are scanned too, named `outer/attribute/node`.
 """
@@ -62,10 +63,14 @@ REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
 FIRST_OUTPUT_ONLY = {"LayerNormalization": "Mean and InvStdDev outputs", "BatchNormalization": "training-mode outputs",
                      "Dropout": "mask output", "MaxPool": "Indices output"}
 # Attribute values the converters ignore, computing the default instead (wrong answers): op -> (attribute, the
-# value that is honoured), refused when the node sets another.
+# value that is honoured), refused when the node sets another. (ConvTranspose's output_shape too, where it is not the
+# shape the other attributes give: _output_shape_reason.)
 IGNORED_ATTRIBUTES = {"IsInf": (("detect_negative", 1), ("detect_positive", 1)), "SpaceToDepth": (("mode", b"DCR"),)}
 # Attribute values the converters raise on, the same way.
 REJECTED_ATTRIBUTES = {"QuantizeLinear": (("block_size", 0),), "DequantizeLinear": (("block_size", 0),)}
+# Attribute values the converters compute otherwise than ONNX, the same way (RoiAlign's max mode: 71 of the 75 values
+# of its conformance case differ).
+MISCOMPUTED_ATTRIBUTES = {"RoiAlign": (("mode", b"avg"),)}
 # Optional inputs the converters raise without (not listed at all).
 REQUIRED_INPUTS = {"OptionalHasElement": "input"}
 # Ops whose converters build float32 constants, which Relax will not combine with other float types.
@@ -109,11 +114,15 @@ def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str],
     supported = onnx_importer_ops()
     constants = set(outer_constants) | {t.name for t in graph.initializer}
     types = {**(outer_types or {}), **_tensor_types(graph)}
+    initializers = {t.name: t for t in graph.initializer}
+    dims = _static_dims(graph)
     for index, node in enumerate(graph.node):
         name = prefix + (node.name or f"#{index}")
         reason = _reason(node, opset, supported, constants)
         if reason is None:
             reason = _type_reason(node, types)
+        if reason is None:
+            reason = _training_reason(node, initializers) or _output_shape_reason(node, dims)
         if reason is not None:
             op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
             yield Refusal(op, name, reason)
@@ -144,11 +153,12 @@ def _reason(node, opset: int, supported: frozenset[str], constants: set[str]) ->
     if node.op_type in REQUIRED_INPUTS and not node.input:  # an empty name, for an empty optional, it takes
         return f"no {REQUIRED_INPUTS[node.op_type]}; the converter needs one"
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    for table, effect in ((IGNORED_ATTRIBUTES, "ignores"), (REJECTED_ATTRIBUTES, "rejects")):
+    for table, effect in ((IGNORED_ATTRIBUTES, "ignores it"), (REJECTED_ATTRIBUTES, "rejects it"),
+                          (MISCOMPUTED_ATTRIBUTES, "computes it otherwise than ONNX")):
         unhonoured = [f"{name} {attributes[name]!r}" for name, honoured in table.get(node.op_type, ())
                       if name in attributes and attributes[name] != honoured]
         if unhonoured:
-            return ", ".join(unhonoured) + f" (the converter {effect} it)"
+            return ", ".join(unhonoured) + f" (the converter {effect})"
     dynamic = [name for index, name in REQUIRED_CONSTANT.get(node.op_type, ())
                if index < len(node.input) and node.input[index] and node.input[index] not in constants]
     if dynamic:
@@ -193,6 +203,52 @@ def _type_reason(node, types: Types) -> str | None:
 
 
 _FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _training_reason(node, initializers: dict) -> str | None:
+    """Why a Dropout's converter gives a wrong answer: its training_mode input true or computed at run time."""
+    from onnx import numpy_helper
+
+    if node.domain not in DEFAULT_DOMAINS or node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
+        return None
+    if node.input[2] not in initializers:
+        return "training_mode computed at run time (TVM computes inference mode only)"
+    if numpy_helper.to_array(initializers[node.input[2]]).any():
+        return "training_mode true (TVM computes inference mode only)"
+    return None
+
+
+def _static_dims(graph: "onnx.GraphProto") -> dict[str, list[int | None]]:
+    """The dims `graph` declares for its values (None where a dim is symbolic)."""
+    found = {t.name: list(t.dims) for t in graph.initializer}
+    for value in [*graph.input, *graph.value_info]:
+        if value.type.WhichOneof("value") == "tensor_type" and value.type.tensor_type.HasField("shape"):
+            found.setdefault(value.name, [d.dim_value if d.HasField("dim_value") else None
+                                          for d in value.type.tensor_type.shape.dim])
+    return found
+
+
+def _output_shape_reason(node, dims: dict[str, list[int | None]]) -> str | None:
+    """Why a ConvTranspose's converter gives a wrong answer: it ignores output_shape, so one that is not the shape
+    its strides, pads, output_padding and kernel give (or that cannot be checked here) is refused."""
+    import onnx
+
+    if node.domain not in DEFAULT_DOMAINS or node.op_type != "ConvTranspose":
+        return None
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    wanted = attributes.get("output_shape")
+    if not wanted:
+        return None
+    data, weight = dims.get(node.input[0]), dims.get(node.input[1])
+    spatial = len(wanted)
+    if (data is None or weight is None or attributes.get("auto_pad", b"NOTSET") != b"NOTSET"
+            or None in data[-spatial:] + weight[-spatial:]):
+        return f"output_shape {wanted} (the converter ignores it)"
+    strides, dilations = attributes.get("strides", [1] * spatial), attributes.get("dilations", [1] * spatial)
+    padding, pads = attributes.get("output_padding", [0] * spatial), attributes.get("pads", [0] * 2 * spatial)
+    given = [strides[i] * (data[-spatial + i] - 1) + padding[i] + (weight[-spatial + i] - 1) * dilations[i] + 1
+             - pads[i] - pads[spatial + i] for i in range(spatial)]
+    return None if given == list(wanted) else f"output_shape {wanted} (the converter ignores it)"
 
 
 def _is_constant(node, constants: set[str]) -> bool:

@@ -1,8 +1,9 @@
 """kiln's CPU compile pipeline: layout rewrite, fusion, tuned records or default rules, lowering.
 
-    from_onnx -> to_nchwc -> DispatchSampling -> DispatchSortScan -> LegalizeOps -> AnnotateTIROpPattern
+    from_onnx -> onnx_arithmetic -> float32_sums -> to_nchwc -> DispatchSampling -> DispatchSortScan
+      -> LegalizeOps -> AnnotateTIROpPattern
       -> FoldConstant -> FuseOps -> FuseTIR -> DeadCodeElimination -> [MetaScheduleApplyDatabase]
-      -> schedule_module (the rules below)
+      -> schedule_module (the rules below) -> propagate_nan_pass (schedules/nan.py)
       -> TVM's cpu_generic lowering and finalize passes
 
 Each fused PrimFunc is scheduled by the first rule that applies; the rule's name is recorded on
@@ -19,10 +20,13 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
+from kiln.compiler.backends.tvm.rewrite.accumulate import float32_sums
+from kiln.compiler.backends.tvm.rewrite.arithmetic import onnx_arithmetic
 from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, SymbolicExtent, cpu_spec, has_opaque_block
 from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_INT8, DEPTHWISE_NCHWC
 from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
+from kiln.compiler.backends.tvm.schedules.nan import propagate_nan_pass
 from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
 from kiln.compiler.backends.tvm.schedules.winograd import CONV2D_WINOGRAD, CONV2D_WINOGRAD_INT8
 
@@ -84,7 +88,7 @@ def fuse(mod: tvm.IRModule, target, integer: list[dict] | None = None) -> tvm.IR
     `integer`), sort/scan/sampling ops dispatched to TOPI (LegalizeOps has no rule for TopK, CumSum,
     multinomial sampling), legalization to TIR, fusion. Tuning tasks are this output's PrimFuncs."""
     with target:
-        mod = to_nchwc(mod, cpu_spec(target), integer)
+        mod = to_nchwc(float32_sums(onnx_arithmetic(mod)), cpu_spec(target), integer)
         mod = tvm.transform.Sequential([
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
@@ -117,6 +121,7 @@ def cpu_pipeline(target, database=None, rules: dict[str, int] | None = None,
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             mod = schedule_module(cpu_spec(target))(mod)
+            mod = propagate_nan_pass()(mod)
             if rules is not None:
                 rules.update(collections.Counter(rules_used(mod).values()))
             passes = [*cpu_generic.dataflow_lower_passes(target), *cpu_generic.finalize_passes(target)]
