@@ -94,6 +94,30 @@ def test_conv2d_rule_alone_matches_numpy(channels: int, kernel: int, stride: int
         assert int(sch.get(update[1]).extent) == chunks and not sch.get(update[1]).same_as(sch.get(write_back[1]))
 
 
+# ResNeXt's 32 groups of 4 channels: a row of 16 takes whole 8-lane vectors, 14 two vectors of 7, 9 (no divisor
+# from 4 to 8) the reduction rule.
+@pytest.mark.parametrize("width", [16, 14, 9])
+def test_group_conv_rule_alone_matches_numpy(width: int):
+    from tvm import te, topi
+    from tvm.s_tir import Schedule
+
+    from kiln.compiler.backends.tvm.schedules.common import AVX2
+    from kiln.compiler.backends.tvm.schedules.group_conv import GROUP_CONV2D
+
+    x = RNG.standard_normal((1, 128, 6, width)).astype(np.float32)
+    w = RNG.standard_normal((128, 4, 3, 3)).astype(np.float32)
+    data, kernel = te.placeholder(x.shape, name="data"), te.placeholder(w.shape, name="kernel")
+    conv = topi.nn.group_conv2d_nchw(data, kernel, 1, 1, 1, 32)
+    relu = te.compute(conv.shape, lambda *i: te.max(conv(*i), 0.0), name="relu")
+    sch = Schedule(te.create_prim_func([data, kernel, relu]))
+    assert GROUP_CONV2D.applies(sch)
+    GROUP_CONV2D.apply(sch, AVX2)
+    got = _run(sch.mod["main"], [x, w], tuple(int(d) for d in relu.shape))
+    np.testing.assert_allclose(got, np.maximum(_conv_reference(x, w, 1, 1, groups=32), 0), rtol=1e-4, atol=1e-4)
+    local = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.endswith("_local")]
+    assert bool(local) == (width != 9)  # register tiles written back with the relu
+
+
 # 7x7 with padding 1: the last row and column of 2x2 output tiles are partial; 6x6 without padding: 4x4 outputs.
 @pytest.mark.parametrize("size,pad", [(7, 1), (6, 0)])
 def test_winograd_rule_alone_matches_numpy(size: int, pad: int):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
     import onnx
@@ -44,3 +44,32 @@ def output_channel_axis(node: "onnx.NodeProto", weight_rank: int) -> int | None:
     if node.op_type == "MatMul":
         return weight_rank - 1
     return None
+
+
+def static_shapes(graph: "onnx.GraphProto") -> dict[str, tuple[int, ...]]:
+    """The shapes of the graph's inputs and inferred values whose every dim is known."""
+    shapes = {}
+    for value in (*graph.input, *graph.value_info):
+        dims = value.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+def replace_nodes(model: "onnx.ModelProto", replace: Callable) -> bool:
+    """Replace (in place) each node for which `replace(node)` gives (nodes, {name: array of a new constant}),
+    in its place in the order; whether any was. Initializers no node reads any more are dropped."""
+    from onnx import numpy_helper
+
+    nodes, constants = [], {}
+    for node in model.graph.node:
+        replacement = replace(node)
+        nodes.extend(replacement[0] if replacement else [node])
+        constants.update(replacement[1] if replacement else {})
+    if not constants:
+        return False
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(numpy_helper.from_array(array, name) for name, array in constants.items())
+    drop_unused_initializers(model)
+    return True
