@@ -50,8 +50,8 @@ def _subpixel(node: "onnx.NodeProto", weights: dict, shapes: dict) -> tuple[list
     from onnx import helper, numpy_helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if (node.op_type != "ConvTranspose" or len(node.input) < 2 or node.input[1] not in weights or node.input[0] not in shapes
-            or (len(node.input) > 2 and node.input[2] and node.input[2] not in weights)):
+    if (node.op_type != "ConvTranspose" or len(node.input) < 2 or node.input[1] not in weights
+            or node.input[0] not in shapes or (len(node.input) > 2 and node.input[2] and node.input[2] not in weights)):
         return None
     weight = numpy_helper.to_array(weights[node.input[1]])
     if (weight.ndim != 4 or attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1]))

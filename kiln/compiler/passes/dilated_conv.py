@@ -50,14 +50,15 @@ def _dilations(node: "onnx.NodeProto") -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == "dilations"), [1, 1])
 
 
-def _space_to_batch(node: "onnx.NodeProto", weights: dict[str, tuple[int, ...]], shapes: dict) -> tuple[list, dict] | None:
+def _space_to_batch(node: "onnx.NodeProto", weights: dict[str, tuple[int, ...]],
+                    shapes: dict) -> tuple[list, dict] | None:
     """The nodes that replace one dilated Conv and the constants they add, or None to keep it."""
     from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     dilation = _dilations(node)
-    if (node.op_type != "Conv" or dilation == [1, 1] or len(dilation) != 2 or node.input[0] not in shapes or node.input[1] not in weights
-            or any(s != 1 for s in attrs.get("strides", [1, 1]))
+    if (node.op_type != "Conv" or dilation == [1, 1] or len(dilation) != 2 or node.input[0] not in shapes
+            or node.input[1] not in weights or any(s != 1 for s in attrs.get("strides", [1, 1]))
             or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
         return None
     n, channels, *size = shapes[node.input[0]]
