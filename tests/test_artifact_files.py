@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,27 @@ def test_a_manifest_without_a_library_is_refused(cli_runner, artifact: Path):
         read_manifest(artifact)
     result = cli_runner.invoke(cli, ["inspect", str(artifact)])
     assert result.exit_code == 3 and "rebuild the artifact" in result.output
+
+
+def test_stages_of_ended_processes_are_removed_zombies_included(tmp_path: Path):
+    """A worker killed with its parent can stay a zombie (init reaps it late); its staging folder is abandoned."""
+    import os
+
+    from kiln.compiler.artifact import remove_abandoned_stages
+
+    output = tmp_path / "m.kiln"
+    zombie = os.fork()
+    if zombie == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{zombie}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        stages = [tmp_path / f".m.kiln.{pid}.x.staging" for pid in (zombie, os.getpid())]
+        for stage in stages:
+            stage.mkdir()
+        remove_abandoned_stages(output)
+        assert [stage.exists() for stage in stages] == [False, True]
+    finally:
+        os.waitpid(zombie, 0)

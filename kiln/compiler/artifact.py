@@ -101,8 +101,18 @@ def remove_abandoned_stages(output: Path) -> None:
     """Delete staging folders left by builds that were killed (their process is gone)."""
     for stage in output.parent.glob(f".{output.name}.*.staging"):
         pid = stage.name[len(output.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended: a killed worker whose parent died too stays a zombie until
+    init reaps it, and a zombie stages nothing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _umask() -> int:
