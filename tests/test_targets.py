@@ -81,6 +81,19 @@ def test_host_preset_is_this_cpu():
     assert set(preset.requires) <= cpu_flags()
 
 
+@pytest.mark.parametrize("name, flags, missing", [
+    ("aarch64-dotprod", {"asimd"}, "asimddp"),
+    ("aarch64-sve", {"asimd", "asimddp"}, "sve"),
+])
+def test_an_aarch64_artifact_needs_the_features_its_code_uses(name: str, flags: set[str], missing: str):
+    from kiln.targets.host import check_cpu
+
+    with pytest.raises(TargetError, match=f"needs the {missing} instruction set; the board lacks it. Rebuild with "
+                                          r"--target aarch64 \(NEON only\)"):
+        check_cpu(PRESETS[name], "aarch64", frozenset(flags), "the board")
+    check_cpu(PRESETS[name], "aarch64", frozenset(flags | {missing}), "the board")
+
+
 @pytest.mark.parametrize("spec, family, requires", [
     ('{"kind": "llvm", "mcpu": "znver3"}', Family.X86, ("avx2", "fma")),
     ('{"kind": "llvm", "mcpu": "cascadelake"}', Family.X86,

@@ -14,6 +14,10 @@ from kiln.targets.presets import AVX2, PRESETS, Preset
 
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
+    """The instruction sets this CPU has, as /proc/cpuinfo names them; on AArch64 from the kernel's hardware
+    capabilities (getauxval), which qemu-user emulates where its /proc/cpuinfo shows the host's CPU."""
+    if platform.machine() == "aarch64":
+        return _aarch64_hwcaps()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -22,6 +26,19 @@ def cpu_flags() -> frozenset[str]:
         if line.startswith(("flags", "Features")):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+_AT_HWCAP = 16
+_HWCAP_BITS = {"asimd": 1, "asimddp": 20, "sve": 22}  # Linux's arm64 HWCAP_ASIMD, HWCAP_ASIMDDP, HWCAP_SVE
+
+
+def _aarch64_hwcaps() -> frozenset[str]:
+    import ctypes
+
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype = ctypes.c_ulong
+    hwcap = getauxval(_AT_HWCAP)
+    return frozenset(name for name, bit in _HWCAP_BITS.items() if hwcap >> bit & 1)
 
 
 def host_preset() -> Preset:
@@ -59,9 +76,10 @@ def check_cpu(preset: Preset, machine: str, flags: frozenset[str], where: str) -
                           "Run it on a matching machine, or rebuild with --target host.")
     missing = sorted(set(preset.requires) - flags)
     if missing:
+        baseline = "--target aarch64 (NEON only)" if preset.family is Family.AARCH64 else "--target host or x86-64"
         raise TargetError(f"artifact is built for {preset.name}, which needs the {', '.join(missing)} "
                           f"instruction set{'s' if len(missing) > 1 else ''}; {where} lacks "
-                          f"{'them' if len(missing) > 1 else 'it'}. Rebuild with --target host or x86-64.")
+                          f"{'them' if len(missing) > 1 else 'it'}. Rebuild with {baseline}.")
 
 
 def _check_gpu(preset: Preset) -> None:

@@ -79,10 +79,14 @@ def _x86(name: str, mcpu: str, description: str, requires: tuple[str, ...]) -> P
                   HOST_TOOLCHAIN, requires)
 
 
+# The mattr features a preset's code may use, as the kernel's HWCAP names them (targets.host.cpu_flags)
+_AARCH64_FLAGS = {"+neon": "asimd", "+dotprod": "asimddp", "+sve": "sve"}
+
+
 def _aarch64(name: str, mcpu: str, mattr: list[str], description: str) -> Preset:
     target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": mattr}
     return Preset(name, Family.AARCH64, target, description, _named_int8_isa(Family.AARCH64, target, ()),
-                  AARCH64_TOOLCHAIN)
+                  AARCH64_TOOLCHAIN, tuple(_AARCH64_FLAGS[feature] for feature in mattr))
 
 
 CUDA_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
