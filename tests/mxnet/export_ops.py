@@ -136,11 +136,62 @@ CASES = {
         "one_pixel": {"height": 1, "width": 1},
     }.items()},
     "bilinear_like": (S.contrib.BilinearResize2D(X, Y, mode="like"), {"x": (1, 2, 5, 6), "y": (1, 1, 3, 8)}),
+    # issue #26: the detection ops (anchors as SSD's (1, N, 4); Faster R-CNN's clip and standard deviations)
+    "box_decode": (S.Group([S.contrib.box_decode(X, Y), S.contrib.box_decode(X, Y, format="corner"),
+                            S.contrib.box_decode(X, Y, std0=0.1, std1=0.1, std2=0.2, std3=0.2, clip=0.3)]),
+                   {"x": (2, 8, 4), "y": (1, 8, 4)}),
+    "box_decode_anchors_4d": (S.contrib.box_decode(X, Y, std2=2.0, clip=1.0, format="corner"),
+                                {"x": (2, 5, 4), "y": (1, 1, 5, 4)}),
+    **{f"roi_align_{name}": (S.contrib.ROIAlign(X, S.var("rois"), spatial_scale=0.5, **kw),
+                             {"x": (2, 3, 8, 8), "rois": (6 + (not kw.get("aligned")), 5)}) for name, kw in {
+        "adaptive": {"pooled_size": (2, 3)},
+        "sampled": {"pooled_size": (3, 3), "sample_ratio": 2},
+        "aligned": {"pooled_size": (2, 2), "aligned": True},
+        "aligned_sampled": {"pooled_size": (4, 3), "sample_ratio": 1, "aligned": True},
+    }.items()},
+    # rows [class id, score, 4 coordinates] (detections(); GluonCV's SSD and YOLOv3 use id_index 0, score_index 1)
+    "box_nms_classes": (S.contrib.box_nms(X, overlap_thresh=0.45, valid_thresh=0.01, topk=9, id_index=0,
+                                          force_suppress=False), {"x": (2, 16, 6)}),
+    "box_nms_force_background": (S.contrib.box_nms(X, id_index=0, background_id=0, force_suppress=True),
+                                 {"x": (2, 16, 6)}),
+    "box_nms_no_ids": (S.contrib.box_nms(X, overlap_thresh=0.3, topk=40), {"x": (16, 6)}),
+    "box_nms_center": (S.contrib.box_nms(X, in_format="center", id_index=0), {"x": (1, 16, 6)}),
+    "box_nms_formats": (S.Group([S.contrib.box_nms(X, in_format="center", out_format="corner"),
+                                 S.contrib.box_nms(X, overlap_thresh=0.6, out_format="center", id_index=0)]),
+                        {"x": (2, 2, 16, 6)}),
+    "box_nms_none_valid": (S.contrib.box_nms(X, valid_thresh=1.0, id_index=0), {"x": (2, 16, 6)}),
+    "box_nms_topk_zero": (S.contrib.box_nms(X, topk=0), {"x": (2, 16, 6)}),
+    # IoU exactly at the threshold: MXNet keeps both boxes (it suppresses above it)
+    "box_nms_at_threshold": (S.contrib.box_nms(X, overlap_thresh=0.5), {"x": (1, 3, 6)}),
 }
 # Inputs that are integer positions rather than data.
 INDEX_INPUTS = {"embedding": ("x", 10), "take": ("i", 9), "gather_nd": ("i", 2)}
 # Inputs with ties, which random ones lack: MXNet's topk sorts the small axes these have stably (lower index first).
 FIXED_INPUTS = {"topk": {"x": [[1, 3, 3, 2, 3, 1], [2, 2, 2, 2, 2, 2], [0, 5, -1, 5, 4, 5]]}}
+# ROIs [batch index, x1, y1, x2, y2] in image pixels (twice the feature map's): fractional batch indices, a ROI
+# under one pixel, ROIs reaching past the image; without aligned, one of negative width too (aligned=True aborts on
+# it). MXNet leaves the output of a negative batch index unwritten.
+ROIS = [[0, 1.0, 2.0, 10.5, 13.0], [1, 0, 0, 15, 15], [1.9, 2, 2, 6, 6], [0.7, 3.3, 1.2, 4.1, 2.0],
+        [1, 12.0, 3.0, 20.0, 9.5], [-0.5, -3.0, 4.0, 5.0, 7.5], [0, 5.0, 5.0, 4.5, 9.0]]
+FIXED_INPUTS.update({name: {"rois": ROIS[:shapes["rois"][0]]} for name, (_, shapes) in CASES.items()
+                     if name.startswith("roi_align")})
+
+
+def detections(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Rows [class id, score, c0, c1, c2, c3]: ids -1 to 2, scores in tenths (ties), coordinates that make
+    overlapping corner or centre boxes, some of them of no or negative extent."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(-1, 3, shape[:-1] + (1,))
+    scores = rng.integers(0, 10, shape[:-1] + (1,)) / 10
+    coords = np.concatenate([rng.uniform(0, 4, shape[:-1] + (2,)), rng.uniform(-0.3, 4, shape[:-1] + (2,))], -1)
+    return np.concatenate([ids, scores, coords], -1).astype(np.float32)
+
+
+FIXED_INPUTS.update({name: {"x": detections(shapes["x"])} for name, (_, shapes) in CASES.items()
+                     if name.startswith("box_nms")})
+# [0, 0, 3, 1] and [1, 0, 4, 1] overlap by 2 of 4 (IoU 0.5); [1, 0, 3, 1] overlaps the first by 2 of 3
+FIXED_INPUTS["box_nms_at_threshold"] = {"x": np.array([[[0, 0.9, 0, 0, 3, 1], [0, 0.8, 1, 0, 4, 1],
+                                                        [0, 0.7, 1, 0, 3, 1]]], np.float32)}
 
 
 def export(name: str, out_dir: Path, rng: np.random.Generator) -> None:

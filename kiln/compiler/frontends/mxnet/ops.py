@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiln.compiler.frontends.mxnet import ops_array as array
+from kiln.compiler.frontends.mxnet import ops_detection as detection
 from kiln.compiler.frontends.mxnet import ops_nn as nn
 from kiln.compiler.frontends.mxnet import ops_tensor as t
 
@@ -63,6 +64,10 @@ OPS = {
     "slice_like": array.slice_like,
     "gather_nd": array.gather_nd,
     "topk": array.topk,
+    # detection
+    "_contrib_box_decode": detection.box_decode,
+    "_contrib_ROIAlign": detection.roi_align,
+    "_contrib_box_nms": detection.box_nms,
     # reductions
     "sum": t.reduction("ReduceSum"),
     "mean": t.reduction("ReduceMean"),
