@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -20,13 +22,34 @@ def read_arrays(path: Path, default_name: str | None = None) -> dict[str, np.nda
             if default_name is None:
                 raise InputError(f"{path}: an .npy file holds one unnamed array; this model has several "
                                  "inputs, so pass an .npz with one array per input name")
+            with open(path, "rb") as stream:
+                _check_size(path, default_name, stream, path.stat().st_size)
             return {default_name: np.load(path, allow_pickle=False)}
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise InputError(f"{path}: expected an .npz archive of named arrays")
+            for name in archive.files:
+                member = archive.zip.getinfo(f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name)
+                with archive.zip.open(member) as stream:
+                    _check_size(path, name, stream, member.file_size)
             return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, tokenize.TokenError) as exc:  # numpy tokenizes headers
         raise InputError(f"{path}: cannot read arrays ({exc}); write them with numpy.savez") from exc
+
+
+def _check_size(path: Path, name: str, stream, stored: int) -> None:
+    """Refuse an array whose header claims more data than the file holds: numpy allocates the claimed size before
+    reading, so a corrupt shape in a small file would exhaust memory."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(stream)
+    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    claimed = math.prod(shape) * dtype.itemsize
+    if min(shape, default=0) < 0 or claimed > stored - stream.tell():
+        raise InputError(f"{path}: array {name!r} claims shape {shape} of {dtype} ({claimed:,} bytes), but the file "
+                         f"holds {stored - stream.tell():,} bytes of it; the file is corrupt. Write it again with "
+                         "numpy.savez")
 
 
 def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:

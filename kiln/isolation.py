@@ -103,8 +103,8 @@ def _child(work: Callable[[], Any], limits: Limits, sender) -> None:
     try:
         message = ("ok", work(), "")
     except MemoryError:
-        message = ("error", InputError(f"ran out of memory: kiln's worker stops at {limits.describe()}; "
-                                       "raise the limit if the model needs more"), "")
+        message = ("error", _worker_failed(f"ran out of memory: kiln's worker stops at {limits.describe()}; "
+                                           "raise the limit if the model needs more", "memory"), "")
     except Exception as exc:
         message = ("error", exc, "" if isinstance(exc, KilnError) else traceback.format_exc())
     try:
@@ -127,12 +127,22 @@ def _died(exitcode: int | None, limits: Limits, doing: str) -> InputError:
         name = signal.Signals(-exitcode).name
         if -exitcode in (signal.SIGXCPU, signal.SIGKILL) and limits.cpu_seconds:
             cause = f"it ran past the CPU time limit or was killed ({name}; limits: {limits.describe()})"
+            kind = "cpu time"
         else:
-            cause = f"it died of {name}, a crash in native code"
+            cause, kind = f"it died of {name}, a crash in native code", name
     else:
-        cause = f"it exited with status {exitcode} without a result"
-    return InputError(f"kiln's worker process failed while {doing}: {cause}. The file is likely corrupt or not what "
-                      "its name says; check it with the library that wrote it, or re-export it.")
+        cause, kind = f"it exited with status {exitcode} without a result", f"exit status {exitcode}"
+    return _worker_failed(f"kiln's worker process failed while {doing}: {cause}. The file is likely corrupt or not "
+                          "what its name says; check it with the library that wrote it, or re-export it.", kind)
+
+
+def _worker_failed(message: str, kind: str) -> InputError:
+    """An InputError whose `worker_failed` says how the worker crashed or hit a limit ("memory", "cpu time",
+    "SIGSEGV", ...), where it did not refuse the file with a message of its own: the fuzzer (kiln.testing.fuzz)
+    counts these as failures."""
+    error = InputError(message)
+    error.worker_failed = kind
+    return error
 
 
 def _stop(child) -> None:

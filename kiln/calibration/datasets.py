@@ -88,12 +88,19 @@ class ImageDataset(Dataset):
 
     def __init__(self, files: list[Path], spec: ImageSpec, input_spec: TensorSpec, digest: str):
         super().__init__((input_spec.name,), len(files), digest)
-        self._files, self._spec, self._dtype = files, spec, np.dtype(input_spec.dtype)
+        self._files, self._spec, self._input_spec = files, spec, input_spec
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, self.count, size):
             chunk = self._files[start:start + size]
-            yield {self.names[0]: np.stack([load_image(f, self._spec) for f in chunk]).astype(self._dtype)}
+            yield {self.names[0]: np.concatenate([self.image(f) for f in chunk])}
+
+    def image(self, file: Path) -> np.ndarray:
+        """One image as a batch of one, checked against the input: an image of another size can come out of the
+        spec's preprocessing in another shape."""
+        image = load_image(file, self._spec)[None].astype(self._input_spec.dtype)
+        _check_array(file, self._input_spec, image)
+        return image
 
 
 def open_dataset(data: CalibData, inputs: tuple[TensorSpec, ...]) -> Dataset:
@@ -172,9 +179,9 @@ def _read_csv(files: list[Path], inputs: tuple[TensorSpec, ...]) -> dict[str, np
     spec = inputs[0]
     tables = []
     for file in files:
-        lines = file.read_text().splitlines()
-        has_header = bool(lines) and not _is_numeric_row(lines[0])
-        try:
+        try:  # UnicodeDecodeError, for a file that is not text, is a ValueError too
+            lines = file.read_text().splitlines()
+            has_header = bool(lines) and not _is_numeric_row(lines[0])
             table = np.loadtxt(file, delimiter=",", skiprows=int(has_header), dtype=np.float64, ndmin=2)
         except ValueError as exc:
             raise InputError(f"{file}: not a numeric CSV ({exc}); write one row per sample, comma-separated") from exc
@@ -240,6 +247,6 @@ def _image_dataset(data: CalibData, files: list[Path], inputs: tuple[TensorSpec,
     if len(inputs) != 1:
         raise InputError(f"image calibration data fits single-input models; this one has {len(inputs)} inputs")
     chosen = [files[i] for i in _select(data, len(files))]
-    first = load_image(chosen[0], data.sampling.images)[None].astype(inputs[0].dtype)
-    _check_array(data.path, inputs[0], first)
-    return ImageDataset(chosen, data.sampling.images, inputs[0], digest)
+    dataset = ImageDataset(chosen, data.sampling.images, inputs[0], digest)
+    dataset.image(chosen[0])  # the first is checked now, before any model runs
+    return dataset

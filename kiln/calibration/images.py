@@ -67,7 +67,7 @@ class ImageSpec:
     def from_toml(cls, path: Path) -> "ImageSpec":
         try:
             table = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"image spec {path}: {exc}") from exc
         known = keys(cls)
         unknown = sorted(set(table) - set(known))
@@ -101,8 +101,12 @@ def load_image(path: Path, spec: ImageSpec) -> np.ndarray:
                                      f"{width}x{height}; set resize in the image spec")
                 image = image.crop((left, top, left + width, top + height))
             pixels = np.asarray(image, dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: cannot decode image ({exc})") from exc
+    # PIL raises ValueError and SyntaxError too for a corrupt file, and MemoryError when a chunk's length is
+    # corrupt (it reads a chunk whole)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+        raise InputError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    except Image.DecompressionBombError as exc:  # a header claiming billions of pixels
+        raise InputError(f"{path}: {exc} Check the file, or resize it below that limit") from exc
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if spec.channels is Channels.BGR:

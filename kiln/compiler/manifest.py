@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import collections
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.compiler.graph import Provenance, TensorSpec
+from kiln.compiler.graph import MAX_DIM, DimRange, Provenance, TensorSpec
 from kiln.errors import InputError
 from kiln.targets.isa import Int8Isa
 from kiln.targets.presets import Preset
@@ -41,6 +42,8 @@ class FileEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, str]) -> "FileEntry":
+        if not isinstance(data["file"], str) or not isinstance(data["sha256"], str):
+            raise ValueError(f"file entry {data} has no text file name and sha256")
         return cls(data["file"], data["sha256"])
 
 
@@ -205,11 +208,16 @@ class Manifest:
             raise InputError(f"unknown backend {data.get('backend')!r} in the manifest; is it from a newer kiln? "
                              "Rebuild the artifact with this kiln") from None
         try:
+            inputs = tuple(TensorSpec.from_json(s) for s in data["inputs"])
+            outputs = tuple(TensorSpec.from_json(s) for s in data["outputs"])
+            _check_specs(backend, inputs, outputs)
+            target = Preset.from_json(data["target"])
+            if not all(isinstance(feature, str) for feature in target.requires):
+                raise ValueError(f"target {target.name!r} requires {list(target.requires)}, not CPU feature names")
             return cls(
                 versions=data["versions"], source=Provenance.from_json(data["source"]),
-                target=Preset.from_json(data["target"]), backend=backend, precision=Precision(data["precision"]),
-                inputs=tuple(TensorSpec.from_json(s) for s in data["inputs"]),
-                outputs=tuple(TensorSpec.from_json(s) for s in data["outputs"]),
+                target=target, backend=backend, precision=Precision(data["precision"]),
+                inputs=inputs, outputs=outputs,
                 library=FileEntry.from_json(data["library"]),
                 files={role: FileEntry.from_json(entry) for role, entry in data["files"].items()},
                 batch_libraries={int(size): FileEntry.from_json(entry)
@@ -224,3 +232,24 @@ class Manifest:
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the manifest is incomplete or malformed ({type(exc).__name__}: {exc}); "
                              "rebuild the artifact") from None
+
+
+_DTYPES = frozenset({"bool", "float16", "float32", "float64", *(f"{sign}int{bits}" for sign in ("", "u")
+                                                                for bits in (8, 16, 32, 64))})
+
+
+def _check_specs(backend: Backend, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:
+    """ValueError unless the specs are what the predictors take as given: a numeric numpy dtype, every dim a size
+    (at most MAX_DIM, and MAX_DIM elements in all) or a name, an output at least, and a tree artifact's one input and
+    one output [batch, n]. The predictors allocate their tensors from these before the library is ever called."""
+    for spec in (*inputs, *outputs):
+        if not isinstance(spec.dtype, str) or spec.dtype not in _DTYPES:
+            raise ValueError(f"{spec.name!r} has dtype {spec.dtype!r}, not a numeric numpy dtype")
+        sizes = [d for d in spec.shape if not isinstance(d, (str, DimRange))]
+        if not all(type(d) is int and 0 <= d <= MAX_DIM for d in sizes) or math.prod(sizes) > MAX_DIM:
+            raise ValueError(f"{spec.name!r} has shape {list(spec.shape)}; dims are sizes up to {MAX_DIM} or names")
+    if not outputs:
+        raise ValueError("no outputs")
+    if backend is Backend.TL2CGEN and not (len(inputs) == len(outputs) == 1
+                                           and len(inputs[0].shape) == len(outputs[0].shape) == 2):
+        raise ValueError("a tree artifact has one input and one output, each [batch, n]")

@@ -70,10 +70,17 @@ def read_config(path: Path) -> list[BuildItem]:
     if unknown_sections:
         raise InputError(f"{path}: unknown section(s) {', '.join(unknown_sections)}; use [defaults] and "
                          "[artifact.NAME]")
-    artifacts = data.get("artifact", {})
+    artifacts, defaults = data.get("artifact", {}), data.get("defaults", {})
     if not artifacts:
         raise InputError(f"{path}: declares no artifacts; add an [artifact.NAME] table with a model")
-    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise InputError(f"{path}: defaults = {defaults!r}; give them as a [defaults] table of artifact keys")
+    named = artifacts.items() if isinstance(artifacts, dict) else [("", artifacts)]
+    values = [f"artifact{'.' if name else ''}{name} = {table!r}"
+              for name, table in named if not isinstance(table, dict)]
+    if values:
+        raise InputError(f"{path}: {'; '.join(values)}: not a table; declare each artifact as an [artifact.NAME] "
+                         "table of its keys")
     items = []
     for name, table in artifacts.items():
         items.extend(_items(path.parent, name, {**defaults, **table}, path))

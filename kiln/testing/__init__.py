@@ -6,6 +6,7 @@
     reference.py    compile with kiln, run ONNX Runtime, check_correctness (kiln against ONNX Runtime)
     aarch64.py      run aarch64 artifacts under qemu-user
     conformance.py  ONNX's node conformance suite: write it out, run a case in a long-lived worker, classify
+    fuzz.py         the seeded mutation fuzzer over every reader (mutations in fuzz_mutations.py)
 
 kiln's compiler and runtime never import this package; its modules import onnx, ONNX Runtime and
 kiln's compiler inside the functions that use them.

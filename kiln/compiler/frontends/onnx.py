@@ -38,6 +38,9 @@ def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = Non
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError or plain RuntimeError from C++
         raise InputError(f"{path}: ONNX shape inference failed: {_first_line(exc)}") from exc
+    for value in (*graph_inputs(model), *model.graph.output):
+        if value.type.tensor_type.elem_type:  # 0: not declared, described as "unknown"
+            _check_type(value.type.tensor_type.elem_type, f"{value.name!r}", path)
     return Graph(model, signature(model), Provenance("onnx", (SourceFile.of(path),)))
 
 
@@ -59,7 +62,31 @@ def _read(path: Path) -> "onnx.ModelProto":
                          "is the file truncated or of another format?") from exc
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph inside); is it of another format?")
+    broken = _first_non_text(model)
+    if broken:
+        raise InputError(f"{path}: {broken} is not valid UTF-8 text; the model is corrupt. Re-export it.")
     return model
+
+
+def _first_non_text(message) -> str:
+    """The first string field of `message` (nested messages included) that is not UTF-8, as "NodeProto.name", or
+    "". protobuf hands such a proto2 string back as bytes, which every reader after this one takes for str. Doc
+    strings are free text that nothing reads: an exporter's odd encoding there is no reason to refuse a model."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field in message.DESCRIPTOR.fields:
+        # protobuf 7 dropped `label`; `is_repeated` is newer than the protobuf onnx still accepts
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if field.type == FieldDescriptor.TYPE_STRING and field.name != "doc_string":
+            values = getattr(message, field.name) if repeated else [getattr(message, field.name)]
+            if any(isinstance(value, bytes) for value in values):
+                return f"{message.DESCRIPTOR.name}.{field.name}"
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and (repeated or message.HasField(field.name)):
+            for child in (getattr(message, field.name) if repeated else [getattr(message, field.name)]):
+                broken = _first_non_text(child)
+                if broken:
+                    return broken
+    return ""
 
 
 def _load_external_data(model: "onnx.ModelProto", path: Path) -> None:
@@ -71,6 +98,9 @@ def _load_external_data(model: "onnx.ModelProto", path: Path) -> None:
         if not external_data_helper.uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if "\0" in location:
+            raise InputError(f"{path}: tensor {tensor.name!r} names its external data file {location!r}, which holds a "
+                             "NUL byte; the model is corrupt. Re-export it.")
         resolved = (folder / location).resolve()
         if os.path.isabs(location) or not resolved.is_relative_to(folder):
             raise InputError(f"{path}: tensor {tensor.name!r} stores its data at {location!r}, outside the "
@@ -90,6 +120,7 @@ def _check_tensor_sizes(model: "onnx.ModelProto", path: Path) -> None:
     from onnx import helper
 
     for tensor in all_tensors(model):
+        _check_type(tensor.data_type, f"tensor {tensor.name!r}", path)
         if not tensor.HasField("raw_data") or tensor.data_type in _VARIABLE_SIZE:
             continue
         bits = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize * 8
@@ -98,6 +129,14 @@ def _check_tensor_sizes(model: "onnx.ModelProto", path: Path) -> None:
         if len(tensor.raw_data) != expected:
             raise InputError(f"{path}: tensor {tensor.name!r} has {len(tensor.raw_data)} bytes of data, but its "
                              f"dims {list(tensor.dims)} need {expected}; the model is corrupt. Re-export it.")
+
+
+def _check_type(data_type: int, what: str, path: Path) -> None:
+    from onnx import helper
+
+    if data_type not in helper.get_all_tensor_dtypes():
+        raise InputError(f"{path}: {what} has data type {data_type}, which is no ONNX tensor type; the model is "
+                         "corrupt. Re-export it.")
 
 
 _VARIABLE_SIZE = frozenset({8})  # STRING

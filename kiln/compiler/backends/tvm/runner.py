@@ -26,6 +26,10 @@ class TVMPredictor(Predictor):
         self._device = tvm_runtime.device(tvm_runtime.KDL_CPU if on_cpu else tvm_runtime.KDL_CUDA)
         self._vm = tvm_runtime.load_vm(library, self._device)
         self._main = self._vm["main"]
+        arity = self._vm["get_function_arity"]("main")
+        if arity != len(inputs):
+            raise InputError(f"{library}: the library takes {arity} inputs, its manifest lists {len(inputs)}; the "
+                             "artifact is inconsistent (edited or assembled from two builds). Rebuild it.")
         # Inputs are copied into tensors made once (neural shapes are static): a new TVM tensor per
         # call costs more than a small model's whole run. On the CPU, numpy views of those tensors
         # (DLPack) take the copies in and out: a copy through TVM's byte copy or numpy() costs ~13 us,
@@ -44,8 +48,12 @@ class TVMPredictor(Predictor):
                     tvm_runtime.copy_into(tensor, array)
             try:
                 result = self._main(*self._inputs)
-            except RuntimeError as exc:
+            except (RuntimeError, ValueError) as exc:  # TVM's shape checks raise the one, its rank checks the other
                 raise _signature_error(exc) or exc
+            if len(self.outputs) > 1 and (hasattr(result, "__dlpack__") or len(result) != len(self.outputs)):
+                raise InputError(f"the artifact's library returns {1 if hasattr(result, '__dlpack__') else len(result)}"
+                                 f" outputs, its manifest lists {len(self.outputs)}; the artifact is inconsistent. "
+                                 "Rebuild it.")
             results = [result] if len(self.outputs) == 1 else list(result)
             return [self._array(r, spec) for r, spec in zip(results, self.outputs)]
 
@@ -67,7 +75,7 @@ class TVMPredictor(Predictor):
         return profile_vm(self._vm, self._main, args, runs)
 
 
-def _signature_error(exc: RuntimeError) -> InputError | None:
+def _signature_error(exc: Exception) -> InputError | None:
     """An InputError when the library refused its inputs' shapes or dtypes: the inputs passed the manifest's
     checks, so the manifest and the library disagree."""
     match = re.search(r"ErrorContext\(fn=main, loc=param\[\d+\], param=(\w+), annotation=(.*?)\)\s", str(exc))

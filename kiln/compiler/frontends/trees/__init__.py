@@ -123,6 +123,8 @@ def _read_treelite(path: Path, source_format: SourceFormat, trust_pickle: bool) 
             return readers[source_format]()
         except treelite.TreeliteError as exc:
             raise malformed(path, source_format, _first_line(exc)) from exc
+        except UnicodeDecodeError:  # treelite's error message quotes the file's bytes, which are not UTF-8
+            raise malformed(path, source_format, "it holds bytes that are not UTF-8 text") from None
     model = load_native(path, source_format, trust_pickle)
     check_native(path, model)
     return _from_native(path, model)
@@ -139,7 +141,10 @@ def _from_native(path: Path, model: Any) -> "treelite.Model":
             return treelite.frontend.from_lightgbm(getattr(model, "booster_", model))
         if module == "sklearn":
             return treelite.sklearn.import_model(_with_fitted_count(model))
-    except (treelite.TreeliteError, NotImplementedError, AttributeError) as exc:
+    # treelite's importers read the estimator's arrays as they find them: one of a wrong type or shape (a corrupt
+    # skops file) fails inside them with whatever numpy or an assert raises
+    except (treelite.TreeliteError, NotImplementedError, AttributeError, AssertionError, IndexError, KeyError,
+            TypeError, ValueError) as exc:
         raise InputError(f"{path}: treelite cannot import this {type(model).__name__} ({_first_line(exc)})") from exc
     raise InputError(f"{path} holds a {type(model).__module__}.{type(model).__name__}; kiln compiles scikit-learn "
                      "RandomForest/ExtraTrees/GradientBoosting/HistGradientBoosting/IsolationForest, XGBoost and "

@@ -48,7 +48,7 @@ def _is_skops(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return "schema.json" in archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, EOFError):  # a zip zipfile cannot read
         return False
 
 

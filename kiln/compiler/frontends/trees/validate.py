@@ -354,7 +354,10 @@ def check_lightgbm(path: Path, data: bytes) -> None:
     if len(spans) % per_iteration:
         raise InputError(f"{path}: {len(spans)} trees is not a whole number of rounds of num_tree_per_iteration "
                          f"{per_iteration}; {CORRUPT}")
-    trees = [_lightgbm_tree(path, index, data[begin:stop]) for index, (begin, stop) in enumerate(spans)]
+    # treelite gives every key=value line after a "Tree=" line to that tree, up to the next one or the end of the
+    # file: the last tree also takes the lines after "end of trees" (a num_leaves there overrides its own)
+    read = spans[:-1] + [(spans[-1][0], len(data))] if spans else []
+    trees = [_lightgbm_tree(path, index, data[begin:stop]) for index, (begin, stop) in enumerate(read)]
     if not trees:
         return  # refused later with its own message (kiln.compiler.frontends.trees.load)
     nodes = _concatenate(trees)
@@ -417,6 +420,8 @@ def _lightgbm_tree(path: Path, index: int, block: bytes) -> dict[str, Any]:
                                 "split_gain", "internal_value", "internal_weight", "internal_count"), splits)}
     for key, length in lengths.items():
         text = values.get(key.encode())
+        if text and text.split(b" ") != text.split():  # kiln parses at any whitespace, treelite at each space
+            raise corrupt(path, index, "", f"{key} holds values not separated by single spaces")
         required = key == "leaf_value" or (splits and key in ("split_feature", "threshold", "left_child", "right_child"))
         # counted as treelite splits them, at each space
         if (text is None and required) or (text is not None and (text.count(b" ") + 1 if text else 0) != length):
