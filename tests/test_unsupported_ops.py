@@ -89,6 +89,33 @@ def _if_model(path: Path, branch_op: str) -> Path:
     return path
 
 
+def test_an_if_nested_in_an_if_branch_is_refused_and_one_level_compiles(cli_runner, tmp_path: Path):
+    """TVM's VM code generator fails on nested If ("Var gv is not defined", exit 1); one level compiles."""
+    def constant_branch(name: str, value: float) -> onnx.GraphProto:
+        constant = helper.make_tensor(f"{name}_value", TensorProto.FLOAT, [1], [value])
+        return helper.make_graph([helper.make_node("Constant", [], [f"{name}_out"], value=constant)], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1])])
+
+    inner = helper.make_node("If", ["c2"], ["inner_out"], name="inner_if", then_branch=constant_branch("a", 1.0),
+                             else_branch=constant_branch("b", 2.0))
+    then = helper.make_graph([inner], "then", [], [helper.make_tensor_value_info("inner_out", TensorProto.FLOAT, [1])])
+    for nested in (True, False):
+        branch = then if nested else constant_branch("a", 1.0)
+        graph = helper.make_graph(
+            [helper.make_node("If", ["c1"], ["y"], name="outer_if", then_branch=branch,
+                              else_branch=constant_branch("c", 3.0))], "g",
+            [helper.make_tensor_value_info(name, TensorProto.BOOL, []) for name in ("c1", "c2")],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        model = tmp_path / f"nested_{nested}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+        result = cli_runner.invoke(cli, ["compile", str(model), "-o", str(tmp_path / f"{nested}.kiln"), "--quiet"])
+        if nested:
+            assert result.exit_code == UnsupportedOpError.exit_code, result.output
+            assert "nodes outer_if/then_branch/inner_if" in result.stderr
+        else:
+            assert result.exit_code == 0, result.output
+
+
 def test_unsupported_op_inside_if_branch(cli_runner, tmp_path: Path):
     model = _if_model(tmp_path / "model.onnx", "Celu")
     inspected = json.loads(cli_runner.invoke(cli, ["inspect", str(model), "--json"]).stdout)

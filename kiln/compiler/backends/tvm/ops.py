@@ -123,6 +123,8 @@ def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str],
             reason = _type_reason(node, types)
         if reason is None:
             reason = _training_reason(node, initializers) or _output_shape_reason(node, dims)
+        if reason is None and node.op_type == "If" and prefix:
+            reason = "inside another If's branch (TVM's VM code generator loses the values of nested branches)"
         if reason is not None:
             op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
             yield Refusal(op, name, reason)
