@@ -215,4 +215,16 @@ def onnxruntime_runner(model: Path, threads: int) -> Runner:
     from kiln.onnxruntime_session import session
 
     reference = session(model, threads)
-    return lambda feed: reference.run(None, feed)
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return reference.run(None, feed)
+        except Exception as exc:  # ONNX Runtime's InvalidArgument, Fail, ...: it refused these inputs
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"ONNX Runtime refused the inputs ({first}); bench on inputs the model takes "
+                             "(--input), or rebuild the artifact: this kiln records the index range of "
+                             "integer inputs and draws random ones within it") from None
+
+    return run

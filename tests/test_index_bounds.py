@@ -71,3 +71,19 @@ def test_the_cli_refuses_them_with_exit_3(embedding, cli_runner, tmp_path):
     assert result.exit_code == 3 and "holds 1000000" in result.output
     inspected = json.loads(cli_runner.invoke(cli, ["inspect", str(embedding[1]), "--json"]).stdout)
     assert inspected["inputs"][0]["index_bound"] == 40
+
+
+def test_inputs_onnx_runtime_refuses_are_a_clean_error_in_bench(tmp_path):
+    """An artifact built before index bounds were recorded gets integers 0-9 from `kiln bench`; where ONNX Runtime
+    refuses them (a table of 2 rows) the reference's error is exit 3, not a traceback."""
+    from kiln.bench import onnxruntime_runner
+
+    b = GraphBuilder("types", opset=13)
+    b.input("ids", [1, 4], dtype=INT64)
+    b.node("Gather", [b.const(np.ones((2, 3), np.float32)), "ids"], "y")
+    b.output("y", [1, 4, 3])
+    model = b.save(tmp_path / "types.onnx", check=True)
+    run = onnxruntime_runner(model, threads=1)
+    assert run({"ids": np.ones((1, 4), np.int64)})[0].shape == (1, 4, 3)
+    with pytest.raises(InputError, match=r"ONNX Runtime refused the inputs \(.*out of data bounds"):
+        run({"ids": np.full((1, 4), 7, np.int64)})
