@@ -131,6 +131,18 @@ def test_corrupt_xgboost_json_is_refused(case, tmp_path):
     assert_refused(kiln("inspect", path), f"{path}: {expected}")
 
 
+def test_xgboost_json_with_a_byte_that_is_not_utf8_is_refused(tmp_path):
+    """treelite's error for such a file is itself not UTF-8, and decoding it raised in kiln (exit 1)."""
+    data = (MODELS / "xgb_binary_nan.json").read_bytes()
+    at = data.index(b'"split_indices"') + 3
+    path = tmp_path / "latin1.json"
+    path.write_bytes(data[:at] + b"\xe9" + data[at:])
+    result = kiln("inspect", path)
+    assert result.returncode == 3, f"exit {result.returncode}:\n{result.stderr[-3000:]}"
+    assert f"{path}: not a valid xgboost-json model ('utf-8' codec can't decode byte 0xe9" in result.stderr
+    assert "export it again" in result.stderr
+
+
 def test_feature_past_num_feature_is_refused_at_compile(tmp_path):
     """XGBoost compiled this model, and every `kiln run` of the artifact then read past the row."""
     model = json.loads((MODELS / "xgb_binary_nan.json").read_text())

@@ -68,8 +68,8 @@ class QuantizeOptions:
     auto_exclude_limit: int = 8  # most layers auto_exclude keeps in float
     allow_degenerate: bool = setting(
         False, key="allow_degenerate", parse=bool, kind="flag",
-        help="Quantize even when the calibration data leaves a tensor at exactly 0 on every sample (all-zero "
-             "inputs, a ReLU that never fires): its INT8 range collapses, so kiln refuses by default.")
+        help="Quantize even when the calibration data holds an input at one value, or leaves a tensor at exactly 0 "
+             "on every sample (a ReLU that never fires): its INT8 range collapses, so kiln refuses by default.")
     # Where to work, not what to build (build=False: fingerprints leave it out). A str: the cache is a folder of
     # results, never an input.
     cache_dir: str = setting(

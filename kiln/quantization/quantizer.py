@@ -16,6 +16,7 @@ from kiln.errors import SettingError
 from kiln.files import atomic_path
 from kiln.progress import QUIET, Progress
 from kiln.quantization.config import QuantizeOptions
+from kiln.quantization.degenerate import collapse_reasons, constant_inputs, range_warnings
 from kiln.quantization.gate import gate_error, passes, sensitivity_ranking
 from kiln.quantization.policy import Plan, make_plan
 from kiln.quantization.qdq import insert_qdq
@@ -58,15 +59,17 @@ def quantize_graph(graph: Graph, calib: Path, options: QuantizeOptions, progress
         calibration = calibrate(model, data, options.observers, Path(options.cache_dir), progress)
     except CacheWriteError as exc:
         raise SettingError(QuantizeOptions, f"{exc}; pass a writable {{cache_dir}}") from exc
-    collapsed = [name for name, bounds in calibration.ranges.items() if bounds.lo == bounds.hi]
-    if collapsed and not options.allow_degenerate:
-        shown = ", ".join(collapsed[:5]) + (f" and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
-        raise SettingError(QuantizeOptions, f"on the calibration data {calib}, these tensors are exactly 0 on every "
-                                            f"sample, so their INT8 ranges collapse: {shown}. Calibrate on "
-                                            "representative data, or pass {allow_degenerate} to quantize anyway")
     evaluation = load_eval(options.eval, graph.signature.inputs) if options.eval else None
     dataset = evaluation.dataset if evaluation else calibration.dataset
     plan = make_plan(model, calibration.ranges, options)
+    quantized = {name: calibration.ranges[name] for name in plan.activations}
+    constants = constant_inputs(calibration.dataset, quantized)
+    collapsed = collapse_reasons(model, quantized, calibration.ranges, constants)
+    if collapsed and not options.allow_degenerate:
+        shown = "; ".join(collapsed[:5]) + (f"; and {len(collapsed) - 5} more" if len(collapsed) > 5 else "")
+        raise SettingError(QuantizeOptions, f"on the calibration data {calib}, INT8 ranges collapse to a point: "
+                                            f"{shown}. Calibrate on representative data, or pass "
+                                            "{allow_degenerate} to quantize anyway")
     qdq = insert_qdq(model, plan)
     kept: tuple[str, ...] = ()
     if evaluation is not None and evaluation.labels is not None:
@@ -89,7 +92,7 @@ def quantize_graph(graph: Graph, calib: Path, options: QuantizeOptions, progress
                 raise gate_error(scored, options.max_accuracy_drop, kept, ranking)
     else:
         scored = None
-    report = Report(layer_sqnr(model, qdq, plan, dataset), scored, dataset.count)
+    report = Report(layer_sqnr(model, qdq, plan, dataset), scored, dataset.count, range_warnings(quantized, constants))
     qdq_graph = dataclasses.replace(graph, body=qdq)
     return Quantized(graph, qdq_graph, plan, report, calibration, options, kept)
 

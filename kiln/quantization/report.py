@@ -21,6 +21,7 @@ from kiln.calibration.datasets import ArrayDataset, Dataset, check_arrays
 from kiln.compiler.graph import TensorSpec
 from kiln.errors import SettingError
 from kiln.quantization.config import QuantizeOptions
+from kiln.quantization.degenerate import RangeWarning
 from kiln.quantization.policy import Plan
 from kiln.quantization.qdq import dequantized_name
 
@@ -66,10 +67,12 @@ class Report:
     layers: tuple[LayerError, ...]
     metric: Metric | None
     samples: int  # rows the report was measured on
+    range_warnings: tuple[RangeWarning, ...] = ()
 
     def to_json(self) -> dict:
         return {"samples": self.samples, "layers": [layer.to_json() for layer in self.layers],
-                "accuracy": self.metric.to_json() if self.metric else None}
+                "accuracy": self.metric.to_json() if self.metric else None,
+                "range_warnings": [warning.to_json() for warning in self.range_warnings]}
 
 
 def table(report: dict) -> str:
@@ -85,6 +88,9 @@ def table(report: dict) -> str:
         unit, drop_unit = ("%", " points") if top1 else ("", "% of float RMSE")
         lines.append(f"{accuracy['kind']}: float {accuracy['float']:.4g}{unit}, int8 {accuracy['int8']:.4g}{unit}, "
                      f"drop {accuracy['drop']:.3g}{drop_unit} ({report['samples']} samples)")
+    for warning in report.get("range_warnings", []):
+        lo, hi = warning["range"]
+        lines.append(f"warning: {warning['tensor']} range [{lo:.4g}, {hi:.4g}]: {warning['reason']}")
     return "\n".join(lines)
 
 
