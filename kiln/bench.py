@@ -21,7 +21,7 @@ from kiln.compiler.manifest import Backend, Manifest
 from kiln.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from kiln.compiler.backends.tvm.profile import KernelTime
+    from kiln.compiler.backends.tvm.profile import Profile
     from kiln.remote.session import Remote
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -37,7 +37,7 @@ class BenchOptions:
     max_repeats: int = 1000
     seconds: float = 3.0
     inputs: dict[str, np.ndarray] | None = None
-    profile_runs: int = 0  # > 0: also time each TVM kernel over this many runs ("profile" in the result)
+    profile: bool = False  # also time each TVM kernel, for another `seconds` ("profile" in the result)
     remote: Remote | None = None  # run and time kiln on this RPC server (the reference stays here)
 
 
@@ -74,7 +74,7 @@ class BenchResult:
     threads: int | None  # None: a remote server's own default (one that does not say how many)
     kiln: Timing
     reference: Comparison | None = None
-    profile: tuple[KernelTime, ...] | None = None  # TVM artifacts: time per kernel, slowest first
+    profile: Profile | None = None  # TVM artifacts: time per kernel
     remote: str | None = None  # where kiln ran, when not here (the reference always runs here)
     remote_checked: bool = False  # whether the remote said what CPU it has, and it was checked against the target
 
@@ -87,7 +87,8 @@ class BenchResult:
             data[self.reference.engine] = vars(self.reference.timing)
             data["speedup"], data["max_abs_diff"] = self.reference.speedup, self.reference.max_abs_diff
         if self.profile is not None:
-            data["profile"] = [row.to_json() for row in self.profile]
+            data["profile"] = [row.to_json() for row in self.profile.kernels]
+            data["profile_runs"] = self.profile.runs
         return data
 
 
@@ -104,11 +105,11 @@ def bench(path: Path, options: BenchOptions) -> BenchResult:
     timings, outputs = measure(runners, inputs, options)
     comparison = _comparison(options.vs, timings, outputs) if options.vs else None
     profile = None
-    if options.profile_runs:
+    if options.profile:
         if not hasattr(predictor, "profile"):
             raise InputError(f"--profile times the kernels of TVM artifacts; {path} is a {manifest.backend.value} "
                              "artifact: drop --profile")
-        profile = tuple(predictor.profile(inputs, options.profile_runs))
+        profile = predictor.profile(inputs, options.seconds)
     return BenchResult(path, _batch_of(inputs), threads, timings["kiln"], comparison, profile)
 
 
@@ -117,7 +118,7 @@ def _bench_remote(path: Path, options: BenchOptions) -> BenchResult:
     reference here on the same inputs with this machine's threads."""
     from kiln.remote.predictor import load
 
-    if options.profile_runs:
+    if options.profile:
         raise UsageError("--profile times each kernel through the VM's instrument hook, which calls back into this "
                          "process: it does not run over RPC. Drop --profile, or profile on the device itself")
     predictor = load(path, options.remote, options.threads)

@@ -15,7 +15,7 @@ from kiln.cli_options import (EXIT_CODE_HELP, echo_json, exit_on_signals, handle
                               threads_option)
 
 if TYPE_CHECKING:
-    from kiln.compiler.backends.tvm.profile import KernelTime
+    from kiln.compiler.backends.tvm.profile import Profile
     from kiln.remote.session import Remote
 
 
@@ -93,7 +93,8 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
               help="Bench on these inputs (.npz) instead of random ones.")
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
               help="Time budget for the measured runs.")
-@click.option("--profile", is_flag=True, help="Also show where the time goes: each kernel's share (TVM artifacts).")
+@click.option("--profile", is_flag=True, help="Also show where the time goes: each kernel's share (TVM artifacts), "
+                                           "over another --seconds of runs.")
 @remote_options("Time it")
 @json_option
 @handles_errors
@@ -117,7 +118,7 @@ def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: in
 
     inputs = read_arrays(input_path) if input_path else None
     options = BenchOptions(batch=batch, vs=vs, seconds=seconds, inputs=inputs,
-                           profile_runs=PROFILE_RUNS if profile else 0, threads=threads, remote=remote)
+                           profile=profile, threads=threads, remote=remote)
     result = bench(artifact, options)
     if as_json:
         echo_json(result.to_json())
@@ -140,11 +141,12 @@ def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: in
         _echo_profile(result.profile)
 
 
-PROFILE_RUNS, PROFILE_ROWS = 20, 25
+PROFILE_ROWS = 25
 
 
-def _echo_profile(rows: tuple[KernelTime, ...]) -> None:
-    click.echo(f"  where the time goes (median per run of {PROFILE_RUNS}; kernels and VM builtins):")
+def _echo_profile(profile: Profile) -> None:
+    rows = profile.kernels
+    click.echo(f"  where the time goes (median per run of {profile.runs}; kernels and VM builtins):")
     click.echo(f"  {'ms':>9} {'share':>6} {'calls':>5}  kernel")
     for row in rows[:PROFILE_ROWS]:
         click.echo(f"  {row.ms:9.3f} {row.share:6.1%} {row.calls:5d}  {row.name}")

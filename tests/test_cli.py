@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,20 @@ def test_bench_vs_onnxruntime(cli_runner, digits_artifact: Path):
         assert timing["repeats"] >= 10
     assert report["speedup"] == pytest.approx(report["onnxruntime"]["median_ms"] / report["kiln"]["median_ms"])
     assert report["max_abs_diff"] < 1e-4
+
+
+def test_bench_profile_runs_for_the_time_given(cli_runner, digits_artifact: Path):
+    """The digits CNN runs in tens of microseconds: a short budget gives fewer profiled runs than a longer one,
+    never fewer than 3, and the text names the count."""
+    def profiled_runs(seconds: str) -> int:
+        result = cli_runner.invoke(cli, ["bench", str(digits_artifact), "--profile", "--seconds", seconds, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["profile_runs"]
+
+    short, longer = profiled_runs("0.1"), profiled_runs("0.5")
+    assert 3 <= short < longer
+    text = cli_runner.invoke(cli, ["bench", str(digits_artifact), "--profile", "--seconds", "0.1"]).output
+    assert re.search(r"median per run of \d+;", text), text
 
 
 def test_bench_refuses_another_batch(cli_runner, digits_artifact: Path):

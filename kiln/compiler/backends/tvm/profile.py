@@ -22,9 +22,16 @@ class KernelTime:
         return vars(self)
 
 
-def profile_vm(vm, main, args: list, runs: int) -> list[KernelTime]:
-    """Run `main(*args)` `runs` times with every VM call timed; each name's median time per run (robust to
-    a run stalled by other load), largest first. `vm` is the VM module (tvm_runtime.load_vm)."""
+@dataclass(frozen=True)
+class Profile:
+    runs: int
+    kernels: tuple[KernelTime, ...]  # largest first
+
+
+def profile_vm(vm, main, args: list, seconds: float, min_runs: int = 3, max_runs: int = 1000) -> Profile:
+    """Run `main(*args)` with every VM call timed, as many times as fit in `seconds` (within
+    [min_runs, max_runs]); each name's median time per run (robust to a run stalled by other load).
+    `vm` is the VM module (tvm_runtime.load_vm)."""
     per_run: list[dict[str, float]] = []
     calls: dict[str, int] = defaultdict(int)
     starts: list[float] = []
@@ -39,13 +46,15 @@ def profile_vm(vm, main, args: list, runs: int) -> list[KernelTime]:
 
     main(*args)  # warm up outside the measurement
     vm["set_instrument"](instrument)
+    deadline = time.perf_counter() + seconds
     try:
-        for _ in range(runs):
+        while len(per_run) < min_runs or (len(per_run) < max_runs and time.perf_counter() < deadline):
             per_run.append(defaultdict(float))
             main(*args)
     finally:
         vm["set_instrument"](None)
+    runs = len(per_run)
     medians = {name: statistics.median(run[name] for run in per_run) * 1e3 for name in calls}
     total = sum(medians.values()) or 1.0
     rows = [KernelTime(name, calls[name] // runs, ms, ms / total) for name, ms in medians.items()]
-    return sorted(rows, key=lambda row: row.ms, reverse=True)
+    return Profile(runs, tuple(sorted(rows, key=lambda row: row.ms, reverse=True)))

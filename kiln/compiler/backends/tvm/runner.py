@@ -64,15 +64,15 @@ class TVMPredictor(Predictor):
             return np.asarray(tuple(value) if hasattr(value, "__len__") else value, dtype=spec.dtype)
         return np.from_dlpack(value).copy() if self._input_views is not None else tvm_runtime.copy_out(value)
 
-    def profile(self, feed: dict[str, np.ndarray], runs: int):
-        """Time per kernel over `runs` runs on `feed`: a list of profile.KernelTime, largest first."""
+    def profile(self, feed: dict[str, np.ndarray], seconds: float):
+        """Time per kernel over the runs on `feed` that fit in `seconds`: a profile.Profile."""
         from kiln.compiler.backends.tvm.profile import profile_vm
 
         args = []
         for spec in self.inputs:
             args.append(tvm_runtime.empty(spec.shape, spec.dtype, self._device))
             tvm_runtime.copy_into(args[-1], np.ascontiguousarray(feed[spec.name], dtype=spec.dtype))
-        return profile_vm(self._vm, self._main, args, runs)
+        return profile_vm(self._vm, self._main, args, seconds)
 
 
 def _signature_error(exc: Exception) -> InputError | None:
