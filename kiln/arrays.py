@@ -1,4 +1,4 @@
-"""Reading and writing named arrays (.npz, .npy) at the command-line boundary."""
+"""Reading and writing named arrays (.npz, .npy) at the command-line boundary, and seeded random ones."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.compiler.graph import TensorSpec
 from kiln.errors import InputError
 from kiln.files import atomic_path
+
+SEED = 0
 
 
 def read_arrays(path: Path, default_name: str | None = None) -> dict[str, np.ndarray]:
@@ -55,3 +58,20 @@ def _check_size(path: Path, name: str, stream, stored: int) -> None:
 def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as stream:
         np.savez(stream, **arrays)
+
+
+def random_feed(specs: tuple[TensorSpec, ...], batch: int | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs for `specs` (symbolic dims: `batch`, or 1): floats from a standard normal; integers that
+    index tables within their rows (token ids within the vocabulary), else 0 or 1; booleans at random."""
+    rng = np.random.default_rng(SEED)
+    feed = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        shape = [d if isinstance(d, int) else (batch or 1) for d in spec.shape]
+        if np.issubdtype(dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feed[spec.name] = rng.integers(0, spec.index_bound or 2, shape).astype(dtype)
+    return feed

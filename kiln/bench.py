@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from kiln.arrays import random_feed
 from kiln.compiler import artifact
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.manifest import Backend, Manifest
@@ -146,19 +147,14 @@ def _comparison(engine: str, timings: dict[str, Timing], outputs: dict[str, list
 
 
 def random_inputs(specs: tuple[TensorSpec, ...], batch: int | None) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feed = {}
+    """arrays.random_feed at `batch`, which the artifact's fixed batch must allow."""
     for spec in specs:
-        shape = [d if isinstance(d, int) else (batch or 1) for d in spec.shape]
-        if batch is not None and shape and shape[0] != batch:
-            raise InputError(f"the artifact is compiled for batch {shape[0]} ({spec.describe()}); "
-                             f"recompile with --input-shape {spec.name}:{'x'.join(map(str, [batch] + shape[1:]))} "
+        if batch is not None and spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] != batch:
+            shape = [batch, *spec.shape[1:]]
+            raise InputError(f"the artifact is compiled for batch {spec.shape[0]} ({spec.describe()}); "
+                             f"recompile with --input-shape {spec.name}:{'x'.join(map(str, shape))} "
                              f"to bench batch {batch}")
-        if np.issubdtype(np.dtype(spec.dtype), np.floating):
-            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        else:
-            feed[spec.name] = rng.integers(0, min(spec.index_bound or 10, 10), shape).astype(spec.dtype)
-    return feed
+    return random_feed(specs, batch)
 
 
 def _batch_of(inputs: dict[str, np.ndarray]) -> int:

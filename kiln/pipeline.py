@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln.arrays import random_feed
 from kiln.calibration.datasets import CalibData, open_dataset
 from kiln.compiler import artifact
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
@@ -32,8 +33,7 @@ from kiln.quantization.quantizer import Quantized, quantize_graph, save_model
 from kiln.quantization.report import Report
 from kiln.settings import boolean, group, setting
 from kiln.targets.presets import Preset
-from kiln.verification import (ReferenceUnavailable, VerificationError, calibration_feed, given_feed, random_feed,
-                               verify)
+from kiln.verification import ReferenceUnavailable, VerificationError, calibration_feed, given_feed, verify
 
 if TYPE_CHECKING:
     import numpy as np

@@ -79,10 +79,7 @@ def device(kind: int, index: int = 0):
 
 
 def device_attribute(kind: int, index: int, attribute: int):
-    import tvm_ffi
-
-    load_runtime()
-    return tvm_ffi.get_global_func("runtime.GetDeviceAttr")(kind, index, attribute)
+    return global_function("runtime.GetDeviceAttr")(kind, index, attribute)
 
 
 def device_exists(kind: int, index: int = 0) -> bool:
@@ -95,26 +92,21 @@ def compute_version(index: int = 0) -> str:
 
 def empty(shape: tuple[int, ...], dtype: str, on):
     """An uninitialized tensor on device `on`, allocated by TVM (aligned as its kernels assume)."""
-    import tvm_ffi
-
-    return tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")(shape, dtype, on, None)
+    return global_function("runtime.TVMTensorAllocWithScope")(shape, dtype, on, None)
 
 
 def copy_into(tensor, array) -> None:
     """Copy a C-contiguous numpy array of the tensor's shape and dtype into `tensor` (on any device)."""
-    import tvm_ffi
-
-    copy = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
+    copy = global_function("runtime.TVMTensorCopyFromBytes")
     copy(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
 
 
 def copy_out(tensor):
     """A numpy copy of a tensor on any device."""
     import numpy as np
-    import tvm_ffi
 
     array = np.empty(tuple(tensor.shape), dtype=str(tensor.dtype))
-    copy = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
+    copy = global_function("runtime.TVMTensorCopyToBytes")
     copy(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
     return array
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 RELATIVE = 1e-4
 INT8_RELATIVE = 1e-2
-SEED = 0
 
 
 class VerificationError(InputError):
@@ -96,22 +95,6 @@ def _output_steps(qdq_model: Path) -> dict[str, float]:
     scales = {t.name: float(np.max(numpy_helper.to_array(t))) for t in model.graph.initializer
               if t.name in scale_of.values()}
     return {output: scales[scale] for output, scale in scale_of.items() if scale in scales}
-
-
-def random_feed(specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-    """Seeded inputs for `specs`: floats from a standard normal; integers that index tables within their rows
-    (token ids within the vocabulary), else 0 or 1; booleans at random."""
-    rng = np.random.default_rng(SEED)
-    feed = {}
-    for spec in specs:
-        dtype = np.dtype(spec.dtype)
-        if np.issubdtype(dtype, np.floating):
-            feed[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
-        elif dtype == np.bool_:
-            feed[spec.name] = rng.integers(0, 2, spec.shape).astype(bool)
-        else:
-            feed[spec.name] = rng.integers(0, spec.index_bound or 2, spec.shape).astype(dtype)
-    return feed
 
 
 def given_feed(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], source: str) -> tuple[dict, str]:

@@ -19,7 +19,8 @@ from kiln.files import sha256_file
 from kiln.pipeline import CompileOptions
 from kiln.testing.onnx_graphs import GraphBuilder
 from kiln.testing.paths import DIGITS_CALIB, DIGITS_CNN, DIGITS_TEST
-from kiln.verification import VerificationError, random_feed
+from kiln.arrays import random_feed
+from kiln.verification import VerificationError
 
 DIGITS_SHAPE = ["--input-shape", "input:1x1x8x8"]
 

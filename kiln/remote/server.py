@@ -160,7 +160,7 @@ def _session(connection: socket.socket, workdir: str) -> None:
     tvm_ffi.register_global_func("tvm.rpc.server.workpath", lambda name: os.path.join(workdir, name), override=True)
     tvm_ffi.register_global_func("tvm.rpc.server.load_module", load_module, override=True)
     tvm_ffi.register_global_func(HOST_FUNCTION, _host_facts, override=True)
-    tvm_ffi.get_global_func("rpc.ServerLoop")(connection.fileno())
+    tvm_runtime.global_function("rpc.ServerLoop")(connection.fileno())
 
 
 def _host_facts() -> str:

@@ -104,7 +104,4 @@ def prepare_thread_pool() -> None:
 
 def set_threads(threads: int) -> None:
     """Resize TVM's CPU thread pool (process-wide)."""
-    import tvm_ffi
-
-    tvm_runtime.load_runtime()
-    tvm_ffi.get_global_func("runtime.config_threadpool")(0, threads)
+    tvm_runtime.global_function("runtime.config_threadpool")(0, threads)
