@@ -30,9 +30,7 @@ def _compile(model: Path, output: Path, shape: str, target: str) -> Path:
 
 
 def _library_bytes(artifact: Path) -> int:
-    manifest = read_manifest(artifact)
-    entries = manifest.batch_libraries.values() if manifest.batch_libraries else [manifest.library]
-    return sum((artifact / entry.file).stat().st_size for entry in entries)
+    return (artifact / read_manifest(artifact).library.file).stat().st_size
 
 
 def main() -> int:

@@ -222,6 +222,9 @@ def inspect_command(model: Path, imports: ImportOptions, as_json: bool):
         if key in report:
             value = report[key]["name"] if isinstance(report[key], dict) else report[key]
             click.echo(f"  {key}: {value}")
+    if "batch_functions" in report:
+        click.echo("  batch sizes compiled (a batch runs as a sum of them): "
+                   + ", ".join(sorted(report["batch_functions"], key=int, reverse=True)))
     if "integer_kernels" in report:
         _echo_integer_kernels(report["integer_kernels"])
     if "tree" in report:

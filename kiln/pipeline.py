@@ -29,7 +29,7 @@ from kiln.compiler.passes import run_passes
 from kiln.errors import InputError, SettingError, TargetError, UnsupportedOpError
 from kiln.progress import QUIET, Progress
 from kiln.quantization.config import QuantizeOptions
-from kiln.quantization.quantizer import Quantized, quantize_graph, save_model
+from kiln.quantization.quantizer import Quantized, quantize_graph, requantize, save_model
 from kiln.quantization.report import Report
 from kiln.settings import boolean, group, setting
 from kiln.targets.presets import Preset
@@ -158,48 +158,55 @@ def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, 
     with artifact.staging(options.output) as stage:
         reference = stage / "model.onnx"
         onnx.save_model(source.body, str(reference))
-        built = _build_library(graph, reference, stage, stage / "model.so", options, progress)
+        built = _build_library([_Entry(MAIN, graph, reference, stage)], stage / "model.so", options, progress)
         manifest = _neural_manifest(graph, options, build, built, {"onnx": reference, **built.files})
         artifact.write_manifest(stage, manifest)
     progress.step(f"wrote {options.output}")
     return CompileResult(options.output, manifest, built.quantized.report if built.quantized else None)
 
 
+MAIN = "main"  # the VM function of a fixed-batch library, and a batch range's batch-1 function
+
+
+def _batch_function(size: int) -> str:
+    return MAIN if size == 1 else f"main_b{size}"
+
+
 def _compile_batch_range(source: Graph, model: Path, batch: DimRange, options: CompileOptions, build: BuildRecord,
                          progress: Progress) -> CompileResult:
-    """A library per chunk size of the range (kiln.compiler.batching), each compiled from the model with its batch
-    pinned and checked like a fixed-batch build; the manifest's inputs and outputs take the range."""
+    """One library with a VM function per chunk size of the range (kiln.compiler.batching), each compiled from the
+    model with its batch pinned and checked like a fixed-batch build; their weights are stored once. The
+    manifest's inputs and outputs take the range."""
     import tempfile
 
     import onnx
 
-    with artifact.staging(options.output) as stage:
-        libraries: dict[int, _Built] = {}
+    with artifact.staging(options.output) as stage, tempfile.TemporaryDirectory(dir=stage) as scratch:
+        entries = []
         for size in chunk_sizes(batch):
-            progress.step(f"batch {size} (of the range {batch})")
             pinned = load_graph(model, _pinned_batch(source, options.imports, size))
             graph = _prepared(pinned, options)
             _check_batched_outputs(graph, size)
-            with tempfile.TemporaryDirectory(dir=stage) as scratch:  # this chunk's reference models, for its check
-                reference = Path(scratch) / "model.onnx"
-                onnx.save_model(pinned.body, str(reference))
-                libraries[size] = _build_library(graph, reference, Path(scratch), stage / f"model-b{size}.so",
-                                                 options, progress)
-            last = graph
-        smallest = libraries[min(libraries)]
+            folder = stage if size == 1 else Path(scratch) / str(size)  # the other sizes' files only serve checks
+            folder.mkdir(exist_ok=True)
+            reference = folder / "model.onnx"
+            onnx.save_model(pinned.body, str(reference))
+            entries.append(_Entry(_batch_function(size), graph, reference, folder))
+        progress.step(f"batch sizes {', '.join(str(size) for size in chunk_sizes(batch))} (of the range {batch})")
+        built = _build_library(entries, stage / "model.so", options, progress)
+        main = next(entry.graph for entry in entries if entry.function == MAIN)
         files = {"onnx": stage / "model.onnx"}
-        onnx.save_model(source.body, str(files["onnx"]))
-        if smallest.quantized:
-            files.update(smallest.quantized.write(stage))
+        onnx.save_model(source.body, str(files["onnx"]))  # the model as given, with its free batch
         signature = Signature(tuple(ranged(spec, batch) if spec.name in _batched_inputs(source) else spec
-                                    for spec in last.signature.inputs),
-                              tuple(ranged(spec, batch) for spec in last.signature.outputs))
+                                    for spec in main.signature.inputs),
+                              tuple(ranged(spec, batch) for spec in main.signature.outputs))
         manifest = dataclasses.replace(
-            _neural_manifest(dataclasses.replace(last, signature=signature), options, build, smallest, files),
-            batch_libraries={size: artifact.file_entry(built.library) for size, built in libraries.items()})
+            _neural_manifest(dataclasses.replace(main, signature=signature), options, build, built,
+                             {**files, **built.files}),
+            batch_functions={size: _batch_function(size) for size in chunk_sizes(batch)})
         artifact.write_manifest(stage, manifest)
     progress.step(f"wrote {options.output}")
-    return CompileResult(options.output, manifest, smallest.quantized.report if smallest.quantized else None)
+    return CompileResult(options.output, manifest, built.quantized.report if built.quantized else None)
 
 
 def _batched_inputs(source: Graph) -> set[str]:
@@ -237,29 +244,49 @@ def _prepared(source: Graph, options: CompileOptions) -> Graph:
 
 
 @dataclass(frozen=True)
+class _Entry:
+    """One VM function of a library: the graph it runs (after the passes), the model as imported that checks it,
+    and the folder its INT8 files go to."""
+
+    function: str
+    graph: Graph
+    reference: Path
+    folder: Path
+
+
+@dataclass(frozen=True)
 class _Built:
+    """A built library, and what the manifest records of its `main` entry."""
+
     library: Path
     report: Any  # backends.tvm.build.BuildReport
     quantized: Quantized | None
-    files: dict[str, Path]  # INT8: the QDQ model, report and ranges, in the folder _build_library was given
+    files: dict[str, Path]  # INT8: the QDQ model, report and ranges, in main's folder
     verification: Verification | None
 
 
-def _build_library(graph: Graph, reference: Path, folder: Path, library: Path, options: CompileOptions,
-                   progress: Progress) -> _Built:
-    """Quantize (INT8, its files written into `folder`), build `library` (renamed content-addressed), and check it
-    against ONNX Runtime running `reference` (the model as imported) or, for INT8, the QDQ model."""
+def _build_library(entries: list[_Entry], library: Path, options: CompileOptions, progress: Progress) -> _Built:
+    """Quantize (INT8: `main` calibrated, the others by its plan; each entry's files written into its folder), build
+    `library` (renamed content-addressed), and check each entry against ONNX Runtime running its reference or, for
+    INT8, its QDQ model."""
     from kiln.compiler.backends.tvm.build import build_library
 
-    quantized = _quantize(graph, options, progress) if options.precision is Precision.INT8 else None
+    int8 = options.precision is Precision.INT8
+    main = next(entry for entry in entries if entry.function == MAIN)
+    calibrated = _quantize(main.graph, options, progress) if int8 else None
+    quantized = {entry.function: requantize(entry.graph, calibrated) if calibrated and entry is not main
+                 else calibrated for entry in entries}
     progress.step(f"compiling with TVM for {options.target.name}")
-    report = build_library(quantized.graph if quantized else graph, options.target, library, options.schedule,
-                           options.records)
+    report = build_library({entry.function: quantized[entry.function].graph if int8 else entry.graph
+                            for entry in entries},
+                           options.target, library, options.schedule, options.records)
     library = artifact.content_addressed(library)
-    files = quantized.write(folder) if quantized else {}
-    checked = (_check_against_reference(graph, library, {"onnx": reference, **files}, options, quantized, progress)
-               if options.verify else None)
-    return _Built(library, report, quantized, files, checked)
+    files = {entry.function: quantized[entry.function].write(entry.folder) if int8 else {} for entry in entries}
+    checked = {entry.function: _check_against_reference(entry, library, {"onnx": entry.reference,
+                                                                         **files[entry.function]},
+                                                        options, quantized[entry.function], progress)
+               for entry in entries} if options.verify else {}
+    return _Built(library, report, quantized[MAIN], files[MAIN], checked.get(MAIN))
 
 
 def _neural_manifest(graph: Graph, options: CompileOptions, build: BuildRecord, built: _Built,
@@ -271,13 +298,14 @@ def _neural_manifest(graph: Graph, options: CompileOptions, build: BuildRecord, 
         quantization=built.quantized.summary() if built.quantized else None, verification=built.verification)
 
 
-def _check_against_reference(graph: Graph, library: Path, files: dict[str, Path], options: CompileOptions,
+def _check_against_reference(entry: _Entry, library: Path, files: dict[str, Path], options: CompileOptions,
                              quantized: Quantized | None, progress: Progress) -> Verification | None:
-    """The staged library against ONNX Runtime (kiln.verification); None where this host cannot run it. INT8 builds
-    are checked on the calibration samples the quantizer already read."""
+    """The staged library's `entry` against ONNX Runtime (kiln.verification); None where this host cannot run it.
+    INT8 builds are checked on the calibration samples the quantizer already read."""
     from kiln.compiler.backends.tvm.runner import TVMPredictor
     from kiln.targets.host import check_can_run
 
+    graph = entry.graph
     try:
         check_can_run(options.target)
     except TargetError as exc:
@@ -293,7 +321,8 @@ def _check_against_reference(graph: Graph, library: Path, files: dict[str, Path]
             pass
     if feed is None:
         feed = random_feed(graph.signature.inputs)
-    predictor = TVMPredictor(library, options.target, graph.signature.inputs, graph.signature.outputs)
+    predictor = TVMPredictor(library, options.target, graph.signature.inputs, graph.signature.outputs,
+                             function=entry.function)
     reference = files["int8_onnx" if options.precision is Precision.INT8 else "onnx"]
     try:
         checked = verify(predictor.run, reference, options.precision, feed, described)

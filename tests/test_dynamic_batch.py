@@ -1,5 +1,6 @@
-"""Artifacts for a batch range (#24): one library per chunk size (kiln.compiler.batching), any batch in the range
-run as a sequence of them, matching ONNX Runtime at every batch; batches outside the range refused."""
+"""Artifacts for a batch range (#24): one library with a function per chunk size (kiln.compiler.batching), any
+batch in the range run as a sequence of them, matching ONNX Runtime at every batch; batches outside the range
+refused."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 import kiln
 from kiln.cli import cli
-from kiln.compiler.batching import split
+from kiln.compiler.batching import CHUNK_SIZES, split
 from kiln.compiler.frontends.options import parse_shape
 from kiln.compiler.graph import DimRange
 from kiln.errors import InputError
@@ -41,14 +42,29 @@ def test_split_takes_the_largest_chunk_first():
     assert split(3, (8, 1)) == [1, 1, 1]
     assert split(7, (8, 2, 1)) == [2, 2, 2, 1]
     assert split(8, (8, 1)) == [8]
+    assert split(17, CHUNK_SIZES) == [16, 1] and split(63, CHUNK_SIZES) == [32, 16, 8, 4, 2, 1]
 
 
-def test_the_manifest_records_the_range_and_a_library_per_chunk(digits):
+def test_the_functions_of_a_range_share_their_weights(tmp_path):
+    """A 4 MB weight and five batch sizes: the library holds the weight once."""
+    b = GraphBuilder("dense", opset=17)
+    b.input("x", ["batch", 1024])
+    weight = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    b.node("MatMul", ["x", b.const(weight)], "y")
+    b.output("y", ["batch", 1024])
+    model = b.save(tmp_path / "dense.onnx")
+    sizes = {}
+    for shape in ("x:1x1024", "x:1-16x1024"):
+        built = kiln.compile(model, _options(tmp_path / f"{shape[2:]}.kiln", shape))
+        sizes[shape] = (built.path / built.manifest.library.file).stat().st_size
+    assert sizes["x:1x1024"] > weight.nbytes and sizes["x:1-16x1024"] < 1.25 * sizes["x:1x1024"], sizes
+
+
+def test_the_manifest_records_the_range_and_a_function_per_chunk(digits):
     manifest = kiln.inspect(digits)
     assert manifest.inputs[0].shape == (DimRange(1, 20), 1, 8, 8)
     assert manifest.outputs[0].shape == (DimRange(1, 20), 10)
-    assert sorted(manifest.batch_libraries) == [1, 2, 8]
-    assert manifest.library == manifest.batch_libraries[1]
+    assert manifest.batch_functions == {1: "main", 2: "main_b2", 4: "main_b4", 8: "main_b8", 16: "main_b16"}
     written = json.loads((digits / "manifest.json").read_text())
     assert written["inputs"][0]["shape"] == ["1-20", 1, 8, 8]
 
@@ -76,6 +92,9 @@ def test_the_cli_runs_a_range_artifact_and_refuses_out_of_range(cli_runner, digi
     assert result.exit_code == 3 and "takes batches 1-20" in result.output
     result = cli_runner.invoke(cli, ["bench", str(digits), "--batch", "13", "--seconds", "0.2", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["batch"] == 13
+    result = cli_runner.invoke(cli, ["inspect", str(digits)])
+    assert "float32[1-20x1x8x8]" in result.output and "batch sizes compiled" in result.output
+    assert "16, 8, 4, 2, 1" in result.output
 
 
 def test_a_free_batch_without_input_shape_takes_the_default_range(tmp_path):
@@ -86,9 +105,9 @@ def test_a_free_batch_without_input_shape_takes_the_default_range(tmp_path):
 def test_int8_range_artifacts_match_onnx_runtime_on_the_qdq_model(tmp_path, images):
     artifact = kiln.compile(DIGITS_CNN, _options(tmp_path / "int8.kiln", precision=kiln.Precision.INT8,
                                                  calib=DIGITS_CALIB)).path
-    assert sorted(kiln.inspect(artifact).batch_libraries) == [1, 2, 8]
+    assert sorted(kiln.inspect(artifact).batch_functions) == [1, 2, 4, 8, 16]
     got = kiln.load(artifact).predict({"input": images[:17]})
-    qdq = artifact / "model.int8.onnx"  # the batch-1 chunk's QDQ model: ONNX Runtime runs it row by row
+    qdq = artifact / "model.int8.onnx"  # the batch-1 function's QDQ model (all share its plan): ORT runs it row by row
     expected = np.concatenate([onnxruntime_outputs(qdq, {"input": images[i:i + 1]})[0] for i in range(17)])
     assert np.abs(got - expected).max() <= qdq_output_scale(artifact) * 1.001
 
@@ -128,3 +147,19 @@ def test_a_range_needs_an_onnx_model(tmp_path):
                                   kiln.ImportOptions(options.imports.input_shapes, MXNET_DIGITS / "digits-0000.params"))
     with pytest.raises(InputError, match="batch range in --input-shape needs an ONNX model|needs an ONNX model"):
         kiln.compile(MXNET_DIGITS / "digits-symbol.json", options)
+
+
+def test_a_manifest_naming_a_function_the_library_lacks_is_refused(digits, tmp_path):
+    import shutil
+
+    copy = tmp_path / "edited.kiln"
+    shutil.copytree(digits, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["batch_functions"]["8"] = "main_b9"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="has no function 'main_b9', which its manifest names"):
+        kiln.load(copy)
+    manifest["batch_functions"] = {"2": "main_b2"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="sizes from 1"):
+        kiln.load(copy)

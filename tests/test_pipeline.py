@@ -11,7 +11,7 @@ import pytest
 import kiln
 from kiln.cli import cli
 from kiln.compiler.frontends import ImportOptions
-from kiln.compiler.manifest import Manifest, Precision
+from kiln.compiler.manifest import SCHEMA_VERSION, Manifest, Precision
 from kiln.pipeline import CompileOptions
 from kiln.testing.onnx_graphs import GraphBuilder
 from kiln.testing.paths import DIGITS_CALIB, DIGITS_CNN
@@ -91,7 +91,7 @@ def test_manifest_of_another_schema_or_backend_is_refused_with_the_fix(tmp_path:
     result = kiln.compile(DIGITS_CNN, CompileOptions(kiln.target("x86-64"), tmp_path / "digits.kiln",
                                                      ImportOptions({"input": (1, 1, 8, 8)})))
     data = result.manifest.to_json()
-    with pytest.raises(InputError, match="schema 99, this kiln reads 1; rebuild"):
+    with pytest.raises(InputError, match=f"schema 99, this kiln reads {SCHEMA_VERSION}; rebuild"):
         Manifest.from_json({**data, "schema_version": 99})
     with pytest.raises(InputError, match="unknown backend 'onnxruntime'"):
         Manifest.from_json({**data, "backend": "onnxruntime"})

@@ -214,17 +214,15 @@ def load(path: str | os.PathLike, threads: int | None = None):
 
     path = Path(path)
     manifest, library = checked_library(path)
-    libraries = {size: verified_file(path, entry) for size, entry in manifest.batch_libraries.items()}
-    for checked in libraries.values():
-        check_library_machine(checked, manifest.target)
     check_can_run(manifest.target)
     module_name, class_name = _PREDICTORS[manifest.backend].split(":")
     predictor_class = getattr(importlib.import_module(module_name), class_name)
-    if not libraries:
+    if not manifest.batch_functions:
         return predictor_class(library, manifest.target, manifest.inputs, manifest.outputs, threads=threads)
     from kiln.compiler.batching import BatchedPredictor, pinned
 
-    chunks = {size: predictor_class(file, manifest.target, tuple(pinned(s, size) for s in manifest.inputs),
-                                    tuple(pinned(s, size) for s in manifest.outputs), threads=threads)
-              for size, file in libraries.items()}
+    chunks = {size: predictor_class(library, manifest.target, tuple(pinned(s, size) for s in manifest.inputs),
+                                    tuple(pinned(s, size) for s in manifest.outputs), threads=threads,
+                                    function=function)
+              for size, function in manifest.batch_functions.items()}
     return BatchedPredictor(chunks, manifest.inputs, manifest.outputs)

@@ -1,12 +1,12 @@
-"""Artifacts that take a batch range (`--input-shape input:1-64x3x224x224`): a library compiled for each batch size
-of CHUNK_SIZES the range reaches, and any batch in the range run as a sequence of them, largest first
-(17 = 8 + 8 + 1, 3 = 2 + 1).
+"""Artifacts that take a batch range (`--input-shape input:1-64x3x224x224`): one library with a VM function compiled
+for each batch size of CHUNK_SIZES the range reaches, and any batch in the range run as a sequence of them, largest
+first (17 = 16 + 1, 3 = 2 + 1).
 
 Chunks rather than kernels with a symbolic batch: kiln's schedules (NCHWc layouts, register tiles, packed
-weights) need static loop extents, and once a few images keep every core busy a CNN's time grows in proportion
-to its batch, so running a batch in pieces costs about what one fixed-batch run does. Batch 1 alone leaves cores
-idle in small layers, hence the batch-2 and batch-8 libraries; each library holds its own weights, so more
-sizes would make the artifact larger than three fixed-batch ones. Padding would cost up to half a run.
+weights) need static loop extents. The functions share their weights (TVM's VM stores equal constants once), so
+each size costs only its code, and powers of two keep every batch within a few calls of sizes near its own: a
+batch runs at most log2(high) + 1 calls, and the largest carries most of the rows. Padding would cost up to half
+a run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kiln.compiler.graph import DimRange, TensorSpec
 from kiln.compiler.predictor import Predictor
 from kiln.errors import InputError
 
-CHUNK_SIZES = (8, 2, 1)
+CHUNK_SIZES = (64, 32, 16, 8, 4, 2, 1)
 DEFAULT_RANGE = DimRange(1, 64)  # a model's free batch when no --input-shape is given
 
 

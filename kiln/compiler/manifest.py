@@ -17,7 +17,7 @@ from kiln.errors import InputError
 from kiln.targets.isa import Int8Isa
 from kiln.targets.presets import Preset
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Precision(str, enum.Enum):
@@ -162,9 +162,9 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     library: FileEntry
     files: dict[str, FileEntry] = field(default_factory=dict)  # by role: onnx, int8_onnx, report, ranges, model
-    # An artifact whose inputs take a batch range: a library per batch size it runs, any batch in the range run as
-    # a sequence of them (kiln.compiler.batching); `library` is the smallest.
-    batch_libraries: dict[int, FileEntry] = field(default_factory=dict)
+    # An artifact whose inputs take a batch range: the VM function of `library` that runs each batch size, any
+    # batch in the range run as a sequence of them (kiln.compiler.batching).
+    batch_functions: dict[int, str] = field(default_factory=dict)
     build: BuildRecord | None = None
     tree: dict[str, Any] | None = None  # a tree build's summary (backends.treelite.TreeBuild)
     integer_kernels: IntegerKernels | None = None
@@ -185,9 +185,8 @@ class Manifest:
             "library": self.library.to_json(),
             "files": {role: entry.to_json() for role, entry in sorted(self.files.items())},
         }
-        if self.batch_libraries:
-            data["batch_libraries"] = {str(size): entry.to_json()
-                                       for size, entry in sorted(self.batch_libraries.items())}
+        if self.batch_functions:
+            data["batch_functions"] = {str(size): name for size, name in sorted(self.batch_functions.items())}
         for key, record in (("build", self.build), ("integer_kernels", self.integer_kernels),
                             ("quantization", self.quantization), ("verification", self.verification)):
             if record is not None:
@@ -220,8 +219,7 @@ class Manifest:
                 inputs=inputs, outputs=outputs,
                 library=FileEntry.from_json(data["library"]),
                 files={role: FileEntry.from_json(entry) for role, entry in data["files"].items()},
-                batch_libraries={int(size): FileEntry.from_json(entry)
-                                 for size, entry in data.get("batch_libraries", {}).items()},
+                batch_functions=_batch_functions(data.get("batch_functions", {}), backend),
                 build=BuildRecord.from_json(data["build"]) if "build" in data else None,
                 tree=data.get("tree"),
                 integer_kernels=IntegerKernels.from_json(data["integer_kernels"]) if "integer_kernels" in data
@@ -236,6 +234,18 @@ class Manifest:
 
 _DTYPES = frozenset({"bool", "float16", "float32", "float64", *(f"{sign}int{bits}" for sign in ("", "u")
                                                                 for bits in (8, 16, 32, 64))})
+
+
+def _batch_functions(data: Any, backend: Backend) -> dict[int, str]:
+    """batch size -> VM function name; ValueError unless sizes are positive and 1 is among them (every batch in a
+    range is a sum of its sizes only if the smallest is 1), and only for TVM libraries (tree ones take any batch)."""
+    functions = {int(size): name for size, name in dict(data).items()}
+    if functions and backend is not Backend.TVM:
+        raise ValueError("batch_functions in a tree artifact, whose library takes any batch")
+    if functions and (1 not in functions or min(functions) < 1
+                      or not all(isinstance(name, str) and name.isidentifier() for name in functions.values())):
+        raise ValueError(f"batch_functions {data!r}: sizes from 1, each naming a function")
+    return functions
 
 
 def _check_specs(backend: Backend, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:

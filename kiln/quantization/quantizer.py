@@ -97,6 +97,13 @@ def quantize_graph(graph: Graph, calib: Path, options: QuantizeOptions, progress
     return Quantized(graph, qdq_graph, plan, report, calibration, options, kept)
 
 
+def requantize(graph: Graph, quantized: Quantized) -> Quantized:
+    """`graph`, the model `quantized` came from at another batch size, quantized by the same plan: equal scales, so
+    every batch size gives a row the same result."""
+    qdq = dataclasses.replace(graph, body=insert_qdq(graph.body, quantized.plan))
+    return dataclasses.replace(quantized, float_graph=graph, graph=qdq)
+
+
 def save_model(quantized: Quantized, path: Path) -> None:
     """Write the QDQ model to `path` atomically (complete or not at all)."""
     import onnx

@@ -32,9 +32,9 @@ def load(path: Path, remote: Remote, threads: int | None = None) -> "RemotePredi
                          "predict() entry, and a TVM RPC server loads only TVM modules (it looks up TVM's "
                          "module symbols in what it loads). Run tree artifacts on the device itself, with "
                          "kiln-runtime there")
-    if manifest.batch_libraries:
-        raise UsageError(f"{path} takes a batch range, which runs as several libraries; run it on the device with "
-                         "kiln-runtime there, or compile one batch size for RPC")
+    if manifest.batch_functions:
+        raise UsageError(f"{path} takes a batch range, which runs as several functions of its library; run it on "
+                         "the device with kiln-runtime there, or compile one batch size for RPC")
     session = remote.connect()
     return RemotePredictor(session, library, manifest.target, manifest.inputs, manifest.outputs, threads)
 

@@ -55,9 +55,12 @@ class BuildReport:
     integer: list[dict] = field(default_factory=list)
 
 
-def build_library(graph: Graph, preset: Preset, library: Path, schedule: ScheduleMode = ScheduleMode.DEFAULT,
-                  records: Path | None = None) -> BuildReport:
-    """Compile; on CPU targets with kiln's schedules (and the best of tuning `records`) unless schedule is NONE."""
+def build_library(entries: dict[str, Graph], preset: Preset, library: Path,
+                  schedule: ScheduleMode = ScheduleMode.DEFAULT, records: Path | None = None) -> BuildReport:
+    """Compile one library whose VM functions are `entries` (name -> graph; "main" among them); on CPU targets
+    with kiln's schedules (and the best of tuning `records`) unless schedule is NONE. The entries' equal
+    constants are stored once (TVM's VM deduplicates its constant pool), so the entries of a batch range share
+    their weights."""
     from kiln.compiler.backends.tvm.runner import prepare_thread_pool
 
     prepare_thread_pool()  # compiling runs kernels (constant folding), which starts TVM's pool
@@ -66,7 +69,10 @@ def build_library(graph: Graph, preset: Preset, library: Path, schedule: Schedul
 
     from kiln.compiler.backends.tvm.rewrite.empty import allocate_empty
 
-    mod = allocate_empty(from_onnx(graph.body, keep_params_in_input=False))
+    mod = tvm.IRModule()
+    for name, graph in entries.items():
+        mod[name] = from_onnx(graph.body, keep_params_in_input=False)["main"].with_attr("global_symbol", name)
+    mod = allocate_empty(mod)
     target = tvm.target.Target(preset.tvm_target)
     report = BuildReport()
     executable = tvm.compile(mod, target=target,

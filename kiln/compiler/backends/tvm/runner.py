@@ -17,7 +17,8 @@ from kiln.targets.presets import Family, Preset
 
 class TVMPredictor(Predictor):
     def __init__(self, library: Path, preset: Preset, inputs: tuple[TensorSpec, ...],
-                 outputs: tuple[TensorSpec, ...], threads: int | None = None):
+                 outputs: tuple[TensorSpec, ...], threads: int | None = None, function: str = "main"):
+        """Runs the library's VM function `function` (a batch-range library has one per batch size)."""
         prepare_thread_pool()
         super().__init__(inputs, outputs)
         if threads:
@@ -25,8 +26,12 @@ class TVMPredictor(Predictor):
         on_cpu = preset.family is not Family.CUDA
         self._device = tvm_runtime.device(tvm_runtime.KDL_CPU if on_cpu else tvm_runtime.KDL_CUDA)
         self._vm = tvm_runtime.load_vm(library, self._device)
-        self._main = self._vm["main"]
-        arity = self._vm["get_function_arity"]("main")
+        try:
+            self._main = self._vm[function]
+        except AttributeError:
+            raise InputError(f"{library} has no function {function!r}, which its manifest names; the artifact is "
+                             "inconsistent (edited or assembled from two builds). Rebuild it.") from None
+        arity = self._vm["get_function_arity"](function)
         if arity != len(inputs):
             raise InputError(f"{library}: the library takes {arity} inputs, its manifest lists {len(inputs)}; the "
                              "artifact is inconsistent (edited or assembled from two builds). Rebuild it.")

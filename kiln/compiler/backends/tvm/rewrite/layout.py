@@ -30,15 +30,16 @@ _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh"}
 _QDQ = {"relax.quantize", "relax.dequantize"}
 _CLAMPS = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}  # ONNX Clip imports as call_tir of these
 Const = tvm.ir.expr.GenericConst
+_STAGED = "kiln_"  # a rewritten function's name until the original is dropped
 
 
 def to_nchwc(mod: tvm.IRModule, spec: CpuSpec, report: list[dict] | None = None) -> tvm.IRModule:
-    """`main` in NCHW[b]c, its quantized convs as integer kernels where spec.int8 allows; `report`, when
-    given, gets one entry per quantized conv: what it became, or why it stays in float."""
+    """Every Relax function of `mod` in NCHW[b]c, its quantized convs as integer kernels where spec.int8 allows;
+    `report`, when given, gets one entry per quantized conv of `main`: what it became, or why it stays in float."""
     rewriter = _Rewriter(mod, spec)
     result = relax.transform.DeadCodeElimination()(rewriter.run())  # the float ops integer kernels replaced
     if report is not None:
-        report.extend(rewriter.integer.report)
+        report.extend(rewriter.report)
     return result
 
 
@@ -48,12 +49,13 @@ def _op_name(call) -> str | None:
 
 class _Rewriter:
     def __init__(self, mod: tvm.IRModule, spec: CpuSpec):
-        self.mod, self.lanes, self.float_convs = mod, spec.lanes, spec.float_convs
+        self.mod, self.spec, self.lanes, self.float_convs = mod, spec, spec.lanes, spec.float_convs
         self.winograd_work = spec.winograd_work
         self.bb = relax.BlockBuilder(mod)
         self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
         self.transforms: dict = {}
-        self.integer = IntegerRewrites(self, spec.int8)
+        self.integer: IntegerRewrites  # the function being rewritten's (run)
+        self.report: list[dict] = []
 
     # -- layouts --------------------------------------------------------------------------------
     def to_blocked(self, x, block: int):
@@ -264,18 +266,32 @@ class _Rewriter:
         self.env[binding.var] = (self.bb.match_cast(self.plain(value), binding.ty), None)
 
     def run(self) -> tvm.IRModule:
-        main = self.mod["main"]
-        with self.bb.function("kiln_main", list(main.params), attrs=dict(main.attrs) if main.attrs else None):
+        """Every Relax function rewritten (a batch-range library has one per batch size); the integer report is
+        `main`'s, since the others run the same model at other batch sizes."""
+        names = [gv.name_hint for gv, func in self.mod.functions.items() if isinstance(func, relax.Function)]
+        for name in names:
+            self.integer = IntegerRewrites(self, self.spec.int8, self.mod[name])
+            self._rewrite_function(name)
+            if name == "main":
+                self.report = self.integer.report
+        built = self.bb.get()
+        kept = {gv: f for gv, f in built.functions.items() if gv.name_hint not in names
+                and not gv.name_hint.startswith(_STAGED)}
+        result = tvm.IRModule(kept)
+        for name in names:
+            result[name] = built[_STAGED + name].with_attr("global_symbol", name)
+        return result
+
+    def _rewrite_function(self, name: str) -> None:
+        function = self.mod[name]
+        with self.bb.function(_STAGED + name, list(function.params),
+                              attrs=dict(function.attrs) if function.attrs else None):
             with self.bb.dataflow():
-                for block in main.body.blocks:
+                for block in function.body.blocks:
                     for binding in block.bindings:
                         if isinstance(binding, relax.MatchCast):
                             self.match_cast(binding)
                         else:
                             self.bind(binding.var, binding.value)
-                output = self.bb.emit_output(self.plain(main.body.body))
+                output = self.bb.emit_output(self.plain(function.body.body))
             self.bb.emit_func_output(output)
-        built = self.bb.get()
-        result = tvm.IRModule({gv: f for gv, f in built.functions.items() if gv.name_hint not in ("main", "kiln_main")})
-        result["main"] = built["kiln_main"].with_attr("global_symbol", "main")
-        return result

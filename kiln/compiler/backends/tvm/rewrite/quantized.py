@@ -18,10 +18,11 @@ DATA_MOVEMENT = frozenset({"reshape", "permute_dims", "flatten", "layout_transfo
 
 
 class IntegerRewrites:
-    def __init__(self, layout, isa: DotProduct | None):
-        """`layout`: the layout rewriter whose block builder, layouts and values these rewrites use."""
+    def __init__(self, layout, isa: DotProduct | None, function: relax.Function):
+        """`layout`: the layout rewriter whose block builder, layouts and values these rewrites use, rewriting
+        `function`."""
         self.layout, self.isa = layout, isa
-        self.matcher = QdqMatcher(layout.mod["main"])
+        self.matcher = QdqMatcher(function)
         self.report: list[dict] = []
 
     def rewrite(self, var):

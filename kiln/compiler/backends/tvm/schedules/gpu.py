@@ -96,6 +96,8 @@ def cuda_pipeline(target, integer: list[dict]) -> tvm.transform.Pass:
 
 def _quantized(mod: tvm.IRModule) -> bool:
     found = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(
-        isinstance(e, relax.Call) and getattr(e.op, "name", None) == "relax.quantize"))
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, lambda e: found.append(
+                isinstance(e, relax.Call) and getattr(e.op, "name", None) == "relax.quantize"))
     return any(found)
