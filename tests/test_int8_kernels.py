@@ -207,6 +207,25 @@ def test_matmul_with_a_k_by_n_weight_is_an_integer_kernel(tmp_path: Path):
     assert steps <= 1.001
 
 
+@pytest.mark.parametrize("shape", [(2, 7, 40), (1, 3, 5, 40)])
+def test_matmul_of_n_d_activations_is_an_integer_kernel(shape: tuple[int, ...], tmp_path: Path):
+    """A transformer's linear layers: [..., rows, K] x [K, N] with rows short of a register tile, each with its bias
+    Add exported apart from the MatMul, the first through a Relu."""
+    rng = np.random.default_rng(11)
+    b = GraphBuilder("linear_case", opset=13)
+    hidden = b.node("Add", [b.node("MatMul", [b.input("input", list(shape)),
+                                              b.const(rng.standard_normal((40, 24)).astype(np.float32), "w1")]),
+                            b.const(rng.standard_normal(24).astype(np.float32), "b1")])
+    product = b.node("Add", [b.node("MatMul", [b.node("Relu", [hidden]),
+                                               b.const(rng.standard_normal((24, 16)).astype(np.float32))]),
+                             b.const(rng.standard_normal(16).astype(np.float32))])
+    b.output(product, [*shape[:-1], 16])
+    model = b.save(tmp_path / "linear.onnx")
+    report, steps = _quantize_compile_compare(model, shape, 11, tmp_path)
+    assert report["int8_by_op"] == {"dense": 2} and report["float_ops"] == []
+    assert steps <= 1.001
+
+
 def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: Path):
     batches = np.split(DIGITS_TEST, 9)  # the 450 held-out digits, 50 at a time
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", shapes={"input": batches[0].shape})

@@ -114,7 +114,8 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
     A Concat's tensors share one range; a MaxPool's output keeps its input's range (the max of
     quantized values is one of them); a weighted node or Add feeding only a chosen Relu or Clip
     (ReLU6) is not quantized between the two: the activation's output range covers both, as an
-    integer kernel fuses it.
+    integer kernel fuses it. Likewise a MatMul feeding only the chosen Add of a constant (a linear
+    layer's bias, exported apart from its MatMul): the kernel adds the bias in int32.
     """
     consumers: dict[str, list] = {}
     for node in model.graph.node:
@@ -122,9 +123,12 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in model.graph.output}
     names = {node.name for node in chosen}
-    fused = {node.output[0] for node in chosen if node.op_type in WEIGHTED | {"Add"}
-             and node.output[0] not in outputs and len(consumers.get(node.output[0], [])) == 1
+    constants = {t.name for t in model.graph.initializer}
+    single = [node for node in chosen if node.output[0] not in outputs and len(consumers.get(node.output[0], [])) == 1]
+    fused = {node.output[0] for node in single if node.op_type in WEIGHTED | {"Add"}
              and _fusable_activation(consumers[node.output[0]][0], names)}
+    fused |= {node.output[0] for node in single if node.op_type == "MatMul"
+              and _bias_add(consumers[node.output[0]][0], names, constants)}
     tensors: dict[str, TensorRange] = {}
     for node in chosen:
         for name in [*node.input, *node.output]:
@@ -145,6 +149,10 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
 
 def _fusable_activation(node, chosen: set[str]) -> bool:
     return node.op_type in ("Relu", "Clip") and node.name in chosen
+
+
+def _bias_add(node, chosen: set[str], constants: set[str]) -> bool:
+    return node.op_type == "Add" and node.name in chosen and any(name in constants for name in node.input)
 
 
 def quantize_weight(weight: np.ndarray, axis: int, reduce_range: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,7 @@ class Quantization:
 
 @dataclass(frozen=True)
 class QuantizedConv:
-    """A conv2d, or a matmul [M, K] x [K, N] as the 1x1 conv of [M, K, 1, 1] (dense = True)."""
+    """A conv2d, or a matmul [..., M, K] x [K, N] as a 1x1 conv (dense = True)."""
 
     data: relax.Expr  # the quantized input tensor
     input: Quantization
@@ -249,12 +249,12 @@ class QdqMatcher:
                                int(attrs.groups))
 
     def _matmul(self, matmul, bias, output, clamp) -> QuantizedConv | None:
-        """x [M, K] x W [K, N] (W^T imported as permute_dims of the Gemm's [N, K] weight)."""
+        """x [..., M, K] x W [K, N] (W^T imported as permute_dims of the Gemm's [N, K] weight)."""
         data, weight = matmul.args
         transposed = _op(self.values.get(weight)) == "relax.permute_dims"
         weight = self.values.get(weight).args[0] if transposed else weight
         dequantize = self.values.get(weight)
-        if data.ty.ndim != 2 or _op(dequantize) != "relax.dequantize":
+        if data.ty.ndim < 2 or _op(dequantize) != "relax.dequantize":
             return None
         w, w_scale, w_zero = (self.constant(a) for a in dequantize.args)
         if w is None or w.ndim != 2 or int(dequantize.attrs.axis) != (0 if transposed else 1):

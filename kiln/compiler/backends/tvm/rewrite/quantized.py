@@ -4,6 +4,7 @@ kernels (integer.py) in the blocked layout, each recorded in `report`: int8, or 
 from __future__ import annotations
 
 import functools
+import math
 
 from tvm import relax
 
@@ -98,16 +99,20 @@ class IntegerRewrites:
         if conv.groups > 1 and not depthwise:
             te_func = functools.partial(te_func, groups=conv.groups)
         layout, bb = self.layout, self.layout.bb
-        if conv.dense:  # [M, K] as [M, K, 1, 1]
-            rows, (columns, depth) = int(conv.data.ty.shape[0]), conv.weight.shape[:2]
-            data = layout.to_blocked(bb.emit(relax.op.reshape(layout.plain(conv.data), [rows, depth, 1, 1])), in_block)
+        if conv.dense:  # [..., M, K] as the image [1, K, 1, rows]: the kernel tiles the rows as one wide row
+            leading, (columns, depth) = [int(d) for d in list(conv.data.ty.shape)[:-1]], conv.weight.shape[:2]
+            rows = math.prod(leading)
+            flat = bb.emit(relax.op.reshape(layout.plain(conv.data), [rows, depth]))
+            image = bb.emit(relax.op.reshape(bb.emit(relax.op.permute_dims(flat, [1, 0])), [1, depth, 1, rows]))
+            data = layout.to_blocked(image, in_block)
         else:
             data = layout.blocked(conv.data, in_block)
         result = bb.emit(bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
                                     relax.const(packed.multiplier),
                                     primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
         if conv.dense:
-            return bb.emit(relax.op.reshape(layout.to_plain(result, packed.out_block), [rows, columns])), None
+            image = bb.emit(relax.op.reshape(layout.to_plain(result, packed.out_block), [columns, rows]))
+            return bb.emit(relax.op.reshape(bb.emit(relax.op.permute_dims(image, [1, 0])), [*leading, columns])), None
         return result, packed.out_block
 
     def _pack(self, conv, isa: DotProduct) -> tuple[DotProduct, int, integer.PackedConv | str]:
