@@ -163,3 +163,16 @@ def test_a_manifest_naming_a_function_the_library_lacks_is_refused(digits, tmp_p
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="sizes from 1"):
         kiln.load(copy)
+
+
+@pytest.mark.parametrize("shape", ["x:2x3x4", "x:1-9x3x4"])
+def test_ops_that_import_as_functions_of_their_own_compile_in_every_entry(tmp_path, shape):
+    """TVM's ONNX importer emits Pad (and Tile, and others) as a PrimFunc beside `main`: each entry keeps its own."""
+    b = GraphBuilder("pad", opset=17)
+    b.input("x", ["batch", 3, 4])
+    b.node("Pad", ["x", b.const(np.array([0, 1, 1, 0, 1, 1], np.int64))], "y")
+    b.output("y", ["batch", 5, 6])
+    model = b.save(tmp_path / "pad.onnx")
+    predictor = kiln.load(kiln.compile(model, _options(tmp_path / "pad.kiln", shape)).path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(predictor.predict({"x": x}), np.pad(x, ((0, 0), (1, 1), (1, 1))))

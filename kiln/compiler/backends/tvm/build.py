@@ -68,11 +68,10 @@ def build_library(entries: dict[str, Graph], preset: Preset, library: Path,
     from tvm.relax.frontend.onnx import from_onnx
 
     from kiln.compiler.backends.tvm.rewrite.empty import allocate_empty
+    from kiln.compiler.backends.tvm.rewrite.entries import merge_entries
 
-    mod = tvm.IRModule()
-    for name, graph in entries.items():
-        mod[name] = from_onnx(graph.body, keep_params_in_input=False)["main"].with_attr("global_symbol", name)
-    mod = allocate_empty(mod)
+    mod = allocate_empty(merge_entries({name: from_onnx(graph.body, keep_params_in_input=False)
+                                        for name, graph in entries.items()}))
     target = tvm.target.Target(preset.tvm_target)
     report = BuildReport()
     executable = tvm.compile(mod, target=target,
