@@ -32,7 +32,7 @@ DEFAULT_BATCH = 32
 
 @dataclass(frozen=True)
 class Calibration:
-    ranges: dict[str, TensorRange]  # by tensor name: graph inputs and every float node output
+    ranges: dict[str, TensorRange]  # by tensor name: graph inputs and every float node output, but those with NaN/inf
     dataset: Dataset
     cached: bool
     cache_file: Path
@@ -64,7 +64,7 @@ def collect_ranges(model: "onnx.ModelProto", dataset: Dataset, settings: Observe
     with progress.bar("calibrating", dataset.count * passes) as advance:
         bounds = _observe(runner, model, dataset, {n: make_observer(settings, None) for n in runner.names}, advance)
         if passes == 2:
-            observers = {n: make_observer(settings, bounds[n]) for n in runner.names}
+            observers = {n: make_observer(settings, bounds[n]) for n in runner.names if n in bounds}
             return _observe(runner, model, dataset, observers, advance)
     return bounds
 
@@ -73,9 +73,11 @@ def _observe(runner: "TensorRunner", model: "onnx.ModelProto", dataset: Dataset,
              advance: Advance) -> dict[str, TensorRange]:
     for feed, rows in model_batches(model, dataset):
         for name, values in runner.run(feed).items():
-            observers[name].update(values)
+            if name in observers:
+                observers[name].update(values)
         advance(rows)
-    return {name: observer.result() for name, observer in observers.items()}
+    results = {name: observer.result() for name, observer in observers.items()}
+    return {name: bounds for name, bounds in results.items() if bounds is not None}
 
 
 def float_tensors(model: "onnx.ModelProto") -> list[str]:

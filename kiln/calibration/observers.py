@@ -80,8 +80,9 @@ class Observer(abc.ABC):
         """Fold one batch of the tensor's values into the statistics."""
 
     @abc.abstractmethod
-    def result(self) -> TensorRange:
-        """The chosen range; call after the last update."""
+    def result(self) -> TensorRange | None:
+        """The chosen range, None when the tensor held NaN or inf (such a tensor is never quantized: an attention
+        mask's -inf, say); call after the last update."""
 
 
 class MinMaxObserver(Observer):
@@ -89,11 +90,13 @@ class MinMaxObserver(Observer):
         self.lo, self.hi = 0.0, 0.0
 
     def update(self, values: np.ndarray) -> None:
-        if values.size:
-            self.lo, self.hi = min(self.lo, float(values.min())), max(self.hi, float(values.max()))
+        if values.size:  # a NaN makes both NaN for good, which result() reports
+            low, high = float(values.min()), float(values.max())
+            self.lo = low if math.isnan(low) else min(self.lo, low)
+            self.hi = high if math.isnan(high) else max(self.hi, high)
 
-    def result(self) -> TensorRange:
-        return TensorRange(self.lo, self.hi)
+    def result(self) -> TensorRange | None:
+        return TensorRange(self.lo, self.hi) if math.isfinite(self.lo) and math.isfinite(self.hi) else None
 
 
 class HistogramObserver(Observer):
@@ -110,7 +113,7 @@ class HistogramObserver(Observer):
         index = np.minimum((magnitudes * (self.settings.bins / self.amax)).astype(np.int64), self.settings.bins - 1)
         self.counts += np.bincount(index, minlength=self.settings.bins)
 
-    def result(self) -> TensorRange:
+    def result(self) -> TensorRange | None:
         if self.amax == 0.0 or not self.counts.any():
             return self.bounds
         edges = np.linspace(0.0, self.amax, self.settings.bins + 1)

@@ -3,8 +3,9 @@
 Refused (exit 3, unless --allow-degenerate): a float input that holds one value on every sample, and a tensor
 that is exactly 0 on every sample (its INT8 range collapses to a point; a Relu that never fires makes one).
 Flagged: every quantized tensor whose range holds no positive value, since INT8 then clips whatever positive
-value the deployed model sees to 0 (calibration data of the wrong sign or scaling), and the refused cases when
-they were allowed.
+value the deployed model sees to 0 (calibration data of the wrong sign or scaling), the refused cases when
+they were allowed, and the data-carrying tensors that held NaN or inf, which stay float with the ops around
+them (an attention score plus a -inf mask).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kiln.calibration.collect import DEFAULT_BATCH
+from kiln.calibration.collect import DEFAULT_BATCH, float_tensors
 from kiln.calibration.datasets import Dataset
 from kiln.calibration.observers import TensorRange
+from kiln.quantization.policy import activation_tensors
 
 if TYPE_CHECKING:
     import onnx
@@ -25,12 +27,11 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RangeWarning:
     tensor: str
-    lo: float
-    hi: float
+    bounds: TensorRange | None  # None: the tensor held NaN or inf
     reason: str
 
     def to_json(self) -> dict:
-        return {"tensor": self.tensor, "range": [self.lo, self.hi], "reason": self.reason}
+        return {"tensor": self.tensor, "range": self.bounds.to_json() if self.bounds else None, "reason": self.reason}
 
 
 def constant_inputs(dataset: Dataset, quantized: dict[str, TensorRange]) -> dict[str, float]:
@@ -75,5 +76,16 @@ def range_warnings(quantized: dict[str, TensorRange], constants: dict[str, float
             reason = "no positive value on the calibration data: positive values are clipped to 0"
         else:
             continue
-        warnings.append(RangeWarning(name, bounds.lo, bounds.hi, reason))
+        warnings.append(RangeWarning(name, bounds, reason))
     return tuple(warnings)
+
+
+def non_finite_tensors(model: "onnx.ModelProto", ranges: dict[str, TensorRange]) -> list[str]:
+    """The data-carrying float tensors that calibration found NaN or inf in (it keeps no range for them)."""
+    activations = activation_tensors(model)
+    return [name for name in float_tensors(model) if name in activations and name not in ranges]
+
+
+def non_finite_warnings(names: list[str]) -> tuple[RangeWarning, ...]:
+    reason = "NaN or inf on the calibration data (an attention mask's -inf?): kept in float, with the ops around it"
+    return tuple(RangeWarning(name, None, reason) for name in names)

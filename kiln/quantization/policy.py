@@ -53,7 +53,10 @@ def make_plan(model: "onnx.ModelProto", ranges: dict[str, TensorRange], options:
               also_exclude: tuple[str, ...] = (), only: str | None = None) -> Plan:
     """The plan for `model` (options resolved `for_target`); `also_exclude` adds node names, `only`
     quantizes that one node alone."""
-    candidates = [node for node in model.graph.node if _quantizable(node, ranges)]
+    activations = activation_tensors(model)
+    passive = {name for name in ranges if name not in activations}
+    ranges = {name: bounds for name, bounds in ranges.items() if name in activations}
+    candidates = [node for node in model.graph.node if _quantizable(node, ranges, passive)]
     if not candidates:
         ops = sorted({node.op_type for node in model.graph.node})
         raise InputError(f"nothing to quantize: the model's ops ({', '.join(ops)}) include none of "
@@ -71,8 +74,24 @@ def make_plan(model: "onnx.ModelProto", ranges: dict[str, TensorRange], options:
                 tuple(node.name for node in candidates if node.name in kept), bool(options.reduce_range))
 
 
-def _quantizable(node, ranges: dict[str, TensorRange]) -> bool:
-    if node.op_type not in QUANTIZABLE or node.domain not in ("", "ai.onnx"):
+def activation_tensors(model: "onnx.ModelProto") -> set[str]:
+    """The tensors that carry the data: computed from a float graph input or an embedding (a Gather from a float
+    table). Others, such as an attention mask made from an integer input (0 and -inf, or 0 and float32's min), are
+    not quantized: their range says nothing of the data's, and an op they feed stays float."""
+    from onnx import TensorProto
+
+    tables = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
+    carrying = {v.name for v in model.graph.input if v.name not in tables
+                and v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    for node in model.graph.node:
+        if any(name in carrying for name in node.input) or (node.op_type == "Gather" and node.input[0] in tables):
+            carrying.update(name for name in node.output if name)
+    return carrying
+
+
+def _quantizable(node, ranges: dict[str, TensorRange], passive: set[str]) -> bool:
+    if (node.op_type not in QUANTIZABLE or node.domain not in ("", "ai.onnx")
+            or any(name in passive for name in node.input)):
         return False
     activations = [name for name in node.input if name in ranges]
     return bool(activations) and all(name in ranges for name in node.output if name)

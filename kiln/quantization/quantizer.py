@@ -12,11 +12,12 @@ from kiln.calibration.collect import Calibration, calibrate
 from kiln.calibration.datasets import CalibData
 from kiln.compiler.graph import Graph
 from kiln.compiler.manifest import QuantizationSummary
-from kiln.errors import SettingError
+from kiln.errors import InputError, SettingError
 from kiln.files import atomic_path
 from kiln.progress import QUIET, Progress
 from kiln.quantization.config import QuantizeOptions
-from kiln.quantization.degenerate import collapse_reasons, constant_inputs, range_warnings
+from kiln.quantization.degenerate import (collapse_reasons, constant_inputs, non_finite_tensors, non_finite_warnings,
+                                         range_warnings)
 from kiln.quantization.gate import gate_error, passes, sensitivity_ranking
 from kiln.quantization.policy import Plan, make_plan
 from kiln.quantization.qdq import insert_qdq
@@ -61,6 +62,11 @@ def quantize_graph(graph: Graph, calib: Path, options: QuantizeOptions, progress
         raise SettingError(QuantizeOptions, f"{exc}; pass a writable {{cache_dir}}") from exc
     evaluation = load_eval(options.eval, graph.signature.inputs) if options.eval else None
     dataset = evaluation.dataset if evaluation else calibration.dataset
+    non_finite = non_finite_tensors(model, calibration.ranges)
+    broken = [o.name for o in model.graph.output if o.name in non_finite]
+    if broken:
+        raise InputError(f"on the calibration data {calib}, the float model's outputs {', '.join(broken)} hold NaN "
+                         "or inf: check the data's scaling (and that it is what the model was trained on)")
     plan = make_plan(model, calibration.ranges, options)
     quantized = {name: calibration.ranges[name] for name in plan.activations}
     constants = constant_inputs(calibration.dataset, quantized)
@@ -92,7 +98,8 @@ def quantize_graph(graph: Graph, calib: Path, options: QuantizeOptions, progress
                 raise gate_error(scored, options.max_accuracy_drop, kept, ranking)
     else:
         scored = None
-    report = Report(layer_sqnr(model, qdq, plan, dataset), scored, dataset.count, range_warnings(quantized, constants))
+    report = Report(layer_sqnr(model, qdq, plan, dataset), scored, dataset.count,
+                    range_warnings(quantized, constants) + non_finite_warnings(non_finite))
     qdq_graph = dataclasses.replace(graph, body=qdq)
     return Quantized(graph, qdq_graph, plan, report, calibration, options, kept)
 

@@ -89,8 +89,8 @@ def table(report: dict) -> str:
         lines.append(f"{accuracy['kind']}: float {accuracy['float']:.4g}{unit}, int8 {accuracy['int8']:.4g}{unit}, "
                      f"drop {accuracy['drop']:.3g}{drop_unit} ({report['samples']} samples)")
     for warning in report.get("range_warnings", []):
-        lo, hi = warning["range"]
-        lines.append(f"warning: {warning['tensor']} range [{lo:.4g}, {hi:.4g}]: {warning['reason']}")
+        shown = f" range [{warning['range'][0]:.4g}, {warning['range'][1]:.4g}]" if warning["range"] else ""
+        lines.append(f"warning: {warning['tensor']}{shown}: {warning['reason']}")
     return "\n".join(lines)
 
 
