@@ -74,7 +74,10 @@ def _difference(actual: np.ndarray, reference: np.ndarray, step: float | None,
     actual, reference = actual.astype(np.float64), reference.astype(np.float64)
     if not np.array_equal(np.isnan(actual), np.isnan(reference)):
         return float("inf"), 0.0, "(NaN where the reference has none, or the reverse)"
-    finite = ~np.isnan(reference)
+    infinite = np.isinf(reference) | np.isinf(actual)
+    if not np.array_equal(actual[infinite], reference[infinite]):
+        return float("inf"), 0.0, "(an infinity where the reference has another value, or the reverse)"
+    finite = np.isfinite(reference) & np.isfinite(actual)
     largest = float(np.max(np.abs(actual[finite] - reference[finite]), initial=0.0))
     if step:
         return largest / step, 1.0 + 1e-3, "output quantization steps"

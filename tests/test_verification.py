@@ -128,3 +128,22 @@ def test_integer_inputs_stay_within_the_tables_they_index(tmp_path: Path):
     feed = random_feed(manifest.inputs)
     assert feed["ids"].dtype == np.int64 and feed["ids"].max() < 50 and feed["ids"].max() > 1
     assert set(np.unique(feed["mask"])) <= {0, 1}
+
+
+def test_infinities_are_compared_as_values(tmp_path: Path):
+    """1/x at x = 0 is inf in both engines; an inf that the reference lacks (or of the other sign) is a failure,
+    and the finite values beside the infinities are still compared."""
+    from kiln.compiler.manifest import Precision
+    from kiln.testing.onnx_graphs import GraphBuilder
+    from kiln.verification import verify
+
+    b = GraphBuilder("reciprocal")
+    b.input("x", [4])
+    b.node("Reciprocal", ["x"], "y")
+    b.output("y", [4])
+    model = b.save(tmp_path / "reciprocal.onnx")
+    feed = {"x": np.array([0.0, -0.0, 2.0, 4.0], np.float32)}
+    exact = np.array([np.inf, -np.inf, 0.5, 0.25], np.float32)
+    for returned, passed in ((exact, True), (exact * [1, -1, 1, 1], False), (exact + [0, 0, 0, 1], False)):
+        checked = verify(lambda _: {"y": returned.astype(np.float32)}, model, Precision.FP32, feed, "given")
+        assert checked.passed == passed, (returned, checked.describe())

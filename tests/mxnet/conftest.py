@@ -29,9 +29,10 @@ def mxnet_python() -> Path:
     return VENV / "bin" / "python"
 
 
-def _exported(python: Path, script: str, name: str) -> Path:
-    """Run tests/mxnet/SCRIPT OUT_DIR in the side venv unless this version of it already did."""
-    sources = [HERE / script, MAKE_VENV, *sorted(HERE.glob("*.json"))]
+def _exported(python: Path, script: str, name: str, *reads: str) -> Path:
+    """Run tests/mxnet/SCRIPT OUT_DIR in the side venv unless this version of it, of the side venv's recipe and of
+    the files it READS (its JSON tables, the scripts it imports) already did."""
+    sources = [HERE / script, MAKE_VENV, *(HERE / read for read in reads)]
     key = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
     out = TEST_CACHE / name / key[:16]
     if not (out / "done").exists():
@@ -50,9 +51,15 @@ def _exported(python: Path, script: str, name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def zoo_exports(mxnet_python: Path) -> Path:
-    return _exported(mxnet_python, "export_zoo.py", "mxnet-zoo")
+    return _exported(mxnet_python, "export_zoo.py", "mxnet-zoo", "zoo_models.json")
 
 
 @pytest.fixture(scope="session")
 def op_exports(mxnet_python: Path) -> Path:
     return _exported(mxnet_python, "export_ops.py", "mxnet-ops")
+
+
+@pytest.fixture(scope="session")
+def gluoncv_exports(mxnet_python: Path) -> Path:
+    return _exported(mxnet_python, "export_gluoncv.py", "gluoncv-zoo", "gluoncv_models.json", "export_zoo.py",
+                     "zoo_models.json")
