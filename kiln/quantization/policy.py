@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     import onnx
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-QUANTIZABLE = WEIGHTED | {"Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip"}
+# Not Mul, nor an Add of a constant but a bias: they have no integer kernel, so quantizing them would only add
+# rounding, and chains of them (GELU's Div, Erf, Add, Mul, Mul) fused make an expression that grows with every quantize
+QUANTIZABLE = WEIGHTED | {"Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip"}
+BIASED = frozenset({"Conv", "MatMul"})  # weighted ops whose bias an exporter may write as a separate Add
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,9 @@ def make_plan(model: "onnx.ModelProto", ranges: dict[str, TensorRange], options:
     activations = activation_tensors(model)
     passive = {name for name in ranges if name not in activations}
     ranges = {name: bounds for name, bounds in ranges.items() if name in activations}
-    candidates = [node for node in model.graph.node if _quantizable(node, ranges, passive)]
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    constants = {t.name for t in model.graph.initializer}
+    candidates = [node for node in model.graph.node if _quantizable(node, ranges, passive, producers, constants)]
     if not candidates:
         ops = sorted({node.op_type for node in model.graph.node})
         raise InputError(f"nothing to quantize: the model's ops ({', '.join(ops)}) include none of "
@@ -89,10 +94,16 @@ def activation_tensors(model: "onnx.ModelProto") -> set[str]:
     return carrying
 
 
-def _quantizable(node, ranges: dict[str, TensorRange], passive: set[str]) -> bool:
+def _quantizable(node, ranges: dict[str, TensorRange], passive: set[str], producers: dict[str, str],
+                 constants: set[str]) -> bool:
     if (node.op_type not in QUANTIZABLE or node.domain not in ("", "ai.onnx")
             or any(name in passive for name in node.input)):
         return False
+    if node.op_type in WEIGHTED and node.input[1] not in constants:  # attention's Q.K^T: no integer kernel
+        return False
+    if node.op_type == "Add" and not all(name in ranges for name in node.input):  # an Add of a constant
+        if not any(producers.get(name) in BIASED for name in node.input):
+            return False
     activations = [name for name in node.input if name in ranges]
     return bool(activations) and all(name in ranges for name in node.output if name)
 
@@ -133,8 +144,8 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
     A Concat's tensors share one range; a MaxPool's output keeps its input's range (the max of
     quantized values is one of them); a weighted node or Add feeding only a chosen Relu or Clip
     (ReLU6) is not quantized between the two: the activation's output range covers both, as an
-    integer kernel fuses it. Likewise a MatMul feeding only the chosen Add of a constant (a linear
-    layer's bias, exported apart from its MatMul): the kernel adds the bias in int32.
+    integer kernel fuses it. Likewise a MatMul or Conv feeding only the chosen Add of a constant (a
+    bias exported apart from its op): the kernel adds the bias in int32.
     """
     consumers: dict[str, list] = {}
     for node in model.graph.node:
@@ -146,7 +157,7 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
     single = [node for node in chosen if node.output[0] not in outputs and len(consumers.get(node.output[0], [])) == 1]
     fused = {node.output[0] for node in single if node.op_type in WEIGHTED | {"Add"}
              and _fusable_activation(consumers[node.output[0]][0], names)}
-    fused |= {node.output[0] for node in single if node.op_type == "MatMul"
+    fused |= {node.output[0] for node in single if node.op_type in BIASED
               and _bias_add(consumers[node.output[0]][0], names, constants)}
     tensors: dict[str, TensorRange] = {}
     for node in chosen:

@@ -137,15 +137,17 @@ def no_quantizable_model(path: Path) -> Path:
 
 RELU1 = "/features/features.2/Relu_output_0"
 OUTLIER = 100.0  # the injected values reach this many times the tensor's normal maximum
+RARE = 12  # calibration elements that take the injected values
 
 
 def outlier_cnn(path: Path, calib: np.ndarray) -> Path:
     """The digits CNN with an outlier activation injected after the first Relu.
 
-    t = relu1 * M, then relu1' = t / M feeds the next conv, so the float model computes exactly what
-    the original does. M is 1 except at one element that is rarely non-zero in the calibration data,
-    where it scales the largest value seen to OUTLIER x the tensor's normal maximum: t's range is set by
-    a handful of huge values, as outlier activations do.
+    A 1x1 Conv + Relu ("inject", "inject_relu") passes the first Relu's channels through, but for one channel c
+    computes M x max(relu1_c - t, 0), with t the value only RARE of the calibration data's elements of that
+    channel exceed: a handful of values OUTLIER x the tensor's normal maximum set its range, as outlier
+    activations do. The next conv reads channel c divided by M, so the float model loses only channel c's
+    values below t.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -157,19 +159,28 @@ def outlier_cnn(path: Path, calib: np.ndarray) -> Path:
     probe.CopyFrom(model)
     probe.graph.output.append(helper.make_empty_tensor_value_info(RELU1))
     relu = onnxruntime_outputs(probe, {"input": calib}, outputs=[RELU1])[0]
-    active = (relu > 0).mean(axis=0)  # [16, 8, 8]: how often each element is non-zero
-    rare = np.where((active > 0) & (active <= 0.02), active, np.inf)
-    element = np.unravel_index(int(np.argmin(rare)), rare.shape)
-    mask = np.ones((1,) + relu.shape[1:], np.float32)
-    mask[(0,) + element] = OUTLIER * relu.max() / relu[(slice(None),) + element].max()
-    model.graph.initializer.extend([numpy_helper.from_array(mask, "outlier_mask"),
-                                    numpy_helper.from_array((1.0 / mask).astype(np.float32), "outlier_unmask")])
+    channels = relu.shape[1]
+    c = int(np.argmax(relu.max(axis=(0, 2, 3))))
+    values = np.sort(relu[:, c].ravel())
+    threshold = float(values[-RARE - 1])
+    scale = OUTLIER * float(relu.max()) / (float(values[-1]) - threshold)
+    weight = np.eye(channels, dtype=np.float32)
+    weight[c, c] = scale
+    bias = np.zeros(channels, np.float32)
+    bias[c] = -scale * threshold
+    model.graph.initializer.extend([numpy_helper.from_array(weight[:, :, None, None], "inject_weight"),
+                                    numpy_helper.from_array(bias, "inject_bias")])
+    consumer = next(node for node in model.graph.node if RELU1 in node.input)
+    next_weight = next(t for t in model.graph.initializer if t.name == consumer.input[1])
+    restored = numpy_helper.to_array(next_weight).copy()
+    restored[:, c] /= scale
+    next_weight.CopyFrom(numpy_helper.from_array(restored, next_weight.name))
     for node in model.graph.node:
-        node.input[:] = ["outlier_restored" if name == RELU1 else name for name in node.input]
+        node.input[:] = ["outlier" if name == RELU1 else name for name in node.input]
     index = next(i for i, node in enumerate(model.graph.node) if RELU1 in node.output)
-    model.graph.node.insert(index + 1, helper.make_node("Mul", [RELU1, "outlier_mask"], ["outlier"], name="inject"))
-    model.graph.node.insert(index + 2, helper.make_node("Mul", ["outlier", "outlier_unmask"], ["outlier_restored"],
-                                                        name="restore"))
+    model.graph.node.insert(index + 1, helper.make_node("Conv", [RELU1, "inject_weight", "inject_bias"],
+                                                        ["injected"], name="inject"))
+    model.graph.node.insert(index + 2, helper.make_node("Relu", ["injected"], ["outlier"], name="inject_relu"))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
