@@ -108,7 +108,7 @@ CASES = {
     "5x5": ((8, 8, 5, 1, 1, True, None, False, False), 1, None),
     "input-channels-summed-in-chunks": ((64, 16, 3, 1, 1, True, "relu", False, False), 1, None),
     "residual-add-relu": ((16, 16, 3, 1, 1, True, "relu", True, False), 2, None),
-    "conv-then-gemm": ((16, 32, 3, 1, 1, True, "relu", False, True), 2, "no integer kernel for mean"),
+    "conv-then-gemm": ((16, 32, 3, 1, 1, True, "relu", False, True), 3, None),
     "rgb-input-7x7-strided": ((3, 16, 7, 2, 1, True, "relu", False, False), 1, None),
     "input-channels-in-fours": ((12, 16, 3, 1, 1, True, None, False, False), 1, None),
     "depthwise-relu6": ((16, 16, 3, 1, 16, True, "relu6", False, False), 1, None),
@@ -231,13 +231,12 @@ def test_example_cnn_int8_agrees_with_onnxruntime_on_every_test_digit(tmp_path: 
     artifact = _compile_int8(DIGITS_CNN, DIGITS_CALIB, tmp_path / "digits.kiln", shapes={"input": batches[0].shape})
     report = read_manifest(artifact).to_json()["integer_kernels"]
     # the three convs (the first one's 1 input channel padded to 4) and the max pool between them
-    assert report["int8_by_op"] == {"conv2d": 3, "max_pool": 1}, report
+    assert report["int8_by_op"] == {"conv2d": 3, "max_pool": 1, "global_avg_pool": 1}, report
     lowered = read_manifest(artifact).to_json()["build"]["schedules"]  # PrimFuncs of the lowered module, per rule
     # all three direct: at batch 50 the second and third (14.7 M and 7.4 M multiply-adds, 16 and 32 input
     # channels) are far under the integer Winograd's threshold (intrinsics.AVX2_DOT.pair_min_work)
     assert lowered.get("conv2d_int8", 0) == 3 and "conv2d_winograd_int8" not in lowered, lowered
     assert [(entry["op"], entry["reason"]) for entry in report["float_ops"]] == [
-        ("mean", "no integer kernel for mean"),  # GlobalAveragePool, whose float result Flatten reads
         ("dense", "output channels 10 not in blocks of 8")], report
     assert max(_steps_from_onnxruntime(artifact, {"input": batch}) for batch in batches) <= 1.0 + 1e-3
 
@@ -284,7 +283,7 @@ def test_resnet_block_model_runs_its_convs_and_classifier_as_integer_kernels(tmp
     np.savez(calib, input=rng.random((16, 3, 16, 16), dtype=np.float32))
     artifact = _compile_int8(path, calib, tmp_path / "small.kiln")
     report = read_manifest(artifact).to_json()["integer_kernels"]
-    assert report["int8_ops"] == 2, report  # both convs; the 10-class head stays float
+    assert report["int8_ops"] == 3, report  # both convs and the global pool; the 10-class head stays float
     assert _steps_from_onnxruntime(artifact, {"input": rng.random((BATCH, 3, 16, 16), dtype=np.float32)}) <= 1.001
 
 
@@ -354,12 +353,13 @@ def test_compile_and_inspect_say_which_ops_run_int8_and_which_stay_float(cli_run
     assert compiled.exit_code == 0, compiled.output
     inspected = cli_runner.invoke(cli, ["inspect", str(artifact)])
     for output in (compiled.stdout, inspected.stdout):
-        assert ("integer kernels: 4 quantized ops run int8 (conv2d \u00d73, max_pool \u00d71; dot product: "
-                "avx2-vpmaddubsw), 2 stay float") in output
-        assert "float: mean: no integer kernel for mean" in output
+        assert "integer kernels: 5 quantized ops run int8 (" in output
+        assert all(op in output for op in ("conv2d \u00d73", "max_pool \u00d71", "global_avg_pool \u00d71"))
+        assert "; dot product: avx2-vpmaddubsw), 1 stays float" in output
         assert "float: dense 10x32: output channels 10 not in blocks of 8" in output
     as_json = cli_runner.invoke(cli, [*args[:5], str(tmp_path / "json.kiln"), *args[6:], "--json"])
-    assert json.loads(as_json.stdout)["integer_kernels"]["int8_by_op"] == {"conv2d": 3, "max_pool": 1}
+    assert json.loads(as_json.stdout)["integer_kernels"]["int8_by_op"] == {"conv2d": 3, "max_pool": 1,
+                                                                           "global_avg_pool": 1}
 
 
 def test_fp32_build_reports_no_integer_kernels(tmp_path: Path):

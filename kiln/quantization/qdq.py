@@ -69,9 +69,16 @@ def insert_qdq(model: "onnx.ModelProto", plan: Plan) -> "onnx.ModelProto":
     for tensor in (v.name for v in graph.input):
         if tensor in plan.activations:
             quantize_activation(tensor)
+    # every reader of a quantized node's output reads it dequantized, float ops too: the integer kernel that
+    # replaces the node produces only the quantized value
+    chosen_outputs = {name for node in graph.node if node.name in plan.nodes for name in node.output
+                      if name in plan.activations}
     for node in graph.node:
         if node.name in plan.nodes:
             _rewrite_inputs(node, plan, weights, outputs, dequantize_constant)
+        else:
+            node.input[:] = [dequantized_name(name, outputs) if name in chosen_outputs else name
+                             for name in node.input]
         produced = list(node.output)
         for index, name in enumerate(produced):
             if name in plan.activations and name in outputs:
