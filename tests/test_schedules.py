@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from kiln.cli import cli
+from kiln.targets.host import cpu_flags
 from kiln.testing import models
 from kiln.testing.paths import DIGITS_CNN
 from kiln.testing.reference import check_correctness
@@ -257,6 +258,43 @@ def test_layout_rewrite_transforms_only_at_the_edges_and_packs_the_classifier():
     assert text.count("R.call_tir") >= 20 and "R.nn.conv2d" not in text and "R.matmul" not in text
     (dense,) = (f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint == "matmul")
     assert "B: T.Buffer((T.int64(125), T.int64(512), T.int64(8))" in dense.script()  # 1000 classes: 125 x [K, 8]
+
+
+@pytest.mark.parametrize("preset, lanes, registers", [("x86-64", 8, 16), ("x86-avx2", 8, 16), ("x86-avx512", 16, 32),
+                                                      ("x86-vnni", 16, 32), ("aarch64", 4, 32)])
+def test_each_preset_gets_the_vector_shape_of_its_instruction_set(preset: str, lanes: int, registers: int):
+    import tvm
+
+    from kiln.compiler.backends.tvm.schedules.common import cpu_spec
+    from kiln.targets import PRESETS
+
+    spec = cpu_spec(tvm.target.Target(PRESETS[preset].tvm_target))
+    assert (spec.lanes, spec.registers) == (lanes, registers)
+    assert spec.block(24) == min(lanes, 8)  # on AVX-512, ymm blocks where zmm ones do not fit
+    assert spec.block(20) == (4 if lanes == 4 else None)
+
+
+def test_layout_rewrite_on_avx512_blocks_channels_that_16_does_not_divide():
+    """MobileNetV2's 24-channel layers in NCHW8c beside its 16c ones: every conv stays a blocked kernel."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.backends.tvm.schedules.common import AVX512
+    from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
+
+    text = to_nchwc(from_onnx(models.mobilenetv2(1, 32), keep_params_in_input=False), AVX512)["main"].script(
+        show_meta=False)
+    assert "R.nn.conv2d" not in text
+    assert ", 8), dtype=\"float32\")" in text and ", 16), dtype=\"float32\")" in text
+
+
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="this CPU has no AVX-512")
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+def test_model_on_avx512_matches_onnxruntime_and_every_kernel_is_scheduled(name: str, tmp_path: Path):
+    path = _save(models.MODELS[name](1, 32), tmp_path)
+    image = RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    artifact = check_correctness(path, {"input": image}, tmp_path, target="x86-avx512", rtol=1e-3, atol=1e-3)
+    schedules = json.loads((artifact / "manifest.json").read_text())["build"]["schedules"]
+    assert "none" not in schedules and schedules.get("conv2d_nchwc", 0) + schedules.get("conv2d_winograd", 0) >= 10
 
 
 def _save(model: onnx.ModelProto, tmp_path: Path) -> Path:

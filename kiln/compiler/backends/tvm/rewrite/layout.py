@@ -8,8 +8,8 @@ transformed back to NCHW once (memoized). So layout transforms appear only where
 leaves the blocked region, e.g. the input image and the flatten before a classifier.
 
 A matmul of any [..., M, K] data by a constant [K, N] becomes compute.dense_packed, keeping the data's
-leading dims so a transformer's bias, GELU or residual add fuses after it; erf becomes a vectorizable
-polynomial."""
+leading dims so a transformer's bias, GELU or residual add fuses after it; erf, tanh and the exp of a softmax
+over its last axis become vectorizable polynomials, squares and cubes multiplications."""
 
 from __future__ import annotations
 
@@ -99,9 +99,7 @@ class _Rewriter:
         return expr.value.numpy() if isinstance(expr, Const) else None
 
     def _block_size(self, channels: int) -> int:
-        if channels % self.lanes == 0:
-            return self.lanes
-        return channels if channels <= 4 else 1  # e.g. an RGB input: NCHW3c
+        return self.spec.block(channels) or (channels if channels <= 4 else 1)  # e.g. an RGB input: NCHW3c
 
     def _channel_constant(self, expr, channels: int, block: int):
         """A scalar, or a per-channel [C,1,1]/[1,C,1,1] constant as [1, C/b, 1, 1, b]; else None."""
@@ -130,12 +128,12 @@ class _Rewriter:
             ib = ob = self.lanes
             packed, te_func, name = compute.winograd_kernel(w, ob), compute.conv2d_winograd, compute.WINOGRAD
             options = (padding,)
-        elif groups == 1 and out_channels % self.lanes == 0:
-            ib, ob = self._block_size(channels), self.lanes
+        elif groups == 1 and self.spec.block(out_channels):
+            ib, ob = self._block_size(channels), self.spec.block(out_channels)
             packed = w.reshape(out_channels // ob, ob, channels // ib, ib, kh, kw).transpose(0, 2, 4, 5, 3, 1)
             te_func, name, options = compute.conv2d_nchwc, compute.CONV2D, (strides, padding)
-        elif groups == channels == out_channels and in_per_group == 1 and channels % self.lanes == 0:
-            ib = ob = self.lanes
+        elif groups == channels == out_channels and in_per_group == 1 and self.spec.block(channels):
+            ib = ob = self.spec.block(channels)
             packed = w.reshape(channels // ob, ob, kh, kw).transpose(0, 2, 3, 1)
             te_func, name, options = compute.depthwise_nchwc, compute.DEPTHWISE, (strides, padding)
         else:
@@ -175,6 +173,37 @@ class _Rewriter:
         if call.ty.dtype != "float32":
             return None
         return self.bb.emit(self.bb.call_te(topi.fast_erf, new, primfunc_name_hint="erf")), block
+
+    def tanh(self, call):
+        """tanh (GPT-2's GELU) as TOPI's rational approximation (Eigen's): TVM computes tanh from exp, which LLVM
+        calls libm for once per element. Any layout alike; arithmetic.py's series below 0.01 stays around it."""
+        new, block = self.env.get(call.args[0], (call.args[0], None))
+        if call.ty.dtype != "float32":
+            return None
+        return self.bb.emit(self.bb.call_te(topi.fast_tanh, new, primfunc_name_hint="tanh")), block
+
+    def power(self, call):
+        """x ** 2 and x ** 3 (GPT-2's GELU cubes) as multiplications: LLVM calls libm's powf once per element. Any
+        layout alike."""
+        base, exponent = call.args
+        value = self.constant(exponent)
+        if (call.ty.dtype != "float32" or value is None or value.size != 1 or call.ty.ndim != base.ty.ndim
+                or float(value.reshape(())) not in (2, 3)):  # a [1, 1] exponent would broadcast a 1-D base
+            return None
+        new, block = self.env.get(base, (base, None))
+        square = self.bb.emit(relax.op.multiply(new, new))
+        return (square if float(value.reshape(())) == 2 else self.bb.emit(relax.op.multiply(square, new))), block
+
+    def softmax(self, call):
+        """A softmax over the last axis (attention's scores) with TOPI's polynomial exp, max relative error ~1e-7:
+        LLVM has no vector exp, so relax's softmax calls libm's expf once per element, twice once the exp is inlined
+        into both the sum and the normalization. The schedule rule (schedules/softmax.py) computes it once per row."""
+        data = call.args[0]
+        axis, ndim = int(call.attrs.axis), data.ty.ndim
+        if call.ty.dtype != "float32" or ndim < 1 or axis not in (-1, ndim - 1):
+            return None
+        return self.bb.emit(self.bb.call_te(topi.nn.fast_softmax, self.plain(data), -1,
+                                            primfunc_name_hint="softmax")), None
 
     def binary(self, var, call):
         a, b = call.args
@@ -229,6 +258,12 @@ class _Rewriter:
             return self.matmul(call) if self.float_convs else None
         if op == "relax.erf":
             return self.erf(call) if self.float_convs else None
+        if op == "relax.nn.softmax":
+            return self.softmax(call) if self.float_convs else None
+        if op == "relax.tanh" and self.float_convs and call.ty.dtype == "float32":
+            return self.tanh(call)
+        if op == "relax.power" and self.float_convs:
+            return self.power(call)
         if op in _BINARY:
             return self.binary(var, call)
         if op in _UNARY and self.block_of(call.args[0]):

@@ -1,5 +1,5 @@
 """kiln's own CPU schedules for TVM Relax: an NCHW[x]c layout rewrite and one small named rule per
-op family (conv2d, Winograd conv2d, depthwise, reduction, elementwise), applied to every fused PrimFunc.
+op family (conv2d, Winograd conv2d, depthwise, softmax, reduction, elementwise), applied to every fused PrimFunc.
 
 `pipeline.cpu_pipeline` assembles them; `ScheduleMode` is the user's choice between them and
 TVM's own (unscheduled) CPU code.

@@ -38,6 +38,14 @@ class CpuSpec:
     # 0: never). ResNet-18's 3x3 layers ran in 0.57-0.76 of the direct conv's time; the digits CNN's
     # (0.3-2.4 M multiply-adds) in 1.06-1.13.
     winograd_work: int = 1 << 22
+    # A narrower vector for what `lanes` does not divide (0: none): on AVX-512, ymm blocks of 8 keep MobileNet's
+    # 24- and 40-channel layers in the blocked layout, where 16 alone would leave them as TVM's plain conv2d.
+    narrow_lanes: int = 0
+
+    def block(self, size: int) -> int | None:
+        """The vector width for `size` elements (channels of an NCHW[b]c block, an innermost loop): the lanes
+        where they divide it, else narrow_lanes where those do, else None."""
+        return next((width for width in (self.lanes, self.narrow_lanes) if width and size % width == 0), None)
 
 
 def tuning_variants(spec: CpuSpec) -> list[CpuSpec]:
@@ -53,6 +61,9 @@ def tuning_variants(spec: CpuSpec) -> list[CpuSpec]:
 
 
 AVX2 = CpuSpec(lanes=8, registers=16, max_accumulators=12)  # 16 ymm registers: 12 accumulators + operands
+# 32 zmm registers of 16 fp32 lanes (x86 targets with avx512f). 16 accumulators, not the 24 the registers would
+# hold: with 24 the matmul rule picks 6 x 4 tiles for BERT's and ViT's rows, which ran slower than 4 x 4 on Zen 4.
+AVX512 = CpuSpec(lanes=16, registers=32, max_accumulators=16, narrow_lanes=8)
 NEON = CpuSpec(lanes=4, registers=32, max_accumulators=24)
 
 
@@ -62,8 +73,10 @@ def cpu_spec(target) -> CpuSpec | None:
     aarch64 = str(target.attrs.get("mtriple", "")).startswith("aarch64")
     if aarch64 and "+sve" in [str(a) for a in target.attrs.get("mattr", [])]:
         return None
-    isa = Int8Isa.from_features(cpu_features(target), Family.AARCH64 if aarch64 else Family.X86)
-    return dataclasses.replace(NEON if aarch64 else AVX2, int8=dot_product(isa))
+    features = cpu_features(target)
+    isa = Int8Isa.from_features(features, Family.AARCH64 if aarch64 else Family.X86)
+    base = NEON if aarch64 else AVX512 if "avx512f" in features else AVX2
+    return dataclasses.replace(base, int8=dot_product(isa))
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ def schedule_block(sch, block, spec: CpuSpec) -> None:
     if not loops:
         return
     total = work(sch, block)
-    inner = extent(sch, loops[-1])
-    if inner % spec.lanes == 0:
-        outer, lanes = sch.split(loops[-1], [None, spec.lanes])
+    width = spec.block(extent(sch, loops[-1]))
+    if width:
+        outer, lanes = sch.split(loops[-1], [None, width])
         sch.vectorize(lanes)
         loops[-1] = outer
     if total >= MIN_PARALLEL_WORK:

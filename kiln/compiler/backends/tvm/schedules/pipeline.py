@@ -29,10 +29,11 @@ from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
 from kiln.compiler.backends.tvm.schedules.group_conv import GROUP_CONV2D
 from kiln.compiler.backends.tvm.schedules.nan import propagate_nan_pass
 from kiln.compiler.backends.tvm.schedules.reduction import REDUCTION
+from kiln.compiler.backends.tvm.schedules.softmax import SOFTMAX
 from kiln.compiler.backends.tvm.schedules.winograd import CONV2D_WINOGRAD, CONV2D_WINOGRAD_INT8
 
 RULES: tuple[Rule, ...] = (CONV2D_INT8, DEPTHWISE_INT8, CONV2D_WINOGRAD_INT8, CONV2D_WINOGRAD, CONV2D_NCHWC,
-                           DEPTHWISE_NCHWC, GROUP_CONV2D, REDUCTION, ELEMENTWISE)
+                           DEPTHWISE_NCHWC, GROUP_CONV2D, SOFTMAX, REDUCTION, ELEMENTWISE)
 RULE_ATTR, TUNED = "kiln.rule", "tuned"
 log = logging.getLogger("kiln.schedules")
 

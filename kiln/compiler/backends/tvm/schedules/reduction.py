@@ -29,9 +29,9 @@ def schedule_block(sch, block, spec: CpuSpec) -> None:
     if not spatial or not reduce:
         return
     total = work(sch, block)
-    lanes = None
-    if extent(sch, spatial[-1]) % spec.lanes == 0:
-        outer, lanes = sch.split(spatial[-1], [None, spec.lanes])
+    lanes, width = None, spec.block(extent(sch, spatial[-1]))
+    if width:
+        outer, lanes = sch.split(spatial[-1], [None, width])
         spatial[-1] = outer
         sch.reorder(*spatial, *reduce, lanes)
     if total >= MIN_PARALLEL_WORK:
@@ -59,7 +59,8 @@ def _schedule_matmul(sch, block, spec: CpuSpec) -> None:
     """parallel(column tiles, row tiles) . k . [rows] . [vectors] . vector(lanes), accumulators in registers
     and the bias/activation applied as they are written back. Column tiles outermost: each thread streams its
     weight columns once, the activations (smaller) from cache; row tiles outermost streamed all the weights
-    once per row tile (BERT-base's FFN: 1.3-1.5x slower)."""
+    once per row tile (BERT-base's FFN: 1.3-1.5x slower). Columns that end in a partial vector: parallel(row tiles)
+    . column tiles . k ..., see below."""
     total = work(sch, block)
     *leading, cols, k = sch.get_loops(block)
     row_tile, vectors = matmul_tile(extent(sch, leading[-1]), -(-extent(sch, cols) // spec.lanes), spec)
@@ -67,13 +68,21 @@ def _schedule_matmul(sch, block, spec: CpuSpec) -> None:
     m_outer, rows_inner = sch.split(leading[-1], [None, row_tile])  # a last partial tile is predicated
     rows_outer = sch.fuse(*leading[:-1], m_outer) if len(leading) > 1 else m_outer
     # and a last partial column tile (ViT's attention scores have 197 keys), so no width falls back to the generic
-    # reduction schedule's unvectorized loops
+    # reduction schedule's unvectorized loops. Such columns put a per-lane bound on every column tile whose index
+    # is a variable, and TVM's vectorizer then emits scalar code for the whole tile: column tiles inside each row
+    # tile, their loop partitioned (LoopPartition), leave that bound on the last tile alone.
+    ragged = extent(sch, cols) % spec.lanes != 0
     cols_outer, cols_inner, lanes = sch.split(cols, [None, vectors, spec.lanes])
-    sch.reorder(cols_outer, rows_outer, k, rows_inner, cols_inner, lanes)
+    if ragged:
+        sch.reorder(rows_outer, cols_outer, k, rows_inner, cols_inner, lanes)
+    else:
+        sch.reorder(cols_outer, rows_outer, k, rows_inner, cols_inner, lanes)
     write_back = sch.cache_write(block, 0, "local")
     fuse_epilogue(sch, write_back)
-    sch.reverse_compute_at(write_back, rows_outer)
-    tiles = sch.fuse(cols_outer, rows_outer)
+    sch.reverse_compute_at(write_back, cols_outer if ragged else rows_outer)
+    if ragged:
+        sch.annotate(cols_outer, "pragma_loop_partition_hint", 1)
+    tiles = rows_outer if ragged else sch.fuse(cols_outer, rows_outer)
     if total >= MIN_PARALLEL_WORK:
         sch.parallel(tiles)
     sch.unroll(rows_inner)
