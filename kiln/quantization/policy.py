@@ -73,7 +73,7 @@ def make_plan(model: "onnx.ModelProto", ranges: dict[str, TensorRange], options:
     if not chosen:
         raise SettingError(QuantizeOptions, f"nothing to quantize: {{exclude}}/{{keep_float}} keep all "
                                             f"{len(candidates)} quantizable nodes in float; exclude fewer")
-    activations = _activation_ranges(model, chosen, ranges)
+    activations = _activation_ranges(model, chosen, ranges, constants)
     return Plan(frozenset(node.name for node in chosen),
                 {name: QParams.of(bounds, options.activations) for name, bounds in activations.items()},
                 tuple(node.name for node in candidates if node.name in kept), bool(options.reduce_range))
@@ -138,7 +138,8 @@ def _excluded(model, candidates: list, options: QuantizeOptions) -> set[str]:
     return kept
 
 
-def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> dict[str, TensorRange]:
+def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange],
+                       constants: set[str]) -> dict[str, TensorRange]:
     """Ranges of the float inputs and outputs of the chosen nodes.
 
     A Concat's tensors share one range; a MaxPool's output keeps its input's range (the max of
@@ -153,7 +154,6 @@ def _activation_ranges(model, chosen: list, ranges: dict[str, TensorRange]) -> d
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in model.graph.output}
     names = {node.name for node in chosen}
-    constants = {t.name for t in model.graph.initializer}
     single = [node for node in chosen if node.output[0] not in outputs and len(consumers.get(node.output[0], [])) == 1]
     fused = {node.output[0] for node in single if node.op_type in WEIGHTED | {"Add"}
              and _fusable_activation(consumers[node.output[0]][0], names)}
