@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 from gluoncv import model_zoo
 from gluoncv.model_zoo.resnetv1b import BasicBlockV1b, BottleneckV1b
 
-from export_zoo import MIN_RUNNING_VAR, RESIDUAL_DAMPING, SEED, randomise_parameters
+from export_zoo import MIN_RUNNING_VAR, RESIDUAL_DAMPING, SEED, main, randomise_parameters
 
 MODELS = json.loads((Path(__file__).with_name("gluoncv_models.json")).read_text())["models"]
 CALIBRATION_IMAGES = 4
@@ -123,13 +122,5 @@ def export(name: str, out_dir: Path) -> None:
                                                      "gluoncv_version": version("gluoncv")}))
 
 
-def main(argv: list[str]) -> None:
-    warnings.filterwarnings("ignore")
-    out_dir = Path(argv[0])
-    for name in argv[1:] or MODELS:
-        export(name, out_dir)
-        print(f"exported {name}", flush=True)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(sys.argv[1:], export, MODELS)

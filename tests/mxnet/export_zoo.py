@@ -91,10 +91,11 @@ def export(name: str, out_dir: Path) -> None:
                                                      "mxnet_version": mx.__version__}))
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], export=export, models=INPUT_SIDES) -> None:
+    """OUT_DIR [MODEL ...]: export each model (all of `models` when none is named) with `export`."""
     warnings.filterwarnings("ignore")
     out_dir = Path(argv[0])
-    for name in argv[1:] or INPUT_SIDES:
+    for name in argv[1:] or models:
         export(name, out_dir)
         print(f"exported {name}", flush=True)
 
