@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.compiler.graph import TensorSpec
+from kiln.dtypes import is_float, numpy_dtype
 from kiln.errors import InputError
 from kiln.files import atomic_path
 
@@ -66,9 +67,9 @@ def random_feed(specs: tuple[TensorSpec, ...], batch: int | None = None) -> dict
     rng = np.random.default_rng(SEED)
     feed = {}
     for spec in specs:
-        dtype = np.dtype(spec.dtype)
+        dtype = numpy_dtype(spec.dtype)
         shape = [d if isinstance(d, int) else (batch or 1) for d in spec.shape]
-        if np.issubdtype(dtype, np.floating):
+        if is_float(dtype):
             feed[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             feed[spec.name] = rng.integers(0, 2, shape).astype(bool)

@@ -211,7 +211,15 @@ def _reference(name: str, path: Path, manifest: Manifest, threads: int) -> Runne
 def onnxruntime_runner(model: Path, threads: int) -> Runner:
     from kiln.onnxruntime_session import session
 
-    reference = session(model, threads)
+    try:
+        reference = session(model, threads)
+    except Exception as exc:  # NOT_IMPLEMENTED: an op or a type (bfloat16 Add) its CPU kernels lack
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise InputError(f"ONNX Runtime cannot run {model.name} to compare with: "
+                         f"{str(exc).strip().splitlines()[0]}") from None
+    if any(value.type == "tensor(bfloat16)" for value in (*reference.get_inputs(), *reference.get_outputs())):
+        raise InputError("ONNX Runtime's Python API passes no bfloat16 arrays in or out; bench kiln alone")
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:

@@ -25,7 +25,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 # Every module the runtime imports, relative to the kiln package (tests/test_runtime_wheel.py runs them in a
 # venv that has nothing else).
 MODULES = (
-    "__init__.py", "arrays.py", "bench.py", "cli_options.py", "cli_runtime.py", "errors.py", "files.py",
+    "__init__.py", "arrays.py", "bench.py", "cli_options.py", "cli_runtime.py", "dtypes.py", "errors.py", "files.py",
     "progress.py", "settings.py", "tvm_runtime.py",
     "compiler/__init__.py", "compiler/artifact.py", "compiler/batching.py", "compiler/graph.py",
     "compiler/manifest.py",

@@ -105,7 +105,9 @@ def copy_out(tensor):
     """A numpy copy of a tensor on any device."""
     import numpy as np
 
-    array = np.empty(tuple(tensor.shape), dtype=str(tensor.dtype))
+    from kiln.dtypes import numpy_dtype
+
+    array = np.empty(tuple(tensor.shape), dtype=numpy_dtype(str(tensor.dtype)))
     copy = global_function("runtime.TVMTensorCopyToBytes")
     copy(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
     return array

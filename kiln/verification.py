@@ -17,6 +17,7 @@ import numpy as np
 
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.manifest import Precision, Verification
+from kiln.dtypes import as_declared, is_float
 from kiln.errors import InputError
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def _difference(actual: np.ndarray, reference: np.ndarray, step: float | None,
                 precision: Precision) -> tuple[float, float, str]:
     if actual.shape != reference.shape:
         raise VerificationError(f"the artifact's output has shape {actual.shape}, ONNX Runtime's {reference.shape}")
-    if not np.issubdtype(reference.dtype, np.floating):
+    if not is_float(reference.dtype):
         return float(np.count_nonzero(actual != reference)), 0.0, "differing values"
     actual, reference = actual.astype(np.float64), reference.astype(np.float64)
     if not np.array_equal(np.isnan(actual), np.isnan(reference)):
@@ -108,7 +109,7 @@ def given_feed(arrays: dict[str, np.ndarray], specs: tuple[TensorSpec, ...], sou
         raise InputError(f"{source} has no array named {', '.join(missing)}; it holds {', '.join(arrays)}")
     feed, cut = {}, False
     for spec in specs:
-        array = arrays[spec.name]
+        array = as_declared(arrays[spec.name], spec.dtype)  # a bfloat16 array as a file holds it
         batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
         if batch is not None and array.ndim == len(spec.shape) and array.shape[0] > batch:
             array, cut = array[:batch], True

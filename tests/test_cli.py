@@ -95,10 +95,10 @@ def test_inspect_lists_ops_and_io(cli_runner):
 
 
 def test_inspect_reports_unsupported_ops(cli_runner, tmp_path: Path):
-    model = op_chain(tmp_path / "model.onnx", ["Celu", "Celu", "Relu"])
+    model = op_chain(tmp_path / "model.onnx", ["Bernoulli", "Bernoulli", "Celu"])  # Celu: compiled as its function
     result = cli_runner.invoke(cli, ["inspect", str(model), "--json"])
     assert result.exit_code == 0
-    assert json.loads(result.stdout)["unsupported"] == {"Celu": ["celu_0", "celu_1"]}
+    assert json.loads(result.stdout)["unsupported"] == {"Bernoulli": ["bernoulli_0", "bernoulli_1"]}
 
 
 def test_inspect_artifact_shows_manifest(cli_runner, digits_artifact: Path):
@@ -178,10 +178,11 @@ def test_truncated_onnx_file(cli_runner, tmp_path: Path):
 
 
 def test_unsupported_ops_exit_code(cli_runner, tmp_path: Path):
-    model = op_chain(tmp_path / "model.onnx", ["Celu", "LpNormalization", "Celu"])
-    result = cli_runner.invoke(cli, ["compile", str(model), "-o", str(tmp_path / "o.kiln")])
+    model = op_chain(tmp_path / "model.onnx", ["Bernoulli", "LpNormalization", "Bernoulli"])  # no converter, no
+    result = cli_runner.invoke(cli, ["compile", str(model), "-o", str(tmp_path / "o.kiln")])  # function TVM takes
     assert result.exit_code == UnsupportedOpError.exit_code
-    assert "Celu \u00d72 (nodes celu_0, celu_2)" in result.stderr and "LpNormalization \u00d71" in result.stderr
+    assert "Bernoulli \u00d72 (nodes bernoulli_0, bernoulli_2)" in result.stderr
+    assert "LpNormalization \u00d71" in result.stderr
     assert not (tmp_path / "o.kiln").exists()
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from kiln.arrays import read_arrays
 from kiln.calibration.images import IMAGE_SUFFIXES, ImageSpec, load_image
 from kiln.compiler.graph import TensorSpec
+from kiln.dtypes import as_declared, convert_hint, is_float
 from kiln.errors import InputError, SettingError
 from kiln.files import folder_sha256
 from kiln.settings import setting
@@ -207,6 +208,7 @@ def check_arrays(source: Path, arrays: dict[str, np.ndarray], inputs: tuple[Tens
                          + (f"; missing {', '.join(missing)}" if missing else "")
                          + (f"; unknown {', '.join(unknown)}" if unknown else "")
                          + ". Save the arrays under the input names (numpy.savez(path, NAME=array)).")
+    arrays = {**arrays, **{spec.name: as_declared(arrays[spec.name], spec.dtype) for spec in inputs}}  # bfloat16
     rows = {spec.name: _check_array(source, spec, arrays[spec.name], allow_nan) for spec in inputs}
     if len(set(rows.values())) > 1:
         raise InputError(f"calibration data {source}: inputs have different sample counts "
@@ -219,7 +221,7 @@ def _check_array(source: Path, spec: TensorSpec, array: np.ndarray, allow_nan: b
     where = f"calibration data {source}, input {spec.name!r}"
     if array.dtype.name != spec.dtype:
         raise InputError(f"{where}: dtype {array.dtype.name}, the model takes {spec.dtype}; "
-                         f"convert with .astype(np.{spec.dtype})")
+                         f"convert with {convert_hint(spec.dtype)}")
     sample_dims = spec.shape[1:]
     fits = array.ndim == len(spec.shape) and all(
         isinstance(want, str) or want == got for want, got in zip(sample_dims, array.shape[1:]))
@@ -229,7 +231,7 @@ def _check_array(source: Path, spec: TensorSpec, array: np.ndarray, allow_nan: b
                          f"{wanted} (N samples along the first axis)")
     if not len(array):
         raise InputError(f"{where}: no samples (shape {'x'.join(map(str, array.shape))}); give at least one")
-    if np.issubdtype(array.dtype, np.floating):
+    if is_float(array.dtype):
         flat = array.reshape(len(array), -1)
         bad = (np.isinf(flat) if allow_nan else ~np.isfinite(flat)).any(axis=1)
         if bad.any():

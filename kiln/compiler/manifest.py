@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.compiler.graph import MAX_DIM, DimRange, Provenance, TensorSpec
+from kiln.dtypes import EXTENDED
 from kiln.errors import InputError
 from kiln.targets.isa import Int8Isa
 from kiln.targets.presets import Preset
@@ -233,7 +234,7 @@ class Manifest:
 
 
 _DTYPES = frozenset({"bool", "float16", "float32", "float64", *(f"{sign}int{bits}" for sign in ("", "u")
-                                                                for bits in (8, 16, 32, 64))})
+                                                                for bits in (8, 16, 32, 64)), *EXTENDED})
 
 
 def _batch_functions(data: Any, backend: Backend) -> dict[int, str]:

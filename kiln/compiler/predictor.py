@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kiln.compiler.graph import DimRange, TensorSpec
+from kiln.dtypes import as_declared, convert_hint
 from kiln.errors import InputError
 
 
@@ -49,9 +50,11 @@ def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] =
     """The value as an array matching `spec` (string dims match any size), or an InputError saying how not."""
     array = np.asarray(value)
     dtypes = accepted_dtypes or (spec.dtype,)
+    if array.dtype.type is np.void:  # a bfloat16 or float8 array read from a file (kiln.dtypes)
+        array = as_declared(array, spec.dtype)
     if all(array.dtype != dtype for dtype in dtypes):  # not dtype.name: numpy computes it, ~3 us a call
         raise InputError(f"input {spec.name!r} has dtype {array.dtype.name}; the model takes "
-                         f"{' or '.join(dtypes)} (convert with .astype(np.{dtypes[0]}))")
+                         f"{' or '.join(dtypes)} (convert with {convert_hint(dtypes[0])})")
     shape_ok = len(array.shape) == len(spec.shape) and all(
         isinstance(want, str) or want == got or (isinstance(want, DimRange) and got in want)
         for want, got in zip(spec.shape, array.shape))

@@ -11,6 +11,7 @@ import numpy as np
 import kiln.tvm_runtime as tvm_runtime
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.predictor import Predictor
+from kiln.dtypes import EXTENDED, as_declared, numpy_dtype
 from kiln.errors import InputError
 from kiln.targets.presets import Family, Preset
 
@@ -38,18 +39,20 @@ class TVMPredictor(Predictor):
         # Inputs are copied into tensors made once (neural shapes are static): a new TVM tensor per
         # call costs more than a small model's whole run. On the CPU, numpy views of those tensors
         # (DLPack) take the copies in and out: a copy through TVM's byte copy or numpy() costs ~13 us,
-        # np.copyto 0.5 us, against a VM run of ~15 us for the example CNN. The lock keeps concurrent calls apart.
+        # np.copyto 0.5 us, against a VM run of ~15 us for the example CNN. numpy's DLPack has no bfloat16 or
+        # float8 (kiln.dtypes): those go through the byte copy. The lock keeps concurrent calls apart.
         self._inputs = [tvm_runtime.empty(spec.shape, spec.dtype, self._device) for spec in inputs]
-        self._input_views = [np.from_dlpack(tensor) for tensor in self._inputs] if on_cpu else None
+        self._on_cpu = on_cpu
+        self._input_views = [np.from_dlpack(tensor) if on_cpu and spec.dtype not in EXTENDED else None
+                             for tensor, spec in zip(self._inputs, inputs)]
         self._lock = threading.Lock()
 
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         with self._lock:
-            if self._input_views is not None:
-                for view, array in zip(self._input_views, arrays):
+            for view, tensor, array in zip(self._input_views, self._inputs, arrays):
+                if view is not None:
                     np.copyto(view, array)
-            else:
-                for tensor, array in zip(self._inputs, arrays):
+                else:
                     tvm_runtime.copy_into(tensor, array)
             try:
                 result = self._main(*self._inputs)
@@ -66,8 +69,10 @@ class TVMPredictor(Predictor):
         """A VM result as numpy: a tensor copied out (it can be the VM's own constant or alias an input), or a
         shape (a Shape output's value, computed at compile time) as an array of the output's dtype."""
         if not hasattr(value, "__dlpack__"):
-            return np.asarray(tuple(value) if hasattr(value, "__len__") else value, dtype=spec.dtype)
-        return np.from_dlpack(value).copy() if self._input_views is not None else tvm_runtime.copy_out(value)
+            return np.asarray(tuple(value) if hasattr(value, "__len__") else value, dtype=numpy_dtype(spec.dtype))
+        if self._on_cpu and spec.dtype not in EXTENDED:
+            return np.from_dlpack(value).copy()
+        return tvm_runtime.copy_out(value)
 
     def profile(self, feed: dict[str, np.ndarray], seconds: float):
         """Time per kernel over the runs on `feed` that fit in `seconds`: a profile.Profile."""
@@ -76,7 +81,8 @@ class TVMPredictor(Predictor):
         args = []
         for spec in self.inputs:
             args.append(tvm_runtime.empty(spec.shape, spec.dtype, self._device))
-            tvm_runtime.copy_into(args[-1], np.ascontiguousarray(feed[spec.name], dtype=spec.dtype))
+            array = as_declared(feed[spec.name], spec.dtype)  # a bfloat16 array as a file holds it
+            tvm_runtime.copy_into(args[-1], np.ascontiguousarray(array, dtype=numpy_dtype(spec.dtype)))
         return profile_vm(self._vm, self._main, args, seconds)
 
 

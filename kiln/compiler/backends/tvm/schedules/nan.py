@@ -54,7 +54,12 @@ def _select(expr, first_wins):
         a, b = b, a
     if isinstance(b, tirx.FloatImm):  # not NaN: a compare that is false for a NaN `a` returns it
         return tirx.Select(first_wins(b, a), b, a)
-    return tirx.Select(tirx.isnan(a), a, tirx.Select(first_wins(a, b), a, b))  # false for a NaN `b`: b
+    return tirx.Select(_isnan(a), a, tirx.Select(first_wins(a, b), a, b))  # false for a NaN `b`: b
+
+
+def _isnan(x):
+    """TVM's isnan, which takes no bfloat16 (it tests the value widened to float32, exactly)."""
+    return tirx.isnan(tirx.Cast("float32", x) if str(x.ty) == "bfloat16" else x)
 
 
 def _infinite_identity(block):
