@@ -1,15 +1,21 @@
-"""kiln on CPU against ONNX Runtime on transformers: BERT-base, DistilBERT, GPT-2 and ViT-B/16, each built from its
-default `transformers` config with random weights (nothing is downloaded), exported with PyTorch's TorchScript
-exporter (opset 17, batch 1, static shapes), compiled by kiln for this CPU.
+"""kiln on CPU against ONNX Runtime on transformers and modern convnets: BERT-base, DistilBERT, GPT-2, ViT-B/16,
+ConvNeXt-T and EfficientNet-B0, each built from its `transformers` config with random weights (nothing is
+downloaded), exported with PyTorch's TorchScript exporter (opset 17, batch 1, static shapes), compiled by kiln
+for this CPU.
 
-    python benchmarks/transformer_models.py [--threads 2] [--seconds 5] [--seq 128]
-                                            [--models bert,distilbert,gpt2,vit] [--keep FOLDER]
+    python benchmarks/transformer_models.py [--threads 2] [--seconds 5] [--seq 128] [--int8]
+                                            [--models bert,distilbert,gpt2,vit,convnext,efficientnet] [--keep FOLDER]
 
 Needs torch and transformers: `pip install -e '.[bench]'` (it pins torch==2.13.0, the CPU wheel).
-Prints median latencies and their ratio (below 1: kiln is faster), both engines measured interleaved in this
+Prints median latencies and their ratio (below 1: kiln is faster), all engines measured interleaved in this
 one process (ONNX Runtime's thread spinning off), plus export and compile times. Exits with status 1 if an
-output strays from ONNX Runtime's by more than 1e-4 of its largest value, with status 2 if torch or
+FP32 output strays from ONNX Runtime's by more than 1e-4 of its largest value, with status 2 if torch or
 transformers is missing.
+
+With --int8, kiln also compiles each model to INT8 (calibrated on CALIBRATION_SAMPLES random inputs drawn like the
+timed one, the compile-time check off: see the README on deep INT8 models) and times it beside ONNX Runtime on
+kiln's QDQ model and on ONNX Runtime's own `quantize_dynamic` model (what its users run for BERT on CPU). Their
+agreement with the FP32 output is printed as cosine similarity.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 TOLERANCE = 1e-4  # of the largest reference output
-MODELS = ("bert", "distilbert", "gpt2", "vit")
+MODELS = ("bert", "distilbert", "gpt2", "vit", "convnext", "efficientnet")
+IMAGE_MODELS = frozenset({"vit", "convnext", "efficientnet"})
+CALIBRATION_SAMPLES = 8
 
 
 def _require_torch() -> None:
@@ -48,12 +56,18 @@ def _network(name: str):
         return hf.GPT2Model(hf.GPT2Config(use_cache=False)), ("input_ids", "attention_mask")
     if name == "vit":
         return hf.ViTModel(hf.ViTConfig(), add_pooling_layer=False), ("pixel_values",)
+    if name == "convnext":  # the default config is ConvNeXt-T
+        return hf.ConvNextModel(hf.ConvNextConfig()), ("pixel_values",)
+    if name == "efficientnet":  # the default config is B7
+        config = hf.EfficientNetConfig(width_coefficient=1.0, depth_coefficient=1.0, image_size=224,
+                                       hidden_dim=1280, dropout_rate=0.2)
+        return hf.EfficientNetModel(config), ("pixel_values",)
     raise SystemExit(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
 
 
-def _inputs(name: str, model, seq: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    if name == "vit":
+def _inputs(name: str, model, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if name in IMAGE_MODELS:
         size = model.config.image_size
         return {"pixel_values": rng.standard_normal((1, 3, size, size)).astype(np.float32)}
     mask = np.ones((1, seq), np.int64)
@@ -64,15 +78,35 @@ def _inputs(name: str, model, seq: int) -> dict[str, np.ndarray]:
     return feed
 
 
-def _export(name: str, seq: int, folder: Path) -> tuple[Path, dict[str, np.ndarray], float]:
-    """The ONNX file of `name` (its first output: the last hidden state), its inputs, and the seconds it took."""
+def _set_batch_norm_statistics(network, samples: list[dict[str, np.ndarray]], names: tuple[str, ...]) -> None:
+    """BatchNorm running statistics averaged over train-mode passes on `samples`: with the initial ones (mean 0,
+    variance 1) EfficientNet's activations grow layer by layer and its output is meaningless."""
+    import torch
+
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the passes
+    network.train()
+    with torch.no_grad():
+        for sample in samples:
+            network(**{n: torch.from_numpy(sample[n]) for n in names})
+
+
+def _export(name: str, seq: int, folder: Path) -> tuple[Path, dict[str, np.ndarray], Path, float]:
+    """The ONNX file of `name` (its first output: the last hidden state), its inputs, calibration data (an .npz of
+    CALIBRATION_SAMPLES other inputs) and the seconds the export took."""
     import torch
 
     torch.manual_seed(0)
     started = time.perf_counter()
     network, names = _network(name)
-    network.eval()
     feed = _inputs(name, network, seq)
+    samples = [_inputs(name, network, seq, seed) for seed in range(1, CALIBRATION_SAMPLES + 1)]
+    _set_batch_norm_statistics(network, samples, names)
+    network.eval()
 
     class FirstOutput(torch.nn.Module):
         def __init__(self):
@@ -86,7 +120,9 @@ def _export(name: str, seq: int, folder: Path) -> tuple[Path, dict[str, np.ndarr
     with torch.no_grad():
         torch.onnx.export(FirstOutput().eval(), tuple(torch.from_numpy(feed[n]) for n in names), str(path),
                           input_names=list(names), output_names=["last_hidden_state"], opset_version=17, dynamo=False)
-    return path, feed, time.perf_counter() - started
+    calibration = folder / f"{name}_calib.npz"
+    np.savez(calibration, **{n: np.concatenate([sample[n] for sample in samples]) for n in names})
+    return path, feed, calibration, time.perf_counter() - started
 
 
 def _row(name: str, args, folder: Path) -> dict:
@@ -94,32 +130,79 @@ def _row(name: str, args, folder: Path) -> dict:
     from kiln.bench import BenchOptions, measure, onnxruntime_runner
     from kiln.testing.reference import compile_to
 
-    path, feed, export_s = _export(name, args.seq, folder)
+    path, feed, calibration, export_s = _export(name, args.seq, folder)
     row = {"model": name, "export_s": export_s}
+    shapes = {k: v.shape for k, v in feed.items()}
     started = time.perf_counter()
-    artifact = compile_to(path, folder / f"{name}.kiln", args.target, shapes={k: v.shape for k, v in feed.items()})
+    artifact = compile_to(path, folder / f"{name}.kiln", args.target, shapes=shapes)
     row["compile_s"] = time.perf_counter() - started
     predictor = kiln.load(artifact, threads=args.threads)
     runners = {"kiln": lambda inputs: list(predictor.run(inputs).values()),
                "onnxruntime": onnxruntime_runner(path, args.threads)}
+    if args.int8:
+        runners.update(_int8_runners(name, path, calibration, shapes, args, folder, row))
     timings, outputs = measure(runners, feed, BenchOptions(threads=args.threads, seconds=args.seconds))
     for key in runners:
         row[f"{key}_ms"] = timings[key].median_ms
     reference = outputs["onnxruntime"][0]
     row["max_rel_err"] = float(np.abs(outputs["kiln"][0] - reference).max() / np.abs(reference).max())
+    for key in INT8_ENGINES if args.int8 else ():
+        row[f"{key}_cosine"] = _cosine(outputs[key][0], reference)
     return row
 
 
+INT8_ENGINES = ("kiln_int8", "onnxruntime_qdq", "onnxruntime_dynamic")
+
+
+def _int8_runners(name: str, path: Path, calibration: Path, shapes: dict, args, folder: Path, row: dict) -> dict:
+    """kiln's INT8 artifact, ONNX Runtime on its QDQ model and on ONNX Runtime's quantize_dynamic model."""
+    import kiln
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from kiln.bench import onnxruntime_runner
+    from kiln.compiler import artifact as artifacts
+    from kiln.compiler.manifest import Precision
+    from kiln.testing.reference import compile_to
+
+    started = time.perf_counter()
+    artifact = compile_to(path, folder / f"{name}_int8.kiln", args.target, shapes=shapes, precision=Precision.INT8,
+                          calib=calibration, verify=False)
+    row["int8_compile_s"] = time.perf_counter() - started
+    predictor = kiln.load(artifact, threads=args.threads)
+    qdq = artifacts.verified_file(artifact, artifacts.read_manifest(artifact).files["int8_onnx"])
+    dynamic = folder / f"{name}_dynamic.onnx"
+    quantize_dynamic(path, dynamic, weight_type=QuantType.QInt8)
+    return {"kiln_int8": lambda inputs: list(predictor.run(inputs).values()),
+            "onnxruntime_qdq": onnxruntime_runner(qdq, args.threads),
+            "onnxruntime_dynamic": onnxruntime_runner(dynamic, args.threads)}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 def _print(rows: list[dict], args) -> None:
-    print(f"\nkiln FP32 ({args.target}) vs ONNX Runtime FP32, batch 1, sequence {args.seq} (ViT: 197 tokens), "
-          f"{args.threads} threads, medians over >= {args.seconds:.0f} s interleaved")
-    print(f"{'model':11} {'ORT ms':>9} {'kiln ms':>9} {'ratio':>6} {'export s':>8} {'compile s':>9} "
+    print(f"\nkiln FP32 ({args.target}) vs ONNX Runtime FP32, batch 1, sequence {args.seq} (ViT: 197 tokens; "
+          f"convnets: 224x224), {args.threads} threads, medians over >= {args.seconds:.0f} s interleaved")
+    print(f"{'model':12} {'ORT ms':>9} {'kiln ms':>9} {'ratio':>6} {'export s':>8} {'compile s':>9} "
           f"{'max rel err':>11}")
     for r in rows:
-        print(f"{r['model']:11} {r['onnxruntime_ms']:9.2f} {r['kiln_ms']:9.2f} "
+        print(f"{r['model']:12} {r['onnxruntime_ms']:9.2f} {r['kiln_ms']:9.2f} "
               f"{r['kiln_ms'] / r['onnxruntime_ms']:6.2f} {r['export_s']:8.1f} {r['compile_s']:9.1f} "
               f"{r['max_rel_err']:11.1e}")
     print("ratio = kiln median / ONNX Runtime median")
+    if not args.int8:
+        return
+    print("\nINT8 in the same run: kiln INT8; ONNX Runtime on kiln's QDQ model (ORT QDQ) and on its quantize_dynamic "
+          "model (ORT dyn); cos = cosine similarity of the output to ONNX Runtime's FP32 output")
+    print(f"{'model':12} {'kiln ms':>9} {'/kiln FP32':>10} {'ORT QDQ ms':>10} {'ORT dyn ms':>10} {'/ORT dyn':>8} "
+          f"{'kiln cos':>8} {'QDQ cos':>8} {'dyn cos':>8} {'compile s':>9}")
+    for r in rows:
+        print(f"{r['model']:12} {r['kiln_int8_ms']:9.2f} {r['kiln_int8_ms'] / r['kiln_ms']:10.2f} "
+              f"{r['onnxruntime_qdq_ms']:10.2f} {r['onnxruntime_dynamic_ms']:10.2f} "
+              f"{r['kiln_int8_ms'] / r['onnxruntime_dynamic_ms']:8.2f} {r['kiln_int8_cosine']:8.5f} "
+              f"{r['onnxruntime_qdq_cosine']:8.5f} {r['onnxruntime_dynamic_cosine']:8.5f} {r['int8_compile_s']:9.1f}")
 
 
 def main() -> None:
@@ -129,6 +212,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per model")
     parser.add_argument("--seq", type=int, default=128, help="sequence length of the text models")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--int8", action="store_true", help="also kiln INT8 beside ONNX Runtime's INT8 models")
     parser.add_argument("--keep", type=Path, help="write the ONNX files and artifacts here (e.g. for kiln bench "
                                                   "--profile), not in a temporary folder")
     args = parser.parse_args()

@@ -317,6 +317,25 @@ def test_model_matches_onnxruntime_and_every_kernel_is_scheduled(name: str, batc
         assert schedules.get("depthwise_nchwc", 0) >= 10
 
 
+@pytest.mark.parametrize("name", ["efficientnet_block", "mobilenetv3_block"])
+def test_silu_squeeze_excitation_and_hard_swish_stay_blocked_and_every_kernel_is_scheduled(name: str, tmp_path: Path):
+    """EfficientNet's squeeze-excitation pools the blocked feature map (before, the whole map was transformed back to
+    NCHW for it) and its 1x1 conv's epilogue, a Sigmoid broadcast back over the map, is scheduled (before, the conv
+    rule failed on it and the kernel ran unscheduled); hard-swish's division by 6 stays blocked too."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.backends.tvm.schedules.common import AVX2
+    from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
+
+    model = getattr(models, name)(1, 32)
+    text = to_nchwc(from_onnx(model, keep_params_in_input=False), AVX2)["main"].script(show_meta=False)
+    assert text.count("R.layout_transform") == 2  # the RGB image in, the pooled features out before the head
+    image = RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    artifact = check_correctness(_save(model, tmp_path), {"input": image}, tmp_path, rtol=1e-4, atol=1e-4)
+    schedules = json.loads((artifact / "manifest.json").read_text())["build"]["schedules"]
+    assert "none" not in schedules and schedules.get("depthwise_nchwc", 0) == 1
+
+
 def test_schedule_none_builds_tvm_loops_that_still_match(cli_runner, tmp_path: Path):
     images = np.load(DIGITS_CNN.parent / "digits_test.npz")["input"][:2]
     np.savez(tmp_path / "x.npz", input=images)

@@ -45,7 +45,19 @@ class _Layers:
             return self.node("Relu", [x], "relu")
         if act == "relu6":
             return self.node("Clip", [x, self.const(np.array(0.0), "lo"), self.const(np.array(6.0), "hi")], "relu6")
+        if act == "silu":
+            return self.node("Mul", [x, self.node("Sigmoid", [x], "sigmoid")], "silu")
+        if act == "hardswish":  # as MXNet's GluonCV writes it: x * relu6(x + 3) / 6
+            shifted = self.node("Add", [x, self.const(np.array(3.0), "three")], "shift")
+            gate = self.node("Clip", [shifted, self.const(np.array(0.0), "lo"), self.const(np.array(6.0), "hi")], "relu6")
+            return self.node("Mul", [x, self.node("Div", [gate, self.const(np.array(6.0), "six")], "gate")], "hswish")
         return x
+
+    def squeeze_excitation(self, x: str, channels: int, squeezed: int) -> str:
+        """EfficientNet's channel attention: the feature map scaled by a gate computed from its global average."""
+        gate = self.conv(self.conv(self.node("GlobalAveragePool", [x], "gap"), channels, squeezed, 1, act="silu"),
+                         squeezed, channels, 1, act=None)
+        return self.node("Mul", [x, self.node("Sigmoid", [gate], "gate")], "scale")
 
     def head(self, x: str, channels: int, classes: int = 1000) -> str:
         flat = self.node("Flatten", [self.node("GlobalAveragePool", [x], "gap")], "flat", axis=1)
@@ -88,6 +100,26 @@ def mobilenetv2(batch: int = 1, size: int = 224) -> onnx.ModelProto:
             x, cin = (b.node("Add", [x, y], "add") if stride == 1 and cin == channels else y), channels
     b.head(b.conv(x, cin, 1280, 1, act="relu6"), 1280)
     return b.model("mobilenetv2", batch, size)
+
+
+def efficientnet_block(batch: int = 1, size: int = 32) -> onnx.ModelProto:
+    """An EfficientNet stem and MBConv block: SiLU activations and a squeeze-excitation around a depthwise conv."""
+    b = _Layers(3)
+    x = b.conv("input", 3, 32, 3, 2, act="silu")
+    y = b.conv(b.conv(x, 32, 96, 1, act="silu"), 96, 96, 3, group=96, act="silu")
+    x = b.conv(b.squeeze_excitation(y, 96, 8), 96, 32, 1, act=None)
+    b.head(b.conv(x, 32, 128, 1, act="silu"), 128, classes=10)
+    return b.model("efficientnet_block", batch, size, output_shape=(10,))
+
+
+def mobilenetv3_block(batch: int = 1, size: int = 32) -> onnx.ModelProto:
+    """A MobileNetV3 stem and inverted residual block: hard-swish activations around a depthwise conv."""
+    b = _Layers(4)
+    x = b.conv("input", 3, 16, 3, 2, act="hardswish")
+    y = b.conv(b.conv(x, 16, 64, 1, act="hardswish"), 64, 64, 3, group=64, act="hardswish")
+    x = b.node("Add", [x, b.conv(y, 64, 16, 1, act=None)], "add")
+    b.head(b.conv(x, 16, 96, 1, act="hardswish"), 96, classes=10)
+    return b.model("mobilenetv3_block", batch, size, output_shape=(10,))
 
 
 def small_cnn(batch: int = 1, size: int = 16, head: bool = False) -> onnx.ModelProto:

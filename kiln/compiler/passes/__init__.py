@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kiln.compiler.graph import Graph, GraphKind
 from kiln.compiler.passes.fold_batchnorm import fold_batchnorm
+from kiln.compiler.passes.conv_padding import conv_padding
 from kiln.compiler.passes.conv_transpose import conv_transpose
 from kiln.compiler.passes.dilated_conv import dilated_conv
 from kiln.compiler.passes.fold_constants import fold_constants
@@ -14,11 +15,11 @@ from kiln.compiler.passes.name_nodes import name_nodes
 # Names first, so an unnamed node keeps the name its place in the source model gives it; ops TVM cannot convert
 # expanded into their ONNX function bodies next, before folding, which folds what the bodies compute from shapes;
 # constants folded before BatchNorm folding, which needs its parameters (Constant nodes in some exports) as
-# initializers;
+# initializers, and before conv padding is made explicit, which needs a Pad's amounts as constants;
 # transposed and dilated convs rewritten to ordinary ones after BatchNorm folding, which folds into the conv right
 # before it; index bounds once the tables a Gather reads are initializers.
-NEURAL_PASSES = (name_nodes, expand_functions, fold_constants, fold_batchnorm, conv_transpose, dilated_conv,
-                 index_bounds)
+NEURAL_PASSES = (name_nodes, expand_functions, fold_constants, conv_padding, fold_batchnorm, conv_transpose,
+                 dilated_conv, index_bounds)
 
 
 def run_passes(graph: Graph) -> Graph:

@@ -3,13 +3,13 @@
 conv2d with constant OIHW weights (groups 1, OC % b == 0) becomes the blocked conv of compute.py
 with its weights re-laid out in numpy (a large 3x3 stride-1 one the Winograd conv, its weights
 transformed); depthwise likewise. Elementwise ops (with per-channel or
-scalar constants), activations and max-pooling stay blocked; anything else gets its input
+scalar constants), activations, max-pooling and global pooling stay blocked; anything else gets its input
 transformed back to NCHW once (memoized). So layout transforms appear only where the graph
 leaves the blocked region, e.g. the input image and the flatten before a classifier.
 
 A matmul of any [..., M, K] data by a constant [K, N] becomes compute.dense_packed, keeping the data's
-leading dims so a transformer's bias, GELU or residual add fuses after it; erf, tanh and the exp of a softmax
-over its last axis become vectorizable polynomials, squares and cubes multiplications."""
+leading dims so a transformer's bias, GELU or residual add fuses after it; erf, tanh, sigmoid and the exp of a
+softmax over its last axis become vectorizable polynomials, squares and cubes multiplications."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import tvm
-from tvm import relax, topi
+from tvm import relax, te, topi
 
 from kiln.compiler.backends.tvm.kernels import compute
 from kiln.compiler.backends.tvm.rewrite.fold import fold
@@ -25,7 +25,7 @@ from kiln.compiler.backends.tvm.rewrite.quantized import IntegerRewrites
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec
 
 _BINARY = {"relax.add": relax.op.add, "relax.multiply": relax.op.multiply, "relax.subtract": relax.op.subtract,
-           "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
+           "relax.divide": relax.op.divide, "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh"}
 _QDQ = {"relax.quantize", "relax.dequantize"}
 _CLAMPS = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}  # ONNX Clip imports as call_tir of these
@@ -41,6 +41,11 @@ def to_nchwc(mod: tvm.IRModule, spec: CpuSpec, report: list[dict] | None = None)
     if report is not None:
         report.extend(rewriter.report)
     return result
+
+
+def _fast_sigmoid(x):
+    exp = topi.fast_exp(topi.negative(x))
+    return te.compute(x.shape, lambda *i: tvm.tirx.const(1.0, x.dtype) / (1.0 + exp(*i)), name="sigmoid")
 
 
 def _op_name(call) -> str | None:
@@ -182,6 +187,19 @@ class _Rewriter:
             return None
         return self.bb.emit(self.bb.call_te(topi.fast_tanh, new, primfunc_name_hint="tanh")), block
 
+    def sigmoid(self, call):
+        """sigmoid (SiLU's, and a squeeze-excitation's gate) as 1 / (1 + exp(-x)) with TOPI's polynomial exp: LLVM
+        has no vector exp, so relax's sigmoid calls libm's expf once per element, which made EfficientNet's
+        conv + SiLU kernels several times slower than their convolutions. Any layout alike. Not on a dequantized
+        input: the polynomial reads its input eight times, and with the quantize and dequantize before it inlined,
+        each a clip that NaN propagation turns into selects, the kernel's expression grows until TVM's simplifier
+        takes minutes over it."""
+        producer = self.integer.matcher.values.get(call.args[0])
+        if isinstance(producer, relax.Call) and _op_name(producer) == "relax.dequantize":
+            return None
+        new, block = self.env.get(call.args[0], (call.args[0], None))
+        return self.bb.emit(self.bb.call_te(_fast_sigmoid, new, primfunc_name_hint="sigmoid")), block
+
     def power(self, call):
         """x ** 2 and x ** 3 (GPT-2's GELU cubes) as multiplications: LLVM calls libm's powf once per element. Any
         layout alike."""
@@ -249,6 +267,16 @@ class _Rewriter:
         return self.bb.emit(relax.op.nn.max_pool2d(new, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
                                                    a.count_include_pad, layout=layout, out_layout=layout)), block
 
+    def spatial_reduce(self, call):
+        """A mean or max over H and W that keeps them (GlobalAveragePool, GlobalMaxPool, a squeeze-excitation's
+        pool) on the blocked data: in NCHW it would need the whole feature map transformed back first."""
+        axes = sorted(int(a) % 4 for a in call.attrs.axis) if call.attrs.axis is not None else None
+        if axes != [2, 3] or not call.attrs.keepdims or call.args[0].ty.ndim != 4:
+            return None
+        new, block = self.env[call.args[0]]
+        reduce = relax.op.mean if _op_name(call) == "relax.mean" else relax.op.max
+        return self.bb.emit(reduce(new, axis=[2, 3], keepdims=True)), block
+
     def rewrite(self, var, call):
         """(new expr, block) for one binding's call, or None to keep it in NCHW."""
         op = _op_name(call)
@@ -262,6 +290,8 @@ class _Rewriter:
             return self.softmax(call) if self.float_convs else None
         if op == "relax.tanh" and self.float_convs and call.ty.dtype == "float32":
             return self.tanh(call)
+        if op == "relax.sigmoid" and self.float_convs and call.ty.dtype == "float32":
+            return self.sigmoid(call)
         if op == "relax.power" and self.float_convs:
             return self.power(call)
         if op in _BINARY:
@@ -275,6 +305,8 @@ class _Rewriter:
             return self.clamp(call)
         if op == "relax.nn.max_pool2d" and self.block_of(call.args[0]):
             return self.max_pool(call)
+        if op in ("relax.mean", "relax.max") and self.block_of(call.args[0]):
+            return self.spatial_reduce(call)
         return None
 
     def bind(self, var, value) -> None:

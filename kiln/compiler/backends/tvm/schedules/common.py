@@ -156,10 +156,13 @@ def parallel_outer(sch: Schedule, loops: list, chunks: int = 32) -> None:
 
 
 def fuse_epilogue(sch, write_back) -> None:
-    """Inline the consumers (bias, activation, residual add) into the accumulator write-back."""
+    """Inline the consumers (bias, activation, residual add) into the accumulator write-back. One that broadcasts
+    the result to a larger shape (a squeeze-excitation's scale times the feature map) stays its own loop: TVM's
+    reverse_compute_inline fails on it with an internal error rather than a ScheduleError."""
+    shape = list(sch.get(write_back).writes[0].source.shape)
     while True:
         consumers = sch.get_consumers(write_back)
-        if not consumers:
+        if not consumers or list(sch.get(consumers[0]).writes[0].source.shape) != shape:
             return
         try:
             sch.reverse_compute_inline(consumers[0])
