@@ -43,6 +43,29 @@ def test_rewrite_matches_onnxruntime(tmp_path, kernel, dilations, pads, group):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape, dilation, group, form", [
+    ((1, 4, 12, 40), 2, 1, ["Pad", "Reshape", "Transpose", "Reshape", "Conv", "Reshape", "Transpose", "Reshape"]),
+    ((1, 4, 12, 40), 2, 2, ["Pad", "Reshape", "Transpose", "Reshape", "Conv", "Reshape", "Transpose", "Reshape"]),
+    ((1, 4, 6, 6), 4, 1, ["Pad", *["Slice"] * 9, "Concat", "Conv"]),  # phases 2 wide: the taps as channels
+    ((1, 4, 6, 6), 12, 1, ["Pad", "Slice", "Conv"]),  # past the map: only the centre tap reads data
+    ((1, 4, 6, 6), 5, 1, ["Pad", *["Slice"] * 9, "Concat", "Conv"]),  # the outer taps reach one row or column
+])
+def test_each_form_matches_onnxruntime(tmp_path, shape, dilation, group, form):
+    """Space-to-batch where the phases are wide, the taps as channels where they would be narrow (DeepLab's ASPP)."""
+    b = GraphBuilder("form", opset=17)
+    b.input("x", list(shape))
+    weight = b.const(RNG.standard_normal((6, shape[1] // group, 3, 3)).astype(np.float32))
+    b.node("Conv", ["x", weight, b.const(RNG.standard_normal(6).astype(np.float32))], "y", group=group,
+           dilations=[dilation] * 2, pads=[dilation] * 4)
+    b.output("y")
+    path = b.save(tmp_path / "form.onnx", infer_shapes=True)
+    rewritten = dilated_conv(load(path)).body
+    assert [node.op_type for node in rewritten.graph.node] == form
+    feed = {"x": RNG.standard_normal(shape).astype(np.float32)}
+    np.testing.assert_allclose(onnxruntime_outputs(rewritten, feed)[0], onnxruntime_outputs(path, feed)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("attributes", [{"dilations": [2, 2], "strides": [2, 2]},
                                         {"dilations": [2, 2], "auto_pad": "SAME_UPPER"}, {}])
 def test_other_convs_are_left_as_they_are(tmp_path, attributes):

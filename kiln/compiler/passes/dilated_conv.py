@@ -14,6 +14,13 @@ to whole ones, and their outputs are cropped). kiln's blocked conv2d kernels run
 one fell to TVM's generic, unscheduled conv2d (FCN and DeepLab's backbones ran 10-20x slower than ONNX Runtime).
 Exact up to float summation order.
 
+Where the phases would be narrower than MAX_PHASE_WIDTH outputs (DeepLab's ASPP: dilation 12-36 over a 32x32 map
+made up to 1,296 phases of one output each, mostly padding), a group-1 Conv instead reads its taps as channels:
+each kernel tap (i, j) is the padded input's window shifted by (i*d, j*d), the windows are concatenated along the
+channels, and one 1x1 Conv with the taps' weights side by side sums them: the same multiply-adds on kiln's conv
+kernel, without the taps whose window lies wholly in the padding (at a dilation past the map's size, all but the
+centre one).
+
 Rewritten: strides 1, auto_pad NOTSET, any group, constant weights, an input of static shape. Other Convs are
 left as they are.
 """
@@ -39,9 +46,9 @@ def dilated_conv(graph: Graph) -> Graph:
         return graph
     model = onnx.ModelProto()
     model.CopyFrom(graph.body)
-    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    weights = {t.name: t for t in model.graph.initializer}
     shapes = static_shapes(model.graph)
-    if not replace_nodes(model, lambda node: _space_to_batch(node, weights, shapes)):
+    if not replace_nodes(model, lambda node: _rewrite(node, weights, shapes)):
         return graph
     return dataclasses.replace(graph, body=model)
 
@@ -50,8 +57,10 @@ def _dilations(node: "onnx.NodeProto") -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == "dilations"), [1, 1])
 
 
-def _space_to_batch(node: "onnx.NodeProto", weights: dict[str, tuple[int, ...]],
-                    shapes: dict) -> tuple[list, dict] | None:
+MAX_PHASE_WIDTH = 8  # output columns per phase below which taps-as-channels replaces space-to-batch
+
+
+def _rewrite(node: "onnx.NodeProto", weights: dict, shapes: dict) -> tuple[list, dict] | None:
     """The nodes that replace one dilated Conv and the constants they add, or None to keep it."""
     from onnx import helper
 
@@ -61,11 +70,62 @@ def _space_to_batch(node: "onnx.NodeProto", weights: dict[str, tuple[int, ...]],
             or node.input[1] not in weights or any(s != 1 for s in attrs.get("strides", [1, 1]))
             or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
         return None
-    n, channels, *size = shapes[node.input[0]]
-    out_channels, _, *kernel = weights[node.input[1]]
+    size = shapes[node.input[0]][2:]
+    kernel = list(weights[node.input[1]].dims[2:])
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
     outputs = [h + begin + end - d * (k - 1) for h, begin, end, d, k in zip(size, pads[:2], pads[2:], dilation, kernel)]
     rows = [-(-o // d) for o, d in zip(outputs, dilation)]
+    if attrs.get("group", 1) == 1 and rows[1] < MAX_PHASE_WIDTH:
+        return _taps_as_channels(node, attrs, weights[node.input[1]], size, pads, dilation, outputs)
+    return _space_to_batch(node, attrs, shapes, tuple(weights[node.input[1]].dims), pads, dilation, outputs, rows)
+
+
+def _taps_as_channels(node: "onnx.NodeProto", attrs: dict, weight: "onnx.TensorProto", size: list[int],
+                      pads: list[int], dilation: list[int], outputs: list[int]) -> tuple[list, dict] | None:
+    from onnx import helper, numpy_helper
+
+    kernel = numpy_helper.to_array(weight)
+    taps = [(i, j) for i in range(kernel.shape[2]) for j in range(kernel.shape[3])
+            if _reads_data(i * dilation[0] - pads[0], outputs[0], size[0])
+            and _reads_data(j * dilation[1] - pads[1], outputs[1], size[1])]
+    if not taps:  # every output lies in the padding
+        return None
+    stem = node.name or node.output[0]
+    constants = {f"{stem}_taps_pads": np.array([0, 0, *pads[:2], 0, 0, *pads[2:]], np.int64),
+                 f"{stem}_taps_axes": np.array([2, 3], np.int64),
+                 f"{stem}_taps_weight": np.ascontiguousarray(
+                     np.concatenate([kernel[:, :, i, j] for i, j in taps], axis=1)[:, :, None, None])}
+    padded = f"{stem}_taps_padded"
+    nodes = [helper.make_node("Pad", [node.input[0], f"{stem}_taps_pads"], [padded], name=padded)]
+    windows = []
+    for i, j in taps:
+        window = f"{stem}_tap_{i}_{j}"
+        start = [i * dilation[0], j * dilation[1]]
+        constants[f"{window}_starts"] = np.array(start, np.int64)
+        constants[f"{window}_ends"] = np.array([s + o for s, o in zip(start, outputs)], np.int64)
+        nodes.append(helper.make_node("Slice", [padded, f"{window}_starts", f"{window}_ends", f"{stem}_taps_axes"],
+                                      [window], name=window))
+        windows.append(window)
+    if len(windows) > 1:
+        nodes.append(helper.make_node("Concat", windows, [f"{stem}_taps"], name=f"{stem}_taps", axis=1))
+    conv_attrs = {key: value for key, value in attrs.items() if key not in ("dilations", "pads", "auto_pad")}
+    conv_attrs["kernel_shape"] = [1, 1]
+    nodes.append(helper.make_node("Conv", [nodes[-1].output[0], f"{stem}_taps_weight", *node.input[2:]],
+                                  list(node.output), name=f"{stem}_taps_conv", **conv_attrs))
+    return nodes, constants
+
+
+def _reads_data(offset: int, outputs: int, size: int) -> bool:
+    """Whether a tap whose window starts `offset` rows into the (unpadded) input reads any of its `size` rows."""
+    return offset < size and offset + outputs > 0
+
+
+def _space_to_batch(node: "onnx.NodeProto", attrs: dict, shapes: dict, weight_shape: tuple[int, ...],
+                    pads: list[int], dilation: list[int], outputs: list[int], rows: list[int]) -> tuple[list, dict]:
+    from onnx import helper
+
+    n, channels, *size = shapes[node.input[0]]
+    out_channels, _, *kernel = weight_shape
     phase_size = [q + k - 1 for q, k in zip(rows, kernel)]
     ends = [d * length - h - begin for d, length, h, begin in zip(dilation, phase_size, size, pads[:2])]
     stem = node.name or node.output[0]
