@@ -2,12 +2,14 @@
 
 Runs inside the side virtualenv (tests/mxnet/make_venv.sh), never in kiln's own environment:
 
-    .venv-mxnet/bin/python tests/mxnet/export_gluoncv.py OUT_DIR [MODEL ...]
+    .venv-mxnet/bin/python tests/mxnet/export_gluoncv.py OUT_DIR [MODEL[:HxW] ...]
 
-The models and their input sides are in gluoncv_models.json. Each is built with pretrained=False (nothing is
-downloaded), given seeded random weights, and exported from its hybridized form; OUT_DIR/MODEL/ receives
-model-symbol.json, model-0000.params, reference.npz (`data`, the fixed input, and `output0`, `output1`, ...,
-what MXNet computes on it) and meta.json (input shape, output count, MXNet and GluonCV versions).
+The models and their input sides are in gluoncv_models.json; MODEL:HxW exports at another input size (any GluonCV
+zoo model, those outside the table too, e.g. resnet50_v1d:224x224; segmentation models take square sizes only).
+Each is built with pretrained=False (nothing is downloaded), given seeded random weights, and exported from its
+hybridized form; OUT_DIR/MODEL/ receives model-symbol.json, model-0000.params, reference.npz (`data`, the fixed
+input, and `output0`, `output1`, ..., what MXNet computes on it) and meta.json (input shape, output count, MXNet and
+GluonCV versions).
 """
 
 from __future__ import annotations
@@ -29,12 +31,17 @@ CALIBRATION_IMAGES = 4
 
 
 def build(name: str, side: int) -> mx.gluon.HybridBlock:
-    """The zoo's network, sized for the reduced input."""
-    if MODELS[name]["task"] == "segmentation":
+    """The zoo's network, sized for the reduced input (`side`: its height)."""
+    if name.startswith(("fcn_", "psp_", "deeplab_")):  # the segmentation models
         # These resize their scores (and DeepLab its pooled features) to crop_size, not to their input's size;
         # the auxiliary head serves training only.
         return model_zoo.get_model(name, pretrained=False, pretrained_base=False, crop_size=side, aux=False)
-    net = model_zoo.get_model(name, pretrained=False, pretrained_base=False)
+    try:
+        net = model_zoo.get_model(name, pretrained=False, pretrained_base=False)
+    except TypeError as exc:  # classifiers have no base network; they pass the keyword on to HybridBlock, which refuses
+        if "pretrained_base" not in str(exc):
+            raise
+        net = model_zoo.get_model(name, pretrained=False)
     if name.startswith("faster_rcnn_"):
         # 6000 proposals cut to 300 would run the last ResNet stage 300 times; fewer keep the export and
         # the build quick (the predefined model passes these to its constructor itself, so set them after).
@@ -96,12 +103,14 @@ def calibrate_batch_norms(net: mx.gluon.HybridBlock, symbol: mx.sym.Symbol, imag
         params[var].set_data(mx.nd.array(np.maximum(x.var(axis=axes), MIN_RUNNING_VAR)))
 
 
-def export(name: str, out_dir: Path) -> None:
+def export(spec: str, out_dir: Path) -> None:
+    """Export MODEL (at its side in gluoncv_models.json) or MODEL:HxW into OUT_DIR/MODEL/."""
+    name, _, size = spec.partition(":")
+    height, width = map(int, size.split("x")) if size else (MODELS[name]["side"],) * 2
     mx.random.seed(SEED)
     rng = np.random.default_rng(SEED)
-    side = MODELS[name]["side"]
-    data = rng.uniform(-1, 1, (1, 3, side, side)).astype(np.float32)
-    net = build(name, side)
+    data = rng.uniform(-1, 1, (1, 3, height, width)).astype(np.float32)
+    net = build(name, height)
     initialise(net, data, rng)
     damp_residual_branches(net)
     net.hybridize()
@@ -111,7 +120,7 @@ def export(name: str, out_dir: Path) -> None:
     net(mx.nd.array(data))
     net.export(prefix)
     calibrate_batch_norms(net, mx.sym.load(f"{prefix}-symbol.json"),
-                          rng.uniform(-1, 1, (CALIBRATION_IMAGES, 3, side, side)).astype(np.float32))
+                          rng.uniform(-1, 1, (CALIBRATION_IMAGES, 3, height, width)).astype(np.float32))
     outputs = net(mx.nd.array(data))
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     net.export(prefix)
