@@ -53,8 +53,18 @@ def _select(expr, first_wins):
     if isinstance(a, tirx.FloatImm):
         a, b = b, a
     if isinstance(b, tirx.FloatImm):  # not NaN: a compare that is false for a NaN `a` returns it
-        return tirx.Select(first_wins(b, a), b, a)
-    return tirx.Select(_isnan(a), a, tirx.Select(first_wins(a, b), a, b))  # false for a NaN `b`: b
+        return _shared(a, lambda x: tirx.Select(first_wins(b, x), b, x))
+    return _shared(a, lambda x: _shared(b, lambda y: tirx.Select(_isnan(x), x, tirx.Select(first_wins(x, y), x, y))))
+
+
+def _shared(expr, build):
+    """build(expr), with a computed `expr` bound to a variable: the selects read each operand two or three times,
+    and written out, clamps nested in clamps (a quantize's clip of a dequantized value through a polynomial) grow
+    an expression that TVM's simplifier then takes minutes over."""
+    if isinstance(expr, (tirx.Var, tvm.ir.expr.TensorLoad, tirx.IntImm, tirx.FloatImm)):
+        return build(expr)
+    var = tirx.Var("operand", expr.ty)
+    return tirx.Let(var, expr, build(var))
 
 
 def _isnan(x):
