@@ -44,35 +44,8 @@ def to_nchwc(mod: tvm.IRModule, spec: CpuSpec, report: list[dict] | None = None)
 
 
 def _fast_sigmoid(x):
-    return te.compute(x.shape, lambda *i: _sigmoid_of(x(*i)), name="sigmoid")
-
-
-# TOPI's fast_exp: exp(x) = 2^n * p(f), n = round(x / ln 2), f = x - n ln 2, p a degree-7 polynomial
-_EXP_RANGE, _LOG2E, _LN2 = (-88.3762626647949, 88.3762626647950), 1.44269504088896341, 0.6931471805599453
-_EXP_POLYNOMIAL = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-                   5.0000001201e-1)
-
-
-def _sigmoid_of(value):
-    """1 / (1 + exp(-value)) with TOPI's fast exp, written with let-bound values: TOPI's own reads its input 17
-    times, which inlined producers (a dequantize's clip, turned into selects for NaN) multiply."""
-    def let(name: str, bound, body):
-        var = tvm.tirx.Var(name, "float32")
-        return tvm.tirx.Let(var, bound, body(var))
-
-    def exp_of(x):
-        return let("c", tvm.te.max(tvm.te.min(x, _EXP_RANGE[1]), _EXP_RANGE[0]), lambda c: let(
-            "n", tvm.te.floor(c * _LOG2E + 0.5), lambda n: let("f", c - n * _LN2, lambda f: tvm.te.max(
-                tvm.tirx.reinterpret("float32", tvm.tirx.Cast("int32", n + 127.0) << 23) * _polynomial(f), x))))
-
-    return let("x", value, lambda x: 1.0 / (1.0 + exp_of(-x)))
-
-
-def _polynomial(f):
-    result = tvm.tirx.const(_EXP_POLYNOMIAL[0], "float32")
-    for coefficient in _EXP_POLYNOMIAL[1:]:
-        result = result * f + coefficient
-    return result * f * f + f + 1.0
+    exp = topi.fast_exp(topi.negative(x))
+    return te.compute(x.shape, lambda *i: tvm.tirx.const(1.0, x.dtype) / (1.0 + exp(*i)), name="sigmoid")
 
 
 def _op_name(call) -> str | None:
@@ -218,9 +191,9 @@ class _Rewriter:
         """sigmoid (SiLU's, and a squeeze-excitation's gate) as 1 / (1 + exp(-x)) with TOPI's polynomial exp: LLVM
         has no vector exp, so relax's sigmoid calls libm's expf once per element, which made EfficientNet's
         conv + SiLU kernels several times slower than their convolutions. Any layout alike. Not on a dequantized
-        input: with the quantize and dequantize before it and the quantize after it inlined, each a clip that NaN
-        propagation turns into selects, TVM's simplifier takes minutes over the kernel (INT8 EfficientNet-B0: 347 s
-        to compile, against 47 s with libm's expf)."""
+        input: the polynomial reads its input 17 times, and with the quantize and dequantize before it inlined, each
+        a clip that NaN propagation turns into selects, the kernel's expression grows until TVM's simplifier takes
+        minutes over it (INT8 EfficientNet-B0: 347 s to compile, against 47 s with libm's expf)."""
         producer = self.integer.matcher.values.get(call.args[0])
         if isinstance(producer, relax.Call) and _op_name(producer) == "relax.dequantize":
             return None
