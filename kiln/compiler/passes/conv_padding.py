@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import drop_unused_initializers
+from kiln.compiler.onnx_graph import drop_unused_initializers, static_shapes
 
 
 def conv_padding(graph: Graph) -> Graph:
@@ -74,9 +74,10 @@ def _fold_pads(model) -> bool:
     folded = []
     for pad in model.graph.node:
         amounts = _spatial_pads(pad, constants) if pad.op_type == "Pad" and pad.domain in ("", "ai.onnx") else None
+        if amounts is None or pad.output[0] in outputs:
+            continue
         readers = [node for node in model.graph.node if pad.output[0] in node.input]
-        if (amounts is None or pad.output[0] in outputs or not readers
-                or not all(_takes_padding(node, pad.output[0], len(amounts) // 2) for node in readers)):
+        if not readers or not all(_takes_padding(node, pad.output[0], len(amounts) // 2) for node in readers):
             continue
         for conv in readers:
             own = _attribute(conv, "pads", [0] * len(amounts))
@@ -123,16 +124,11 @@ def _is_conv(node) -> bool:
 
 
 def _spatial_shapes(model) -> dict[str, list[int]]:
-    """Static spatial dims (after batch and channels) of the tensors ONNX shape inference can give."""
+    """The spatial dims (after batch and channels) of the tensors whose shape ONNX shape inference makes static."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    found = {}
-    for value in [*inferred.graph.input, *inferred.graph.value_info]:
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) > 2 and all(d.HasField("dim_value") for d in dims[2:]):
-            found[value.name] = [d.dim_value for d in dims[2:]]
-    return found
+    return {name: list(shape[2:]) for name, shape in
+            static_shapes(onnx.shape_inference.infer_shapes(model).graph).items() if len(shape) > 2}
 
 
 def _attribute(node, name: str, default):
