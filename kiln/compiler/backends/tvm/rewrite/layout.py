@@ -290,8 +290,8 @@ class _Rewriter:
             return self.softmax(call) if self.float_convs else None
         if op == "relax.tanh" and self.float_convs and call.ty.dtype == "float32":
             return self.tanh(call)
-        if op == "relax.sigmoid" and self.float_convs and call.ty.dtype == "float32":
-            return self.sigmoid(call)
+        if op == "relax.sigmoid" and self.float_convs and call.ty.dtype == "float32" and (fast := self.sigmoid(call)):
+            return fast  # (a dequantized input keeps relax's sigmoid, blocked as the other unary ops below)
         if op == "relax.power" and self.float_convs:
             return self.power(call)
         if op in _BINARY:
