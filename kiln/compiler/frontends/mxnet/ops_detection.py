@@ -126,8 +126,9 @@ def box_nms(g: GraphBuilder, x: list[str], a: Attrs) -> str:
     rank = g.op("Unsqueeze", [rank, g.ints([1])])
     if classes:
         rank = g.op("Mul", [rank, _class_channels(g, rows, id_index, keep)])
-    # MXNet suppresses when IoU > overlap_thresh, as ONNX says; TVM's NonMaxSuppression tests >= (and skips
-    # suppression at a threshold <= 0): the next float32 above the threshold makes its >= MXNet's >.
+    # MXNet suppresses when IoU > overlap_thresh, as ONNX says; TVM's CUDA NonMaxSuppression tests >= (and skips
+    # suppression at a threshold <= 0): the next float32 above the threshold makes its >= MXNet's >. (kiln's CPU
+    # kernel tests >, so there the two differ where an IoU is that next float32 exactly.)
     above = np.nextafter(np.float32(threshold), np.float32(np.inf))
     selected = g.op("NonMaxSuppression", [_nms_boxes(g, rows, start, in_format), rank, g.ints([keep]),
                                           g.const([above]), g.const([0.5])])

@@ -12,6 +12,7 @@ from tvm import te, tirx
 PAD, CONV2D, DEPTHWISE = "kpad", "kconv", "kdwconv"
 WINOGRAD_IN, WINOGRAD, WINOGRAD_OUT = "kwino_in", "kwino", "kwino_out"
 MATMUL = "matmul"  # also the block LegalizeOps makes of relax.matmul: one rule schedules both
+PRECOMPUTED = "kpre_"  # the prefix of a table computed once and read many times (roi_align.py): never inlined
 
 
 def pad(data, top: int, left: int, bottom: int, right: int, fill: float = 0.0):

@@ -1,8 +1,9 @@
 """The NCHW[b]c layout rewrite of a Relax `main` (b = the target's fp32 vector lanes).
 
-conv2d with constant OIHW weights (groups 1, OC % b == 0) becomes the blocked conv of compute.py
+conv2d with constant OIHW weights (groups 1) becomes the blocked conv of compute.py
 with its weights re-laid out in numpy (a large 3x3 stride-1 one the Winograd conv, its weights
-transformed); depthwise likewise. Elementwise ops (with per-channel or
+transformed); depthwise likewise. Output channels that no block divides (a detection head's 84 or 75) are
+computed padded with zero filters to whole blocks and cut back in NCHW. Elementwise ops (with per-channel or
 scalar constants), activations, max-pooling and global pooling stay blocked; anything else gets its input
 transformed back to NCHW once (memoized). So layout transforms appear only where the graph
 leaves the blocked region, e.g. the input image and the flatten before a classifier.
@@ -125,10 +126,13 @@ class _Rewriter:
         if (w is None or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or data.ty.dtype != "float32"
                 or tuple(int(d) for d in attrs.dilation) != (1, 1)):
             return None
-        out_channels, in_per_group, kh, kw = w.shape
         channels, groups = int(data.ty.shape[1]), int(attrs.groups)
+        kept = w.shape[0]
+        if groups == 1 and not self.spec.block(kept) and kept > self.lanes:
+            w = np.concatenate([w, np.zeros((-kept % self.lanes, *w.shape[1:]), w.dtype)])
+        out_channels, in_per_group, kh, kw = w.shape
         strides, padding = [int(s) for s in attrs.strides], [int(p) for p in attrs.padding]
-        outputs = math.prod(int(d) for d in call.ty.shape) // out_channels
+        outputs = math.prod(int(d) for d in call.ty.shape) // kept
         if groups == 1 and self.winograd(w.shape, strides, outputs):
             ib = ob = self.lanes
             packed, te_func, name = compute.winograd_kernel(w, ob), compute.conv2d_winograd, compute.WINOGRAD
@@ -143,9 +147,12 @@ class _Rewriter:
             te_func, name, options = compute.depthwise_nchwc, compute.DEPTHWISE, (strides, padding)
         else:
             return None
-        result = self.bb.call_te(te_func, self.blocked(data, ib), relax.const(np.ascontiguousarray(packed)), *options,
-                                 primfunc_name_hint=name)
-        return self.bb.emit(result), ob
+        result = self.bb.emit(self.bb.call_te(te_func, self.blocked(data, ib),
+                                              relax.const(np.ascontiguousarray(packed)), *options,
+                                              primfunc_name_hint=name))
+        if kept == out_channels:
+            return result, ob
+        return self.bb.emit(relax.op.strided_slice(self.to_plain(result, ob), [1], [0], [kept])), None
 
     def winograd(self, weight_shape: tuple[int, ...], strides, outputs: int, min_work: int = 0,
                  min_channels: int = 0) -> bool:

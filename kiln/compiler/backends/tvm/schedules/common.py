@@ -10,6 +10,7 @@ from typing import Callable
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
+from kiln.compiler.backends.tvm.kernels.compute import PRECOMPUTED
 from kiln.compiler.backends.tvm.kernels.intrinsics import DotProduct, dot_product, register_intrinsics
 from kiln.targets.isa import Family, Int8Isa
 from kiln.targets.llvm import cpu_features
@@ -108,14 +109,15 @@ def is_reduction(sch: Schedule, block) -> bool:
 
 
 def inline_spatial(sch: Schedule, keep: frozenset[str] = frozenset()) -> None:
-    """compute_inline every spatial block that is not an output (nor named in keep), until none can be."""
+    """compute_inline every spatial block that is not an output (nor named in keep, nor a PRECOMPUTED table),
+    until none can be."""
     progress = True
     while progress:
         progress = False
         outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
         for block in blocks(sch):
             name = sch.get(block).name_hint
-            if name in keep or name in outputs or is_reduction(sch, block):
+            if name in keep or name in outputs or name.startswith(PRECOMPUTED) or is_reduction(sch, block):
                 continue
             try:
                 sch.compute_inline(block)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuSpec, Rule, blocks, extent,
                                                        inline_spatial, is_reduction, parallel_outer, work)
 
+_SHARED_READERS = 4  # a block with this many reading blocks is computed once, not inlined into each
+
+
 def schedule_block(sch, block, spec: CpuSpec) -> None:
     loops = list(sch.get_loops(block))
     if not loops:
@@ -19,12 +22,18 @@ def schedule_block(sch, block, spec: CpuSpec) -> None:
         parallel_outer(sch, loops[:-1] or loops)
 
 
+def _shared(sch) -> frozenset[str]:
+    """The blocks that many others read (decoded boxes sliced per class and concatenated again): inlined, each
+    element of theirs would be recomputed, index arithmetic included, once per reader."""
+    return frozenset(sch.get(b).name_hint for b in blocks(sch) if len(sch.get_consumers(b)) >= _SHARED_READERS)
+
+
 def _applies(sch) -> bool:
     return not any(is_reduction(sch, b) for b in blocks(sch))
 
 
 def _apply(sch, spec: CpuSpec) -> None:
-    inline_spatial(sch)
+    inline_spatial(sch, _shared(sch))
     for block in blocks(sch):
         schedule_block(sch, block, spec)
 

@@ -1,7 +1,7 @@
 """kiln's CPU compile pipeline: layout rewrite, fusion, tuned records or default rules, lowering.
 
     from_onnx -> onnx_arithmetic -> float32_sums -> to_nchwc -> DispatchSampling -> DispatchSortScan
-      -> LegalizeOps -> AnnotateTIROpPattern
+      -> LegalizeOps (NonMaxSuppression, RoiAlign: kernels/) -> AnnotateTIROpPattern
       -> FoldConstant -> FuseOps -> FuseTIR -> DeadCodeElimination -> [MetaScheduleApplyDatabase]
       -> schedule_module (the rules below) -> propagate_nan_pass (schedules/nan.py)
       -> TVM's cpu_generic lowering and finalize passes
@@ -20,6 +20,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
+from kiln.compiler.backends.tvm.kernels import nms, roi_align
 from kiln.compiler.backends.tvm.rewrite.accumulate import float32_sums
 from kiln.compiler.backends.tvm.rewrite.arithmetic import onnx_arithmetic
 from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
@@ -88,13 +89,14 @@ def _attr(func: tirx.PrimFunc, name: str):
 def fuse(mod: tvm.IRModule, target, integer: list[dict] | None = None) -> tvm.IRModule:
     """The graph-level steps: NCHWc rewrite (with integer kernels for quantized convs, reported into
     `integer`), sort/scan/sampling ops dispatched to TOPI (LegalizeOps has no rule for TopK, CumSum,
-    multinomial sampling), legalization to TIR, fusion. Tuning tasks are this output's PrimFuncs."""
+    multinomial sampling), legalization to TIR (NonMaxSuppression and RoiAlign by kiln's kernels), fusion. Tuning tasks are this output's PrimFuncs."""
     with target:
         mod = to_nchwc(float32_sums(onnx_arithmetic(mod)), cpu_spec(target), integer)
         mod = tvm.transform.Sequential([
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps({"relax.vision.all_class_non_max_suppression": nms.legalize,
+                                         "relax.vision.roi_align": roi_align.legalize}),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
         ])(mod)
