@@ -128,8 +128,10 @@ class _Rewriter:
             return None
         channels, groups = int(data.ty.shape[1]), int(attrs.groups)
         kept = w.shape[0]
-        if groups == 1 and not self.spec.block(kept) and kept > self.lanes:
-            w = np.concatenate([w, np.zeros((-kept % self.lanes, *w.shape[1:]), w.dtype)])
+        if groups == 1 and not self.spec.block(kept):
+            narrow = self.spec.narrow_lanes or self.lanes
+            width = narrow if kept <= narrow else self.lanes
+            w = np.concatenate([w, np.zeros((-kept % width, *w.shape[1:]), w.dtype)])
         out_channels, in_per_group, kh, kw = w.shape
         strides, padding = [int(s) for s in attrs.strides], [int(p) for p in attrs.padding]
         outputs = math.prod(int(d) for d in call.ty.shape) // kept
