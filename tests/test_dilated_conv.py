@@ -43,15 +43,21 @@ def test_rewrite_matches_onnxruntime(tmp_path, kernel, dilations, pads, group):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+# the centre tap over every output; each other tap a Conv over the outputs where it reads the map, padded back
+_PIECES = ["Pad", *["Slice", "Conv", "Pad"] * 4, "Slice", "Conv", *["Slice", "Conv", "Pad"] * 4, "Sum", "Reshape", "Add"]
+
+
 @pytest.mark.parametrize("shape, dilation, group, form", [
     ((1, 4, 12, 40), 2, 1, ["Pad", "Reshape", "Transpose", "Reshape", "Conv", "Reshape", "Transpose", "Reshape"]),
     ((1, 4, 12, 40), 2, 2, ["Pad", "Reshape", "Transpose", "Reshape", "Conv", "Reshape", "Transpose", "Reshape"]),
-    ((1, 4, 6, 6), 4, 1, ["Pad", *["Slice"] * 9, "Concat", "Conv"]),  # phases 2 wide: the taps as channels
+    ((1, 4, 12, 14), 2, 1, ["Pad", *["Slice"] * 9, "Concat", "Conv"]),  # phases 7 wide: the taps as channels
     ((1, 4, 6, 6), 12, 1, ["Pad", "Slice", "Conv"]),  # past the map: only the centre tap reads data
-    ((1, 4, 6, 6), 5, 1, ["Pad", *["Slice"] * 9, "Concat", "Conv"]),  # the outer taps reach one row or column
+    ((1, 4, 6, 6), 4, 1, _PIECES),  # the outer taps read the map for a third of the outputs: one Conv each there
+    ((1, 4, 6, 6), 5, 1, _PIECES),  # the outer taps reach one row or column
 ])
 def test_each_form_matches_onnxruntime(tmp_path, shape, dilation, group, form):
-    """Space-to-batch where the phases are wide, the taps as channels where they would be narrow (DeepLab's ASPP)."""
+    """Space-to-batch where the phases are wide, the taps as channels where they would be narrow (DeepLab's ASPP),
+    over the outputs where they read the map when that is much less than all."""
     b = GraphBuilder("form", opset=17)
     b.input("x", list(shape))
     weight = b.const(RNG.standard_normal((6, shape[1] // group, 3, 3)).astype(np.float32))
