@@ -100,8 +100,13 @@ def block_names(sch: Schedule) -> set[str]:
 def has_opaque_block(sch: Schedule) -> bool:
     """Whether a block declares neither reads nor writes (TOPI's extern and hand-written kernels: sort, scan,
     NonMaxSuppression): the schedule cannot see which buffers it uses, so a rule inlining a producer it reads
-    would drop that buffer."""
-    return any(not block.reads and not block.writes for block in map(sch.get, blocks(sch)))
+    would drop that buffer. A body that is one such block, with no root block around it (TOPI's topk on CPU),
+    counts too."""
+    try:
+        children = blocks(sch)
+    except ScheduleError:
+        return True
+    return any(not block.reads and not block.writes for block in map(sch.get, children))
 
 
 def is_reduction(sch: Schedule, block) -> bool:
