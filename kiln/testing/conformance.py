@@ -218,15 +218,17 @@ def sample(cases: list[Case], count: int, covering: frozenset[str] = frozenset()
 
 
 def claimed_ops() -> frozenset[str]:
-    """The ops kiln claims: those TVM's Relax importer converts, and those ONNX defines as functions of other ops
-    (compiled from their bodies where the importer has none: kiln.compiler.passes.function_expansion)."""
+    """The ops kiln claims: those TVM's Relax importer converts, those ONNX defines as functions of other ops
+    (compiled from their bodies where the importer has none: kiln.compiler.passes.function_expansion), and LSTM, GRU
+    and RNN (unrolled over time: kiln.compiler.passes.recurrent)."""
     import onnx
 
     from kiln.compat.tvm import onnx_importer_ops
+    from kiln.compiler.passes.recurrent import RECURRENT_OPS
 
     functions = {schema.name for schema in onnx.defs.get_all_schemas()
                  if schema.domain == "" and (schema.has_function or schema.has_context_dependent_function)}
-    return onnx_importer_ops() | frozenset(functions)
+    return onnx_importer_ops() | frozenset(functions) | RECURRENT_OPS
 
 
 # ---- running one case ----------------------------------------------------------------------------

@@ -11,16 +11,19 @@ from kiln.compiler.passes.fold_constants import fold_constants
 from kiln.compiler.passes.function_expansion import expand_functions
 from kiln.compiler.passes.index_bounds import index_bounds
 from kiln.compiler.passes.name_nodes import name_nodes
+from kiln.compiler.passes.recurrent import unroll_recurrent
 from kiln.compiler.passes.roi_align_scale import roi_align_scale
 
 # Names first, so an unnamed node keeps the name its place in the source model gives it; ops TVM cannot convert
 # expanded into their ONNX function bodies next, before folding, which folds what the bodies compute from shapes;
 # constants folded before BatchNorm folding, which needs its parameters (Constant nodes in some exports) as
-# initializers, and before conv padding is made explicit, which needs a Pad's amounts as constants;
+# initializers, before LSTM / GRU / RNN are unrolled, so that weights computed from constants are cut at compile
+# time (and the static shapes folding infers serve), and before conv padding is made explicit, which needs a Pad's
+# amounts as constants;
 # transposed and dilated convs rewritten to ordinary ones after BatchNorm folding, which folds into the conv right
 # before it; index bounds once the tables a Gather reads are initializers. RoiAlign's scale has no order.
-NEURAL_PASSES = (name_nodes, expand_functions, fold_constants, conv_padding, fold_batchnorm, conv_transpose,
-                 dilated_conv, roi_align_scale, index_bounds)
+NEURAL_PASSES = (name_nodes, expand_functions, fold_constants, unroll_recurrent, conv_padding, fold_batchnorm,
+                 conv_transpose, dilated_conv, roi_align_scale, index_bounds)
 
 
 def run_passes(graph: Graph) -> Graph:

@@ -14,7 +14,8 @@ Nodes inside If / Loop / Scan subgraphs are scanned too, named `outer/attribute/
 A refused node whose op ONNX defines as a function of other ops (opset-23 Attention, RotaryEmbedding, the losses,
 LayerNormalization's Mean and InvStdDev, ...) is replaced by that function's body before this check runs on the
 graph, where no node of the body is refused (kiln.compiler.passes.function_expansion); its refusal here stands
-otherwise.
+otherwise. An LSTM, GRU or RNN of the main graph is refused only where kiln.compiler.passes.recurrent does not
+unroll it, for the reason it gives.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from kiln.compat.tvm import onnx_importer_ops
 from kiln.compiler.frontends.onnx import opset_of
+from kiln.compiler.passes.recurrent import RECURRENT_OPS, unroll_refusal
 
 if TYPE_CHECKING:
     import onnx
@@ -123,6 +125,8 @@ def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str],
     for index, node in enumerate(graph.node):
         name = prefix + (node.name or f"#{index}")
         reason = _reason(node, opset, supported, constants)
+        if reason == "" and node.op_type in RECURRENT_OPS and not prefix:  # unrolled by the pass, or refused for why
+            reason = unroll_refusal(node, constants, initializers, dims)
         if reason is None:
             reason = _type_reason(node, types)
         if reason is None:
