@@ -78,3 +78,19 @@ def test_conv_relu_epilogue_still_vectorizes():
                              relax_pipeline=cpu_pipeline(target))
     assembly = executable.mod.imports[0].inspect_source("asm")
     assert "vmaxps" in assembly and "ymm" in assembly
+
+
+def test_clamps_cast_to_integers_keep_tvms_max_and_min():
+    """A quantize's clip is cast to uint8 right after: there is no NaN to keep, and its NaN selects (with Let-bound
+    operands), nested one quantize inside the next, made LLVM code generation of INT8 YOLOv3 take minutes."""
+    from tvm import te, tirx
+
+    from kiln.compiler.backends.tvm.schedules.nan import propagate_nan
+
+    x = te.placeholder((8,), name="x")
+    quantized = te.compute((8,), lambda i: te.max(te.min(te.round(x[i] * 4.0), 255.0), 0.0).astype("uint8"),
+                           name="quantized")
+    relu = te.compute((8,), lambda i: te.max(quantized[i].astype("float32") - 3.0, 0.0), name="relu")
+    text = propagate_nan(te.create_prim_func([x, relu])).script()
+    assert "T.Cast(\"uint8\", T.max(T.min(" in text  # the clip stays TVM's max and min
+    assert "T.Select" in text and "T.max(" not in text.split("relu")[-1]  # the float Relu keeps NaN

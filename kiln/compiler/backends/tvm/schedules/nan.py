@@ -5,7 +5,9 @@ Relu, max(x, 0), turns a NaN into 0 and a NaN input gives finite outputs. Each f
 PrimFunc becomes a select that returns a NaN operand (with a constant operand, one compare: `a < 0 ? 0 : a` is
 still one vmaxps on x86). The max and min reductions start from the lowest (highest) finite float; they start
 from -inf (+inf) instead, as ONNX's ReduceMax of -inf elements (a fully masked attention row) is -inf.
-Pooling kernels keep TVM's max: ONNX Runtime's MaxPool skips NaN too.
+Pooling kernels keep TVM's max: ONNX Runtime's MaxPool skips NaN too, and so do the clamps whose result is cast to
+an integer (a quantize's clip: a NaN has no integer to become, whichever operand the clamp returns), which in INT8
+graphs nest one quantize in the next (YOLOv3's box decoding made LLVM code generation take minutes simplifying them).
 """
 
 from __future__ import annotations
@@ -18,9 +20,28 @@ POOLING = "pool"  # in the names of the PrimFuncs legalized from pooling ops
 
 
 def propagate_nan(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """`func` with every float Max and Min propagating NaN, and its max/min reductions starting from -inf/+inf."""
-    return tvm_ffi.structural_map(func, [(s_tir.SBlock, _infinite_identity), (tirx.Max, _max), (tirx.Min, _min)],
-                                  order="pre")
+    """`func` with every float Max and Min propagating NaN (but those cast to integers), and its max/min reductions
+    starting from -inf/+inf."""
+    cast = _cast_to_integers(func)
+    return tvm_ffi.structural_map(func, [(s_tir.SBlock, _infinite_identity),
+                                         (tirx.Max, lambda e: e if e in cast else _max(e)),
+                                         (tirx.Min, lambda e: e if e in cast else _min(e))], order="pre")
+
+
+def _cast_to_integers(func: tirx.PrimFunc) -> set:
+    """The Max and Min nodes of a clamp whose result is cast to an integer type: Cast(int, max(min(x, hi), lo))."""
+    found = set()
+
+    def visit(cast, visitor):
+        if not tvm_ffi.dtype(str(cast.ty)).is_float:
+            clamp = cast.value
+            while isinstance(clamp, (tirx.Max, tirx.Min)):
+                found.add(clamp)
+                clamp = clamp.a
+        visitor.default_visit(cast)
+
+    tvm_ffi.structural_visit(func.body, [(tirx.Cast, visit)])
+    return found
 
 
 def propagate_nan_pass() -> tvm.transform.Pass:
