@@ -17,6 +17,7 @@ import pytest
 
 import kiln
 from kiln.cli import cli
+from kiln.compiler.graph import DimRange
 from kiln.errors import RemoteError, UsageError
 from kiln.remote.session import Remote
 from kiln.runtime_wheel import build
@@ -86,6 +87,18 @@ def test_the_api_runs_a_remote_predictor_like_a_local_one(server, digits):
     remote = load(artifact, Remote(server=server.address))
     np.testing.assert_array_equal(remote.predict(np.load(image)), kiln.load(artifact).predict(np.load(image)))
     assert remote.host_checked and all(s > 0 for s in remote.seconds({"input": np.load(image)}, 5))
+
+
+def test_a_batch_range_artifact_runs_remotely_like_locally(server, tmp_path):
+    """Batch 3 of a 1-4 range: its chunks (2 + 1) run as the library's functions on the server, uploaded once."""
+    from kiln.remote.predictor import load
+
+    artifact = compile_to(DIGITS_CNN, tmp_path / "range.kiln", shapes={"input": (DimRange(1, 4), 1, 8, 8)})
+    with np.load(DIGITS_TEST) as archive:
+        images = archive["input"][:3]
+    remote = load(artifact, Remote(server=server.address))
+    np.testing.assert_allclose(remote.predict(images), kiln.load(artifact).predict(images), rtol=1e-6, atol=1e-6)
+    assert all(s > 0 for s in remote.seconds({"input": images}, 3))
 
 
 def test_remote_refusals_name_the_fix(cli_runner, server, digits, tmp_path):

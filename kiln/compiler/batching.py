@@ -12,7 +12,7 @@ a run.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -69,10 +69,13 @@ class BatchedPredictor(Predictor):
         return arrays
 
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        batch = next(array.shape[0] for array, batched in zip(arrays, self._batched) if batched)
-        results, start = [], 0
-        for size in split(batch, self._sizes):
-            piece = [array[start:start + size] if batched else array for array, batched in zip(arrays, self._batched)]
-            results.append(self._chunks[size]._execute(piece))
-            start += size
+        results = [self._chunks[size]._execute(piece) for size, piece in self._pieces(arrays)]
         return results[0] if len(results) == 1 else [np.concatenate(parts) for parts in zip(*results)]
+
+    def _pieces(self, arrays: list[np.ndarray]) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """(chunk size, the inputs' rows for it) for each chunk the batch of `arrays` runs as, in order."""
+        batch = next(array.shape[0] for array, batched in zip(arrays, self._batched) if batched)
+        start = 0
+        for size in split(batch, self._sizes):
+            yield size, [array[start:start + size] if batched else array for array, batched in zip(arrays, self._batched)]
+            start += size
