@@ -56,6 +56,16 @@ def static_shapes(graph: "onnx.GraphProto") -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def infer_shapes(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """`model` with the types and shapes ONNX infers for its values (value_info); as it is where inference fails."""
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - C++ errors and models over 2 GB: the shapes already known
+        return model
+
+
 def replace_nodes(model: "onnx.ModelProto", replace: Callable) -> bool:
     """Replace (in place) each node for which `replace(node)` gives (nodes, {name: array of a new constant}),
     in its place in the order; whether any was. Initializers no node reads any more are dropped."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from kiln.compiler.graph import Graph, GraphKind
+from kiln.compiler.onnx_graph import infer_shapes
 from kiln.compiler.passes.fold_batchnorm import fold_batchnorm
 from kiln.compiler.passes.conv_padding import conv_padding
 from kiln.compiler.passes.conv_transpose import conv_transpose
@@ -27,8 +30,12 @@ NEURAL_PASSES = (name_nodes, expand_functions, fold_constants, unroll_recurrent,
 
 
 def run_passes(graph: Graph) -> Graph:
-    """`graph` after NEURAL_PASSES (tree graphs have no passes)."""
-    if graph.kind is GraphKind.NEURAL:
-        for step in NEURAL_PASSES:
-            graph = step(graph)
-    return graph
+    """`graph` after NEURAL_PASSES (tree graphs have no passes), then ONNX's shape inference again where they
+    changed it: calibration ranges only the float tensors it finds typed, so the values the passes wrote (a
+    sub-pixel or space-to-batch conv's output) stayed float in INT8."""
+    if graph.kind is not GraphKind.NEURAL:
+        return graph
+    source = graph
+    for step in NEURAL_PASSES:
+        graph = step(graph)
+    return graph if graph is source else dataclasses.replace(graph, body=infer_shapes(graph.body))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import drop_unused_initializers, names_read
+from kiln.compiler.onnx_graph import drop_unused_initializers, infer_shapes, names_read
 
 if TYPE_CHECKING:
     import onnx
@@ -53,7 +53,7 @@ def fold_constants(graph: Graph) -> Graph:
     for step in range(ROUNDS):
         if step and not _has_candidates(model.graph):
             break
-        model = _infer_shapes(model)
+        model = infer_shapes(model)
         count = _fold_once(model)
         if not count:
             break
@@ -61,22 +61,13 @@ def fold_constants(graph: Graph) -> Graph:
     if not folded:
         return graph
     log.debug("kiln: folded %d constant nodes", folded)
-    return dataclasses.replace(graph, body=_infer_shapes(model))
+    return dataclasses.replace(graph, body=infer_shapes(model))
 
 
 def _has_candidates(graph: "onnx.GraphProto") -> bool:
     constant = {t.name for t in graph.initializer}
     return any(node.op_type in ("Constant", "Shape", "Size") or all(i in constant for i in node.input if i)
                for node in graph.node if node.domain in ("", "ai.onnx") and node.op_type not in NEVER)
-
-
-def _infer_shapes(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    import onnx
-
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - C++ errors and models over 2 GB: fold with the shapes already known
-        return model
 
 
 def _fold_once(model: "onnx.ModelProto") -> int:

@@ -27,6 +27,7 @@ import re
 from typing import TYPE_CHECKING
 
 from kiln.compiler.graph import Graph
+from kiln.compiler.onnx_graph import infer_shapes
 from kiln.compiler.passes.fold_constants import fold_constants
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def expand_functions(graph: Graph) -> Graph:
     model.CopyFrom(graph.body)
     originals: dict[str, onnx.NodeProto] = {}  # expanded node -> the node of the source graph it replaces
     for step in range(ROUNDS):
-        model = _infer_shapes(model)
+        model = infer_shapes(model)
         if step:
             refused = {r.node for r in refusals(model)}
         if not _expand_once(model, refused, originals):
@@ -65,7 +66,7 @@ def expand_functions(graph: Graph) -> Graph:
         _revert(model, originals, kept)
         if not originals:
             return graph
-    return dataclasses.replace(graph, body=_infer_shapes(model))
+    return dataclasses.replace(graph, body=infer_shapes(model))
 
 
 def _has_function(node: "onnx.NodeProto", model: "onnx.ModelProto") -> bool:
@@ -263,15 +264,6 @@ def _value_types(inferred: "onnx.GraphProto") -> dict[str, "onnx.ValueInfoProto"
     for tensor in inferred.initializer:
         found.setdefault(tensor.name, helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
     return found
-
-
-def _infer_shapes(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    import onnx
-
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - C++ errors and models over 2 GB: the shapes already known
-        return model
 
 
 def _refused_roots(folded: "onnx.ModelProto", originals: dict, found: list) -> set[str]:
