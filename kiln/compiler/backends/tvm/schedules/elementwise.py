@@ -23,9 +23,13 @@ def schedule_block(sch, block, spec: CpuSpec) -> None:
 
 
 def _shared(sch) -> frozenset[str]:
-    """The blocks that many others read (decoded boxes sliced per class and concatenated again): inlined, each
-    element of theirs would be recomputed, index arithmetic included, once per reader."""
-    return frozenset(sch.get(b).name_hint for b in blocks(sch) if len(sch.get_consumers(b)) >= _SHARED_READERS)
+    """The blocks that many others read into outputs larger than themselves (decoded boxes sliced per class and
+    concatenated again): inlined, each element of theirs would be recomputed, index arithmetic included, for each
+    output element that reads it. Where the outputs are no larger (x read four times by GELU's terms), the
+    compiler computes the inlined value once per element anyway, and a loop of its own only adds a pass."""
+    written = sum(work(sch, b) for b in sch.get_output_blocks(sch.get_sblock("root")))
+    return frozenset(sch.get(b).name_hint for b in blocks(sch)
+                     if len(sch.get_consumers(b)) >= _SHARED_READERS and written >= 2 * work(sch, b))
 
 
 def _applies(sch) -> bool:
