@@ -253,3 +253,16 @@ def test_float16_weights_give_float16_constants(tmp_path: Path):
     rewritten = unroll_recurrent(load(tmp_path / "half.onnx")).body
     onnx.shape_inference.infer_shapes(rewritten, strict_mode=True)  # raises on an op of mixed types
     assert {t.data_type for t in rewritten.graph.initializer} == {TensorProto.FLOAT16, TensorProto.INT64}
+
+
+def test_lstm_of_constants_is_unrolled_not_folded(tmp_path: Path):
+    """An LSTM whose every input is a constant, with Relu for f and clip: constant folding evaluated it with
+    onnx.reference, which ignores both (0.255 of the largest output off, caught only by the compile-time check)."""
+    rng = np.random.default_rng(1)
+    b = GraphBuilder("lstm_constants", opset=17)
+    x, w, r = (b.const(rng.standard_normal(shape).astype(np.float32)) for shape in ((3, 1, 4), (1, 16, 4), (1, 16, 4)))
+    y, last = b.fresh("y"), b.fresh("last")
+    b.nodes.append(helper.make_node("LSTM", [x, w, r], [y, last], hidden_size=4, clip=0.5,
+                                    activations=["Relu", "Tanh", "Tanh"]))
+    b.output(b.node("Add", [last, b.input("bias", [1, 1, 4])], "out"), [1, 1, 4])
+    check_correctness(b.save(tmp_path / "lstm.onnx"), {"bias": np.zeros((1, 1, 4), np.float32)}, tmp_path)

@@ -9,7 +9,8 @@ they depend on nothing else, and `onnx.reference` evaluates them here, one node 
 Folded: every node of the standard domain whose inputs are all constants (initializers, Constant nodes, earlier
 folds), and Shape / Size of a tensor whose shape is static. Never folded: random ops (their value changes from run
 to run), Quantize/DequantizeLinear (the backend rewrites QDQ pairs into integer kernels; folding would store int8
-weights as float), Dropout, nodes holding subgraphs (If, Loop, Scan), other domains, sequence outputs, nodes whose
+weights as float), Dropout, LSTM/GRU/RNN (onnx.reference ignores their activations and clip; passes.recurrent
+unrolls them and folds the pieces), nodes holding subgraphs (If, Loop, Scan), other domains, sequence outputs, nodes whose
 inferred output is over MAX_EVALUATED elements, and any node onnx.reference fails on or answers with another dtype.
 
 Stored: a folded tensor becomes an initializer if it has at most MAX_STORED elements, or no more than the constants
@@ -38,7 +39,7 @@ MAX_EVALUATED = 1 << 24
 ROUNDS = 4  # folding a Reshape's shape can make its output static, and so a later Shape foldable
 RANDOM = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
                     "Bernoulli"})
-NEVER = RANDOM | {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Dropout"}
+NEVER = RANDOM | {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Dropout", "LSTM", "GRU", "RNN"}
 log = logging.getLogger("kiln.passes")
 
 

@@ -82,7 +82,8 @@ def unroll_recurrent(graph: Graph) -> Graph:
     model = onnx.ModelProto()
     model.CopyFrom(graph.body)
     values = {t.name: t for t in model.graph.initializer}
-    dims, taken, opset = static_shapes(model.graph), _names(model.graph), opset_of(model)
+    dims = {**{name: tuple(t.dims) for name, t in values.items()}, **static_shapes(model.graph)}
+    taken, opset = _names(model.graph), opset_of(model)
 
     def replace(node):
         if not _is_recurrent(node):
@@ -358,10 +359,12 @@ class _Emitter:
 
 
 def _element_type(graph: "onnx.GraphProto", name: str) -> np.dtype:
-    """The element type of a value whose shape is known (an input, or shape inference's value_info)."""
+    """The element type of a value whose shape is known (an input, an initializer, or shape inference's
+    value_info)."""
     from onnx import helper
 
-    kind = next(v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info) if v.name == name)
+    kind = next((t.data_type for t in graph.initializer if t.name == name), None) or next(
+        v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info) if v.name == name)
     return np.dtype(helper.tensor_dtype_to_np_dtype(kind))
 
 
