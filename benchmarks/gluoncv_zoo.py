@@ -92,32 +92,14 @@ def _relative_error(got: list[np.ndarray], expected: list[np.ndarray]) -> float:
         else float("inf")
 
 
-def _as_sets_error(got: list[np.ndarray], expected: list[np.ndarray]) -> float:
-    """Detections (ids, scores, boxes) compared as sets of rows: each reference row matched by a distinct row of the
-    same class; the largest difference, over each column's largest reference value (inf when some row is unmatched)."""
-    rows = [np.concatenate([o.reshape(o.shape[0], o.shape[1], -1) for o in outputs], axis=-1).astype(np.float64)
-            for outputs in (got, expected)]
-    scale = np.abs(rows[1]).reshape(-1, rows[1].shape[-1]).max(axis=0)
-    scale[scale == 0] = 1.0
-    worst = 0.0
-    for mine, theirs in zip(*rows):
-        unmatched = list(range(len(mine)))
-        for row in theirs:
-            candidates = [(float(np.max(np.abs(mine[j] - row) / scale)), j) for j in unmatched if mine[j][0] == row[0]]
-            if not candidates:
-                return float("inf")
-            error, j = min(candidates)
-            unmatched.remove(j)
-            worst = max(worst, error)
-    return worst
-
-
 def _fp32_error(task: str, got: list[np.ndarray], expected: list[np.ndarray]) -> tuple[float, bool]:
     """(relative error, whether detections needed the comparison as sets)."""
     error = _relative_error(got, expected)
     if task != "detection" or error <= FP32_TOLERANCE or len(got) != len(expected):
         return error, False
-    return _as_sets_error(got, expected), True
+    from kiln.verification import row_sets_difference
+
+    return row_sets_difference(got, expected), True
 
 
 def _first_line(exc: Exception) -> str:

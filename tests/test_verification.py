@@ -147,3 +147,29 @@ def test_infinities_are_compared_as_values(tmp_path: Path):
     for returned, passed in ((exact, True), (exact * [1, -1, 1, 1], False), (exact + [0, 0, 0, 1], False)):
         checked = verify(lambda _: {"y": returned.astype(np.float32)}, model, Precision.FP32, feed, "given")
         assert checked.passed == passed, (returned, checked.describe())
+
+
+def test_detections_reordered_by_rounding_pass_as_sets_and_a_moved_box_fails(tmp_path: Path):
+    """With NonMaxSuppression in the model, rows its float rounding reorders (an SSD scoring dozens of boxes within
+    1e-7 of 1.0) are compared as sets of rows; a box that moved still fails."""
+    import onnx
+
+    from kiln.verification import verify
+
+    b = GraphBuilder("detector", opset=11)
+    b.output(b.node("Identity", [b.input("detections", [1, 4, 6])], "rows"), [1, 4, 6])
+    b.nodes.append(onnx.helper.make_node("NonMaxSuppression", [b.input("boxes", [1, 4, 4]),
+                                                               b.input("scores", [1, 1, 4])], ["selected"]))
+    b.output("selected", [0, 3], onnx.TensorProto.INT64)
+    model = b.save(tmp_path / "detector.onnx")
+    rng = np.random.default_rng(4)
+    feed = {"detections": rng.uniform(0, 100, (1, 4, 6)).astype(np.float32),
+            "boxes": rng.uniform(0, 10, (1, 4, 4)).astype(np.float32), "scores": np.zeros((1, 1, 4), np.float32)}
+    selected = np.zeros((0, 3), np.int64)
+    swapped = verify(lambda f: {"rows": f["detections"][:, [1, 0, 3, 2]], "selected": selected}, model,
+                     Precision.FP32, feed, "random inputs")
+    assert swapped.passed and "compared as sets" in swapped.describe()
+    moved = feed["detections"][:, [1, 0, 3, 2]].copy()
+    moved[0, 2, 3] += 1.0
+    assert not verify(lambda f: {"rows": moved, "selected": selected}, model, Precision.FP32, feed,
+                      "random inputs").passed
