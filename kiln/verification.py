@@ -5,11 +5,14 @@ nothing); `kiln verify` runs it again later. The inputs are the calibration data
 else seeded random inputs shaped by the signature, with integer inputs kept within the rows of the tables
 they index. FP32 artifacts must agree with ONNX Runtime on the source model within RELATIVE of the largest
 reference output; INT8 ones with ONNX Runtime running kiln's own QDQ model within one quantization step of
-each output (outputs not produced by a DequantizeLinear: within INT8_RELATIVE).
+each output (outputs not produced by a DequantizeLinear: within INT8_RELATIVE), or, where ONNX Runtime's own two
+runs of that model (with and without its integer fusions) are further apart than that, within their distance.
+In a model with NonMaxSuppression, detections that float rounding reorders are compared as sets of rows.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,11 +53,9 @@ def verify(run, reference_model: Path, precision: Precision, feed: dict[str, np.
                                    f"{str(exc).strip().splitlines()[0]}") from exc
     got = run(feed)
     steps = _output_steps(reference_model) if precision is Precision.INT8 else {}
-    worst = None
-    for (name, actual), reference in zip(got.items(), expected):
-        difference, tolerance, unit = _difference(actual, reference, steps.get(name), precision)
-        if worst is None or _excess(difference, tolerance) > _excess(worst[1], worst[2]):
-            worst = (name, difference, tolerance, unit)
+    worst = _worst(got, expected, steps, precision)
+    if precision is Precision.INT8 and _excess(worst[1], worst[2]) > 1:
+        worst = _worst(got, expected, steps, precision, _spread(reference_model, feed, expected, steps, precision))
     name, difference, tolerance, unit = worst
     if _excess(difference, tolerance) > 1 and _has_nms(reference_model):
         as_sets = _row_sets_difference(got, expected, name, tolerance)
@@ -62,6 +63,39 @@ def verify(run, reference_model: Path, precision: Precision, feed: dict[str, np.
             difference, unit = as_sets, ("of each column's largest reference value, detection rows compared as sets "
                                          "(NonMaxSuppression orders equal scores as float rounding falls)")
     return Verification(f"ONNX Runtime on {reference_model.name}", inputs, name, difference, tolerance, unit)
+
+
+def _worst(got: dict[str, np.ndarray], expected: list[np.ndarray], steps: dict[str, float], precision: Precision,
+           spread: list[float] | None = None) -> tuple[str, float, float, str]:
+    """(output, difference, tolerance, unit) of the output furthest past its tolerance; with `spread`, each
+    output's tolerance is at least ONNX Runtime's own difference between two runs of the reference."""
+    worst = None
+    for index, ((name, actual), reference) in enumerate(zip(got.items(), expected)):
+        difference, tolerance, unit = _difference(actual, reference, steps.get(name), precision)
+        if spread is not None and spread[index] > tolerance:
+            tolerance, unit = spread[index], (f"{unit}; the tolerance: as far apart as ONNX Runtime's own runs of the "
+                                              "QDQ model, with and without its integer fusions")
+        if worst is None or _excess(difference, tolerance) > _excess(worst[1], worst[2]):
+            worst = (name, difference, tolerance, unit)
+    return worst
+
+
+def _spread(reference_model: Path, feed: dict[str, np.ndarray], expected: list[np.ndarray], steps: dict[str, float],
+            precision: Precision) -> list[float]:
+    """Per output, how far ONNX Runtime's run of the QDQ model as written (each QuantizeLinear, DequantizeLinear and
+    float op on its own) is from its default run (QDQ groups fused into integer kernels): the two round ties
+    differently, and over many layers (BERT's 12, a ResNeXt's 16 blocks) the differences compound to several
+    output steps, which no faithful INT8 execution can be held to below."""
+    import onnxruntime as ort
+
+    from kiln.onnxruntime_session import session_options
+
+    options = session_options(os.cpu_count() or 1)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_written = ort.InferenceSession(str(reference_model), options, providers=["CPUExecutionProvider"])
+    names = [output.name for output in as_written.get_outputs()]
+    return [_difference(a, e, steps.get(n), precision)[0]
+            for a, e, n in zip(as_written.run(None, feed), expected, names)]
 
 
 def _has_nms(model_path: Path) -> bool:
