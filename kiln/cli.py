@@ -172,7 +172,8 @@ def quantize_command(model: Path, calib: Path, output: Path, target: str, import
 def verify_command(artifact: Path, input_path: Path | None, as_json: bool):
     """Run a neural ARTIFACT and ONNX Runtime on the same inputs and compare, as `kiln compile` does before it
     writes an artifact: FP32 within 1e-4 of the largest output, INT8 within one output step of ONNX Runtime
-    running the artifact's own QDQ model. Exit 3 when they differ.
+    running the artifact's own QDQ model (or as far as ONNX Runtime's own runs of it, with and without its
+    integer fusions, are apart, where that is more: deep models). Exit 3 when they differ.
 
     \b
     Example:
