@@ -21,28 +21,7 @@ from pathlib import Path
 import numpy as np
 
 TOLERANCE = 1e-4  # of the largest reference output
-
-
-def _network(name: str):
-    import transformers as hf
-
-    if name == "bert":
-        return hf.BertModel(hf.BertConfig()), ("input_ids", "attention_mask", "token_type_ids")
-    if name == "distilbert":
-        return hf.DistilBertModel(hf.DistilBertConfig()), ("input_ids", "attention_mask")
-    if name == "gpt2":
-        return hf.GPT2Model(hf.GPT2Config(use_cache=False)), ("input_ids", "attention_mask")
-    raise SystemExit(f"unknown model {name!r}: choose from bert, distilbert, gpt2")
-
-
-def _inputs(name: str, vocabulary: int, seq: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    mask = np.ones((1, seq), np.int64)
-    mask[0, -seq // 4:] = 0  # padding: the attention mask matters
-    feed = {"input_ids": rng.integers(0, vocabulary, (1, seq)).astype(np.int64), "attention_mask": mask}
-    if name == "bert":
-        feed["token_type_ids"] = (np.arange(seq) >= seq // 2).astype(np.int64)[None]
-    return feed
+TEXT_MODELS = ("bert", "distilbert", "gpt2")
 
 
 def _check(name: str, seq: int, folder: Path) -> bool:
@@ -53,9 +32,11 @@ def _check(name: str, seq: int, folder: Path) -> bool:
     from kiln.errors import KilnError
     from kiln.testing.reference import onnxruntime_outputs
 
+    from transformer_models import _inputs, _network  # the same models and padded inputs as that benchmark
+
     network, names = _network(name)
     network.eval()
-    feed = _inputs(name, network.config.vocab_size, seq)
+    feed = _inputs(name, network, seq, batch=1)
     path = folder / f"{name}.onnx"
     started = time.perf_counter()
     try:
@@ -88,7 +69,7 @@ def _check(name: str, seq: int, folder: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="bert,distilbert,gpt2")
+    parser.add_argument("--models", default=",".join(TEXT_MODELS))
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--keep", type=Path, help="write the exports and artifacts here")
     args = parser.parse_args()
