@@ -102,3 +102,19 @@ def _kept_tables(path: Path) -> set[str]:
         mod = schedule_module(cpu_spec(target))(mod)
     text = "".join(f.script() for gv, f in mod.functions.items() if "roi_align" in gv.name_hint)
     return set(re.findall(r'sblock\("(kpre_\w+)"\)', text))
+
+
+def test_nms_without_thresholds_keeps_onnx_defaults(tmp_path: Path):
+    """No iou_threshold nor score_threshold: ONNX means 0 (suppress any overlap) and no threshold; TVM's importer
+    took 0.5 and 0.0, dropping the boxes that score 0 or less (logits) and keeping overlapping ones, with no error."""
+    b = GraphBuilder("nms", opset=11)
+    b.nodes.append(onnx.helper.make_node("NonMaxSuppression", [b.input("boxes", [1, 4, 4]), b.input("scores", [1, 1, 4]),
+                                                               b.const(np.array([4], np.int64))], ["selected"]))
+    b.output("selected", [3, 3], onnx.TensorProto.INT64)
+    path = b.save(tmp_path / "nms.onnx")
+    feed = {"boxes": np.array([[[0, 0, 1, 1], [0, 0, 1, 1.05], [0, 5, 1, 6], [0, 9, 1, 10]]], np.float32),
+            "scores": np.array([[[-0.5, -0.2, 0.3, -1.0]]], np.float32)}
+    got = kiln.load(compile_to(path, tmp_path / "nms.kiln", shapes={k: v.shape for k, v in feed.items()})).run(feed)
+    expected = onnxruntime_outputs(path, feed)[0]
+    assert expected.tolist() == [[0, 0, 2], [0, 0, 1], [0, 0, 3]]  # box 0 suppressed by box 1, negatives kept
+    np.testing.assert_array_equal(got["selected"], expected)

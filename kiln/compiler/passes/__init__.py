@@ -14,6 +14,7 @@ from kiln.compiler.passes.fold_constants import fold_constants
 from kiln.compiler.passes.function_expansion import expand_functions
 from kiln.compiler.passes.index_bounds import index_bounds
 from kiln.compiler.passes.name_nodes import name_nodes
+from kiln.compiler.passes.nms_defaults import nms_defaults
 from kiln.compiler.passes.recurrent import unroll_recurrent
 from kiln.compiler.passes.roi_align_scale import roi_align_scale
 
@@ -24,9 +25,10 @@ from kiln.compiler.passes.roi_align_scale import roi_align_scale
 # time (and the static shapes folding infers serve), and before conv padding is made explicit, which needs a Pad's
 # amounts as constants;
 # transposed and dilated convs rewritten to ordinary ones after BatchNorm folding, which folds into the conv right
-# before it; index bounds once the tables a Gather reads are initializers. RoiAlign's scale has no order.
+# before it; index bounds once the tables a Gather reads are initializers. RoiAlign's scale and NonMaxSuppression's
+# defaults have no order.
 NEURAL_PASSES = (name_nodes, expand_functions, fold_constants, unroll_recurrent, conv_padding, fold_batchnorm,
-                 conv_transpose, dilated_conv, roi_align_scale, index_bounds)
+                 conv_transpose, dilated_conv, roi_align_scale, nms_defaults, index_bounds)
 
 
 def run_passes(graph: Graph) -> Graph:

@@ -1,0 +1,44 @@
+"""A NonMaxSuppression's absent optional inputs given as the constants ONNX defines for them.
+
+TVM's importer fills an absent iou_threshold with 0.5 and an absent score_threshold with 0.0, where ONNX means 0
+(suppress any overlap) and no threshold at all: boxes scoring 0 or less (logits) were dropped and overlapping boxes
+kept, with no error. An absent max_output_boxes_per_class is 0 in both. No threshold becomes -inf, which keeps
+every score but -inf and NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from kiln.compiler.graph import Graph
+from kiln.compiler.onnx_graph import replace_nodes
+
+_DEFAULTS = (np.array([0], np.int64), np.array([0.0], np.float32), np.array([-np.inf], np.float32))
+
+
+def nms_defaults(graph: Graph) -> Graph:
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.body)
+
+    def replace(node):
+        given = list(node.input) + [""] * (5 - len(node.input))
+        if node.op_type != "NonMaxSuppression" or node.domain not in ("", "ai.onnx") or all(given[2:]):
+            return None
+        stem = node.name or node.output[0]
+        constants = {f"{stem}_{role}": value for role, value, name in
+                     zip(("max_output", "iou_threshold", "score_threshold"), _DEFAULTS, given[2:]) if not name}
+        inputs = given[:2] + [name or f"{stem}_{role}" for role, name in
+                              zip(("max_output", "iou_threshold", "score_threshold"), given[2:])]
+        filled = onnx.NodeProto()
+        filled.CopyFrom(node)
+        del filled.input[:]
+        filled.input.extend(inputs)
+        return [filled], constants
+
+    if not replace_nodes(model, replace):
+        return graph
+    return dataclasses.replace(graph, body=model)
