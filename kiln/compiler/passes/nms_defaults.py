@@ -15,7 +15,9 @@ import numpy as np
 from kiln.compiler.graph import Graph
 from kiln.compiler.onnx_graph import replace_nodes
 
-_DEFAULTS = (np.array([0], np.int64), np.array([0.0], np.float32), np.array([-np.inf], np.float32))
+# input 2, 3, 4 -> (name suffix, ONNX's meaning when absent)
+_DEFAULTS = (("max_output", np.array([0], np.int64)), ("iou_threshold", np.array([0.0], np.float32)),
+             ("score_threshold", np.array([-np.inf], np.float32)))
 
 
 def nms_defaults(graph: Graph) -> Graph:
@@ -29,10 +31,12 @@ def nms_defaults(graph: Graph) -> Graph:
         if node.op_type != "NonMaxSuppression" or node.domain not in ("", "ai.onnx") or all(given[2:]):
             return None
         stem = node.name or node.output[0]
-        constants = {f"{stem}_{role}": value for role, value, name in
-                     zip(("max_output", "iou_threshold", "score_threshold"), _DEFAULTS, given[2:]) if not name}
-        inputs = given[:2] + [name or f"{stem}_{role}" for role, name in
-                              zip(("max_output", "iou_threshold", "score_threshold"), given[2:])]
+        inputs, constants = given[:2], {}
+        for name, (role, value) in zip(given[2:], _DEFAULTS):
+            if not name:
+                name = f"{stem}_{role}"
+                constants[name] = value
+            inputs.append(name)
         filled = onnx.NodeProto()
         filled.CopyFrom(node)
         del filled.input[:]
