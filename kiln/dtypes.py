@@ -1,4 +1,5 @@
-"""Element types beyond numpy's own: bfloat16 and float8 arrays are numpy arrays of ml_dtypes' types.
+"""Element types beyond numpy's own: bfloat16, float8, float4 and 4- and 2-bit integer arrays are numpy arrays of
+ml_dtypes' types.
 
 ml_dtypes comes with onnx and apache-tvm; the runtime-only install does not depend on it, so it is imported only
 when an artifact or an array has such a type. numpy's DLPack cannot carry these types, so the TVM runner copies
@@ -14,9 +15,14 @@ import numpy as np
 
 from kiln.errors import InputError
 
-# The ml_dtypes types kiln can pass to and from TVM (kiln.compiler.backends.tvm.ops says which ONNX types it compiles:
-# bfloat16; float8 is refused there, as TVM 0.27 computes it wrongly on CPUs).
-EXTENDED = frozenset({"bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"})
+# Each narrow type and the type TVM holds its values in instead (kiln.compiler.passes.narrow_types rewrites the graph
+# to these carriers): TVM 0.27 converts float8 wrongly and packs the sub-byte types, which ml_dtypes and ONNX's arrays
+# hold one to a byte. Every value of a narrow type is exact in its carrier.
+CARRIERS = {**dict.fromkeys(("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn"),
+                            "float32"),
+            "int4": "int8", "int2": "int8", "uint4": "uint8", "uint2": "uint8"}
+# The ml_dtypes types kiln can pass to and from a compiled model: bfloat16 (TVM computes it) and the narrow types.
+EXTENDED = frozenset({"bfloat16", *CARRIERS})
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -32,7 +38,22 @@ def numpy_dtype(name: str) -> np.dtype:
 
 def is_float(dtype: np.dtype) -> bool:
     """Whether arrays of `dtype` hold floating-point numbers (numpy's or an EXTENDED type)."""
-    return np.issubdtype(dtype, np.floating) or dtype.name in EXTENDED
+    return np.issubdtype(dtype, np.floating) or (dtype.name in EXTENDED and "int" not in dtype.name)
+
+
+def carrier(name: str) -> str:
+    """The type TVM holds values of type `name` in: its CARRIERS entry, else itself."""
+    return CARRIERS.get(name, name)
+
+
+def to_carrier(array: np.ndarray, name: str) -> np.ndarray:
+    """`array` (of type `name`) as TVM takes it: converted to its carrier where it has one (exact)."""
+    return array.astype(CARRIERS[name]) if name in CARRIERS else array
+
+
+def from_carrier(array: np.ndarray, name: str) -> np.ndarray:
+    """A TVM result held in `name`'s carrier as type `name` (exact: the graph computes values of `name`'s grid)."""
+    return array.astype(numpy_dtype(name)) if name in CARRIERS else array
 
 
 def as_declared(array: np.ndarray, dtype: str) -> np.ndarray:

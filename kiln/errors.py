@@ -62,8 +62,9 @@ class UnsupportedOpError(KilnError):
     exit_code = 4
 
     def __init__(self, source: str, unsupported: dict[str, list[str]], hint: str = "",
-                 io: dict[str, list[str]] | None = None):
-        self.unsupported, self.io = unsupported, io or {}
+                 io: dict[str, list[str]] | None = None, freezable: tuple[str, ...] = ()):
+        # freezable: model inputs setting parameters that must be constant; `--freeze` makes them so
+        self.unsupported, self.io, self.freezable = unsupported, io or {}, freezable
         listed = []
         if self.io:
             listed.append("unsupported model inputs/outputs: "

@@ -138,17 +138,6 @@ def test_other_domains_are_refused_by_domain(tmp_path: Path):
     assert unsupported_ops(b.model()) == {"ai.onnx.ml.Normalizer (domain ai.onnx.ml)": ["norm_0"]}
 
 
-def test_float8_input_is_refused(cli_runner, tmp_path: Path):
-    """(bfloat16 passes: tests/test_boundary_dtypes.py.)"""
-    b = GraphBuilder("f8", opset=21)
-    x = b.input("x", [2, 3], TensorProto.FLOAT8E4M3FN)
-    b.output(b.node("Cast", [x], "out", name="cast_0", to=TensorProto.FLOAT), [2, 3])
-    model = b.save(tmp_path / "model.onnx")
-    result = _compile(cli_runner, model, tmp_path)
-    assert result.exit_code == UnsupportedOpError.exit_code, result.output
-    assert "input dtype float8e4m3fn, which TVM 0.27 converts wrongly" in result.stderr and "(x)" in result.stderr
-
-
 def test_sequence_input_is_refused_before_symbolic_dims(cli_runner, tmp_path: Path):
     seq = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)
     graph = helper.make_graph([helper.make_node("SequenceLength", ["seq"], ["out"], name="len_0")], "seq", [seq],

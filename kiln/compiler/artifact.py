@@ -68,7 +68,7 @@ def make_manifest(graph: Graph, preset: Preset, backend: Backend, library: Path,
     `records` are the Manifest's optional fields (build, tree, integer_kernels, quantization)."""
     return Manifest(versions=dependency_versions(backend), source=graph.provenance, target=preset, backend=backend,
                     precision=precision, inputs=graph.signature.inputs, outputs=graph.signature.outputs,
-                    library=file_entry(library),
+                    frozen_inputs=graph.signature.frozen, library=file_entry(library),
                     files={role: file_entry(path) for role, path in sorted((files or {}).items())}, **records)
 
 
@@ -218,11 +218,14 @@ def load(path: str | os.PathLike, threads: int | None = None):
     module_name, class_name = _PREDICTORS[manifest.backend].split(":")
     predictor_class = getattr(importlib.import_module(module_name), class_name)
     if not manifest.batch_functions:
-        return predictor_class(library, manifest.target, manifest.inputs, manifest.outputs, threads=threads)
-    from kiln.compiler.batching import BatchedPredictor, pinned
+        predictor = predictor_class(library, manifest.target, manifest.inputs, manifest.outputs, threads=threads)
+    else:
+        from kiln.compiler.batching import BatchedPredictor, pinned
 
-    chunks = {size: predictor_class(library, manifest.target, tuple(pinned(s, size) for s in manifest.inputs),
-                                    tuple(pinned(s, size) for s in manifest.outputs), threads=threads,
-                                    function=function)
-              for size, function in manifest.batch_functions.items()}
-    return BatchedPredictor(chunks, manifest.inputs, manifest.outputs)
+        chunks = {size: predictor_class(library, manifest.target, tuple(pinned(s, size) for s in manifest.inputs),
+                                        tuple(pinned(s, size) for s in manifest.outputs), threads=threads,
+                                        function=function)
+                  for size, function in manifest.batch_functions.items()}
+        predictor = BatchedPredictor(chunks, manifest.inputs, manifest.outputs)
+    predictor.frozen = manifest.frozen_inputs
+    return predictor

@@ -77,9 +77,32 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class FrozenInput:
+    """A graph input given a value at compile time (`--freeze NAME=VALUES`, kiln.compiler.frontends.freeze): the
+    artifact no longer takes it, and computes with this value."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    values: tuple[Any, ...]  # row-major
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "values": list(self.values)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "FrozenInput":
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), tuple(data["values"]))
+
+    def describe(self) -> str:
+        shown = ", ".join(map(str, self.values[:8])) + (", ..." if len(self.values) > 8 else "")
+        return f"{self.name} = [{shown}]"
+
+
+@dataclass(frozen=True)
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    frozen: tuple[FrozenInput, ...] = ()
 
 
 @dataclass(frozen=True)

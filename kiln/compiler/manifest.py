@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.compiler.graph import MAX_DIM, DimRange, Provenance, TensorSpec
+from kiln.compiler.graph import MAX_DIM, DimRange, FrozenInput, Provenance, TensorSpec
 from kiln.dtypes import EXTENDED
 from kiln.errors import InputError
 from kiln.targets.isa import Int8Isa
@@ -171,6 +171,7 @@ class Manifest:
     integer_kernels: IntegerKernels | None = None
     quantization: QuantizationSummary | None = None
     verification: Verification | None = None  # the check against ONNX Runtime at compile time, where it ran
+    frozen_inputs: tuple[FrozenInput, ...] = ()  # model inputs given values at compile time (--freeze)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -186,6 +187,8 @@ class Manifest:
             "library": self.library.to_json(),
             "files": {role: entry.to_json() for role, entry in sorted(self.files.items())},
         }
+        if self.frozen_inputs:
+            data["frozen_inputs"] = [frozen.to_json() for frozen in self.frozen_inputs]
         if self.batch_functions:
             data["batch_functions"] = {str(size): name for size, name in sorted(self.batch_functions.items())}
         for key, record in (("build", self.build), ("integer_kernels", self.integer_kernels),
@@ -227,7 +230,8 @@ class Manifest:
                 else None,
                 quantization=QuantizationSummary.from_json(data["quantization"]) if "quantization" in data
                 else None,
-                verification=Verification.from_json(data["verification"]) if "verification" in data else None)
+                verification=Verification.from_json(data["verification"]) if "verification" in data else None,
+                frozen_inputs=tuple(FrozenInput.from_json(f) for f in data.get("frozen_inputs", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the manifest is incomplete or malformed ({type(exc).__name__}: {exc}); "
                              "rebuild the artifact") from None

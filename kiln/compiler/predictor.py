@@ -6,13 +6,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kiln.compiler.graph import DimRange, TensorSpec
+from kiln.compiler.graph import DimRange, FrozenInput, TensorSpec
 from kiln.dtypes import as_declared, convert_hint
 from kiln.errors import InputError
 
 
 class Predictor:
     """Runs a compiled artifact. Subclasses implement `_execute` on validated arrays, in input order."""
+
+    # Model inputs the artifact was compiled with values for (--freeze): accepted holding those values, and left out.
+    frozen: tuple[FrozenInput, ...] = ()
 
     def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
         self.inputs = inputs
@@ -37,6 +40,8 @@ class Predictor:
                 raise InputError(f"this model has {len(self.inputs)} inputs "
                                  f"({', '.join(s.name for s in self.inputs)}); pass a dict by input name")
             inputs = {self.inputs[0].name: inputs}
+        if self.frozen:
+            inputs = _without_frozen(inputs, self.frozen)
         expected = [spec.name for spec in self.inputs]
         unknown, missing = sorted(set(inputs) - set(expected)), [n for n in expected if n not in inputs]
         if unknown or missing:
@@ -44,6 +49,17 @@ class Predictor:
                              + (f"; missing {', '.join(missing)}" if missing else "")
                              + (f"; unknown {', '.join(unknown)}" if unknown else ""))
         return [check_array(spec, inputs[spec.name]) for spec in self.inputs]
+
+
+def _without_frozen(inputs: Mapping[str, Any], frozen: tuple[FrozenInput, ...]) -> dict[str, Any]:
+    """`inputs` less those the artifact was compiled with values for; InputError where one holds other values."""
+    for spec in frozen:
+        if spec.name in inputs and not np.array_equal(np.asarray(inputs[spec.name]).reshape(-1),
+                                                      np.asarray(spec.values), equal_nan=True):
+            raise InputError(f"input {spec.name!r} was frozen when compiling ({spec.describe()}); this artifact "
+                             f"computes with those values only. Leave it out, or recompile with --freeze "
+                             f"{spec.name}=<values>")
+    return {name: value for name, value in inputs.items() if name not in {spec.name for spec in frozen}}
 
 
 def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] = ()) -> np.ndarray:

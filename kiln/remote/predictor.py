@@ -22,6 +22,7 @@ from kiln.compiler.batching import BatchedPredictor, pinned
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.manifest import Backend
 from kiln.compiler.predictor import Predictor
+from kiln.dtypes import carrier, from_carrier, to_carrier
 from kiln.errors import RemoteError, TargetError, UsageError
 from kiln.remote.session import Remote, Session, last_line
 from kiln.targets.presets import Family, Preset
@@ -37,11 +38,14 @@ def load(path: Path, remote: Remote, threads: int | None = None) -> "RemotePredi
                          "kiln-runtime there")
     loaded = _Library(remote.connect(), library, manifest.target, threads)
     if not manifest.batch_functions:
-        return RemotePredictor(loaded, manifest.inputs, manifest.outputs)
-    chunks = {size: RemotePredictor(loaded, tuple(pinned(s, size) for s in manifest.inputs),
-                                    tuple(pinned(s, size) for s in manifest.outputs), function)
-              for size, function in manifest.batch_functions.items()}
-    return RemoteBatchedPredictor(chunks, manifest.inputs, manifest.outputs)
+        predictor = RemotePredictor(loaded, manifest.inputs, manifest.outputs)
+    else:
+        chunks = {size: RemotePredictor(loaded, tuple(pinned(s, size) for s in manifest.inputs),
+                                        tuple(pinned(s, size) for s in manifest.outputs), function)
+                  for size, function in manifest.batch_functions.items()}
+        predictor = RemoteBatchedPredictor(chunks, manifest.inputs, manifest.outputs)
+    predictor.frozen = manifest.frozen_inputs
+    return predictor
 
 
 class _Library:
@@ -79,7 +83,7 @@ class RemotePredictor(Predictor):
         self.session, self.threads, self.host_checked = library.session, library.threads, library.host_checked
         self._library, self._function = library, function
         try:
-            self._inputs = [tvm_runtime.empty(spec.shape, spec.dtype, library.device) for spec in inputs]
+            self._inputs = [tvm_runtime.empty(spec.shape, carrier(spec.dtype), library.device) for spec in inputs]
         except RuntimeError as exc:
             raise RemoteError(f"{self.session.where} could not make the inputs: {last_line(exc)}") from None
         vm = library.vm
@@ -114,8 +118,8 @@ class RemotePredictor(Predictor):
             raise RemoteError(f"timing on {self.session.where} failed: {last_line(exc)}") from None
 
     def _send(self, arrays: list[np.ndarray]) -> None:
-        for tensor, array in zip(self._inputs, arrays):
-            tvm_runtime.copy_into(tensor, array)
+        for tensor, array, spec in zip(self._inputs, arrays, self.inputs):
+            tvm_runtime.copy_into(tensor, np.ascontiguousarray(to_carrier(array, spec.dtype)))
         self._set_input(self._function, *self._inputs)
 
 
@@ -137,6 +141,6 @@ class RemoteBatchedPredictor(BatchedPredictor):
 def _array(value, spec: TensorSpec) -> np.ndarray:
     """A VM result brought back as numpy: a tensor on the server copied here, or a shape as an array."""
     if hasattr(value, "__dlpack__"):
-        return tvm_runtime.copy_out(value)
+        return from_carrier(tvm_runtime.copy_out(value), spec.dtype)
     return np.asarray(tuple(value) if hasattr(value, "__len__") else value, dtype=spec.dtype)
 

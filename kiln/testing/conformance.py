@@ -34,6 +34,7 @@ class Status(enum.Enum):
     """One engine's outcome on one case; the table's rows, in order."""
 
     PASS = "pass"
+    PASS_FROZEN = "pass, parameter inputs frozen (--freeze)"
     WRONG = "wrong answer, no error"
     UNSUPPORTED = "clean unsupported (exit 4)"
     CLEAN_ERROR = "other clean error (exit 3)"
@@ -42,6 +43,7 @@ class Status(enum.Enum):
     CRASH = "crashed the process"
 
 
+PASSES = (Status.PASS, Status.PASS_FROZEN)
 FAILURES = (Status.WRONG, Status.INTERNAL, Status.TIMEOUT, Status.CRASH)  # what a test may not end in
 
 
@@ -73,7 +75,7 @@ class Outcome:
     @property
     def reason(self) -> str:
         """What the failure is, without the case's particulars: grouped on in the report."""
-        if self.status is Status.PASS:
+        if self.status in PASSES:
             return ""
         where = f" in {self.component}" if self.component else ""
         what = f"{self.error}{where}: " if self.error else ""
@@ -244,18 +246,25 @@ def _run_kiln(case: Case, workdir: Path) -> Outcome:
     import numpy as np
 
     import kiln
-    from kiln.errors import KilnError
+    from kiln.compiler.frontends.options import frozen_values
+    from kiln.errors import KilnError, UnsupportedOpError
 
     names, inputs, _, expected = read_data(case)
-    shapes = {name: tuple(value.shape) for name, value in zip(names, inputs) if isinstance(value, np.ndarray)}
+    feed = dict(zip(names, inputs))
+    shapes = {name: tuple(value.shape) for name, value in feed.items() if isinstance(value, np.ndarray)}
     output = workdir / f"{case.name}.kiln"
     shutil.rmtree(output, ignore_errors=True)
-    stage = "compile"
+    stage, frozen = "compile", {}
     try:
-        options = kiln.CompileOptions(kiln.target("host"), output, kiln.ImportOptions(shapes), verify=False)
-        result = kiln.compile(case.folder / "model.onnx", options)
+        try:
+            result = kiln.compile(case.folder / "model.onnx", _options(output, shapes, frozen))
+        except UnsupportedOpError as exc:  # parameters given as inputs: compiled again with the case's values
+            if not exc.freezable or not set(exc.freezable) <= set(shapes):
+                raise
+            frozen = {name: frozen_values(feed[name]) for name in exc.freezable}
+            result = kiln.compile(case.folder / "model.onnx", _options(output, shapes, frozen))
         stage = "run"
-        got = kiln.load(result.path).run(dict(zip(names, inputs)))
+        got = kiln.load(result.path).run(feed)
     except KilnError as exc:
         status = {4: Status.UNSUPPORTED, 1: Status.INTERNAL}.get(exc.exit_code, Status.CLEAN_ERROR)
         return Outcome(status, _first_line(exc), type(exc).__name__, component(exc, stage), exc.exit_code)
@@ -263,7 +272,19 @@ def _run_kiln(case: Case, workdir: Path) -> Outcome:
         return Outcome(Status.INTERNAL, _first_line(exc), type(exc).__name__, component(exc, stage), 1)
     finally:
         shutil.rmtree(output, ignore_errors=True)
-    return _compare(case, expected, list(got.values()))
+    outcome = _compare(case, expected, list(got.values()))
+    if frozen and outcome.status is Status.PASS:
+        return Outcome(Status.PASS_FROZEN, f"frozen: {', '.join(frozen)}")
+    return outcome
+
+
+def _options(output: Path, shapes: dict[str, tuple[int, ...]], frozen: dict[str, Any]):
+    """A case's compile options: inputs pinned to the case's shapes, `frozen` ones given their values, verify off
+    (the suite's outputs are the reference)."""
+    import kiln
+
+    return kiln.CompileOptions(kiln.target("host"), output, kiln.ImportOptions(shapes, frozen_inputs=frozen),
+                               verify=False)
 
 
 def _run_onnxruntime(case: Case, workdir: Path) -> Outcome:

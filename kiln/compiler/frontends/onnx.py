@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.compat.onnx import all_tensors
+from kiln.compiler.frontends.freeze import freeze_inputs
 from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph, Provenance, Signature, SourceFile, TensorSpec
 from kiln.errors import InputError, SettingError
@@ -21,7 +23,8 @@ UPGRADE_OPSET = 13
 PROTOBUF_LIMIT = 2**31
 
 
-def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = None) -> Graph:
+def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = None,
+         frozen_inputs: dict[str, tuple] | None = None) -> Graph:
     import onnx
 
     model = _read(path)
@@ -34,6 +37,7 @@ def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = Non
     model = _upgrade_opset(model, path)
     if input_shapes:
         pin_input_shapes(model, input_shapes)
+    frozen = freeze_inputs(model, frozen_inputs) if frozen_inputs else ()
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError or plain RuntimeError from C++
@@ -41,7 +45,8 @@ def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = Non
     for value in (*graph_inputs(model), *model.graph.output):
         if value.type.tensor_type.elem_type:  # 0: not declared, described as "unknown"
             _check_type(value.type.tensor_type.elem_type, f"{value.name!r}", path)
-    return Graph(model, signature(model), Provenance("onnx", (SourceFile.of(path),)))
+    return Graph(model, dataclasses.replace(signature(model), frozen=frozen),
+                 Provenance("onnx", (SourceFile.of(path),)))
 
 
 def _read(path: Path) -> "onnx.ModelProto":

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kiln.compiler.graph import MAX_DIM, Dim, DimRange, parse_dims
+from kiln.dtypes import is_float
 from kiln.errors import SettingError
 from kiln.settings import boolean, setting
 
@@ -47,6 +50,44 @@ def _input_shapes(value: Any) -> dict[str, tuple[Dim, ...]]:
     return shapes
 
 
+def frozen_values(value: Any) -> tuple[Any, ...]:
+    """One input's values as given: "1,2,-1" (the command line, kiln.toml), a number or a list (kiln.toml, Python)
+    or an array (Python) -> a flat tuple of numbers. ValueError when they are not numbers."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")] if value.strip() else []
+        try:
+            return tuple(int(item) if _is_int(item) else float(item) for item in items)
+        except ValueError:
+            raise ValueError(f"{value!r} is not numbers separated by commas, e.g. 1,2 or 0.5") from None
+    array = np.asarray(value)
+    if not holds_numbers(array.dtype):
+        raise ValueError(f"{value!r} is not numbers")
+    return tuple(array.ravel().astype(np.float64 if array.dtype.kind == "V" else array.dtype).tolist())
+
+
+def holds_numbers(dtype) -> bool:
+    return dtype.kind in "biuf" or is_float(dtype)  # is_float: bfloat16 and the other ml_dtypes floats
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
+
+
+def frozen_input(text: str) -> tuple[str, tuple[Any, ...]]:
+    """`axes=1,2` (one --freeze) -> ("axes", (1, 2))."""
+    name, sep, values = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"{text!r} is not NAME=VALUES, e.g. axes=1,2 (an input and its values, comma-separated)")
+    return name, frozen_values(values)
+
+
+def _frozen_inputs(value: Any) -> dict[str, tuple[Any, ...]]:
+    """--freeze's (name, values) pairs, or kiln.toml's table of name -> values ("1,2" or [1, 2])."""
+    if not isinstance(value, (dict, list, tuple)):
+        raise ValueError('give a table of input name -> values, e.g. { axes = [1, 2] }')
+    return {name: frozen_values(values) for name, values in (value.items() if isinstance(value, dict) else value)}
+
+
 @dataclass(frozen=True)
 class ImportOptions:
     """How to read a model file. Each keyed field is also an option of `kiln compile`, `inspect`, `tune` and
@@ -67,6 +108,12 @@ class ImportOptions:
         False, key="trust_pickle", parse=boolean, kind="flag",
         help="Load pickle/joblib models (they run code while loading: only for files you trust), and skops files "
              "holding types kiln does not trust by default.")
+    frozen_inputs: dict[str, tuple[Any, ...]] = setting(
+        default_factory=dict, key="freeze", kind="multiple", parse=_frozen_inputs, item=frozen_input,
+        metavar="NAME=VALUES",
+        help="Compile with an ONNX input fixed to these values, e.g. axes=1 or scales=1,1,2,2 (repeat for several "
+             "inputs): for parameters such as axes, scales, sizes, shape, pads or K that the model takes as inputs "
+             "and kiln needs as constants. The artifact no longer takes the input.")
 
     def batch_range(self) -> DimRange | None:
         """The batch range the shapes give (every input given one must give the same), or None."""

@@ -10,25 +10,31 @@ from kiln.compiler.passes.fold_batchnorm import fold_batchnorm
 from kiln.compiler.passes.conv_padding import conv_padding
 from kiln.compiler.passes.conv_transpose import conv_transpose
 from kiln.compiler.passes.dilated_conv import dilated_conv
+from kiln.compiler.passes.empty_reductions import empty_reductions
 from kiln.compiler.passes.fold_constants import fold_constants
 from kiln.compiler.passes.function_expansion import expand_functions
 from kiln.compiler.passes.index_bounds import index_bounds
 from kiln.compiler.passes.name_nodes import name_nodes
+from kiln.compiler.passes.narrow_types import narrow_types
 from kiln.compiler.passes.nms_defaults import nms_defaults
+from kiln.compiler.passes.onehot import onehot
 from kiln.compiler.passes.recurrent import unroll_recurrent
 from kiln.compiler.passes.roi_align_scale import roi_align_scale
 
 # Names first, so an unnamed node keeps the name its place in the source model gives it; ops TVM cannot convert
 # expanded into their ONNX function bodies next, before folding, which folds what the bodies compute from shapes;
+# narrow types (float8, int4, ...) moved to their carriers after that (a body's Cast to float8 included), before folding
+# meets them;
 # constants folded before BatchNorm folding, which needs its parameters (Constant nodes in some exports) as
 # initializers, before LSTM / GRU / RNN are unrolled, so that weights computed from constants are cut at compile
 # time (and the static shapes folding infers serve), and before conv padding is made explicit, which needs a Pad's
 # amounts as constants;
 # transposed and dilated convs rewritten to ordinary ones after BatchNorm folding, which folds into the conv right
-# before it; index bounds once the tables a Gather reads are initializers. RoiAlign's scale and NonMaxSuppression's
-# defaults have no order.
-NEURAL_PASSES = (name_nodes, expand_functions, fold_constants, unroll_recurrent, conv_padding, fold_batchnorm,
-                 conv_transpose, dilated_conv, roi_align_scale, nms_defaults, index_bounds)
+# before it; index bounds once the tables a Gather reads are initializers, OneHot once its depth and values are
+# and reductions over empty axes once their axes are. RoiAlign's scale and NonMaxSuppression's defaults have no order.
+NEURAL_PASSES = (name_nodes, expand_functions, narrow_types, fold_constants, unroll_recurrent, conv_padding,
+                 fold_batchnorm, conv_transpose, dilated_conv, roi_align_scale, nms_defaults, index_bounds, onehot,
+                 empty_reductions)
 
 
 def run_passes(graph: Graph) -> Graph:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.compiler.backends.tvm.ops import unsupported_io, unsupported_ops
+from kiln.compiler.backends.tvm.parameters import parameter_inputs
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph
@@ -27,7 +28,12 @@ def check_compilable(graph: Graph) -> None:
     unsupported, io = unsupported_ops(graph.body), unsupported_io(graph.body)
     if unsupported or io:
         reasoned = io or any(op.endswith(")") for op in unsupported)
-        raise UnsupportedOpError("ONNX", unsupported, _REASONED_HINT if reasoned else "", io)
+        freezable = tuple(parameter_inputs(graph.body)) if reasoned else ()
+        hint = _REASONED_HINT if reasoned else ""
+        if freezable:
+            example = " ".join(f"--freeze {name}=VALUES" for name in freezable[:3])
+            hint = f"give the inputs that set them values to compile with ({example}), or {hint}"
+        raise UnsupportedOpError("ONNX", unsupported, hint, io, freezable)
     dynamic = [spec.describe() for spec in graph.signature.inputs if not spec.is_static]
     if dynamic:
         names = ", ".join(dynamic)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from kiln.compat.tvm import onnx_importer_ops
+from kiln.compiler.backends.tvm.value_checks import value_reason
 from kiln.compiler.frontends.onnx import opset_of
+from kiln.compiler.passes.narrow_types import narrow_refusal
 from kiln.compiler.passes.recurrent import RECURRENT_OPS, unroll_refusal
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
     # computed ones are replaced by the defaults (0 boxes, IoU 0.5, score 0): wrong answers
     "NonMaxSuppression": ((2, "max_output_boxes_per_class"), (3, "iou_threshold"), (4, "score_threshold")),
     "OneHot": ((1, "depth"), (2, "values")),
-    "Pad": ((1, "pads"), (3, "axes")),
+    "Pad": ((1, "pads"), (2, "constant_value"), (3, "axes")),
     "Reshape": ((1, "shape"),),
     "Resize": ((2, "scales"), (3, "sizes")),
     "SequenceAt": ((1, "position"),),
@@ -120,6 +122,7 @@ def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str],
     supported = onnx_importer_ops()
     constants = set(outer_constants) | {t.name for t in graph.initializer}
     types = {**(outer_types or {}), **_tensor_types(graph)}
+    elem_types = {name: elem_type for name, (elem_type, _) in types.items()}
     initializers = {t.name: t for t in graph.initializer}
     dims = _static_dims(graph)
     for index, node in enumerate(graph.node):
@@ -128,9 +131,10 @@ def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str],
         if reason == "" and node.op_type in RECURRENT_OPS and not prefix:  # unrolled by the pass, or refused for why
             reason = unroll_refusal(node, constants, initializers, dims)
         if reason is None:
-            reason = _type_reason(node, types)
+            reason = _type_reason(node, types) or narrow_refusal(node, elem_types, bool(prefix))
         if reason is None:
-            reason = _training_reason(node, initializers) or _output_shape_reason(node, dims)
+            reason = (_training_reason(node, initializers) or _output_shape_reason(node, dims)
+                      or value_reason(node, initializers, dims))
         if reason is None and node.op_type == "If" and prefix:
             reason = "inside another If's branch (TVM's VM code generator loses the values of nested branches)"
         if reason is not None:
@@ -205,6 +209,10 @@ def _type_reason(node, types: Types) -> str | None:
         return "exponent of another type than the base"
     if node.op_type == "Pow" and first and first not in _FLOAT_TYPES:
         return f"{first_name} base; Relax's power takes floats only"
+    if node.op_type in ("ReduceMax", "ReduceMin") and first == onnx.TensorProto.BOOL:
+        return "bool input (TVM has no max or min of bools)"
+    if node.op_type == "TopK" and first == onnx.TensorProto.UINT64:
+        return "uint64 input (TVM's topk rejects it)"
     if node.op_type == "EyeLike" and first and attributes.get("dtype", first) != first:
         return "dtype other than the input's"
     if node.op_type == "RMSNormalization" and rank and attributes.get("axis", -1) in (0, -rank):
@@ -274,16 +282,13 @@ def _is_constant(node, constants: set[str]) -> bool:
     return all(not name or name in constants for name in node.input)
 
 
-# Tensor element types the runner can pass: numpy's, and bfloat16 as an ml_dtypes array (kiln.dtypes). Not string
-# or complex tensors, nor these, for the reasons given (measured on TVM 0.27, x86 LLVM, ONNX's Cast cases):
-_FLOAT8_WRONG = ("which TVM 0.27 converts wrongly (0 reads as the smallest subnormal, NaN and overflow are unhandled, "
-                 "fnuz values are off by a power of two)")
-_SUB_BYTE = "which TVM packs below a byte (ml_dtypes and ONNX's arrays hold one per byte)"
-_REFUSED_TYPES = {**dict.fromkeys(("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ"), _FLOAT8_WRONG),
-                  "FLOAT8E8M0": "which TVM 0.27 converts wrongly (it rounds 1.1 to 1 where ONNX rounds up, to 2)",
-                  **dict.fromkeys(("FLOAT4E2M1", "INT4", "UINT4", "INT2", "UINT2"), _SUB_BYTE)}
+# Tensor element types the runner can pass: numpy's, bfloat16 as an ml_dtypes array (kiln.dtypes), and the narrow
+# types as ml_dtypes arrays, which kiln.compiler.passes.narrow_types holds in carriers (where it leaves them, a node
+# is refused for why). Not string or complex tensors, nor FLOAT8E8M0 (measured on TVM 0.27, x86 LLVM, ONNX's cases):
+_REFUSED_TYPES = {"FLOAT8E8M0": "which TVM 0.27 converts wrongly (it rounds 1.1 to 1 where ONNX rounds up, to 2)"}
 _RUNNABLE_TYPES = frozenset({"FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "BOOL", "INT8", "INT16", "INT32", "INT64",
-                             "UINT8", "UINT16", "UINT32", "UINT64"})
+                             "UINT8", "UINT16", "UINT32", "UINT64", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
+                             "FLOAT8E5M2FNUZ", "FLOAT4E2M1", "INT4", "UINT4", "INT2", "UINT2"})
 
 
 def unsupported_io(model: "onnx.ModelProto") -> dict[str, list[str]]:

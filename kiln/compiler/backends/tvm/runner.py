@@ -11,7 +11,7 @@ import numpy as np
 import kiln.tvm_runtime as tvm_runtime
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.predictor import Predictor
-from kiln.dtypes import EXTENDED, as_declared, numpy_dtype
+from kiln.dtypes import EXTENDED, as_declared, carrier, from_carrier, numpy_dtype, to_carrier
 from kiln.errors import InputError
 from kiln.targets.presets import Family, Preset
 
@@ -40,16 +40,18 @@ class TVMPredictor(Predictor):
         # call costs more than a small model's whole run. On the CPU, numpy views of those tensors
         # (DLPack) take the copies in and out: a copy through TVM's byte copy or numpy() costs ~13 us,
         # np.copyto 0.5 us, against a VM run of ~15 us for the example CNN. numpy's DLPack has no bfloat16 or
-        # float8 (kiln.dtypes): those go through the byte copy. The lock keeps concurrent calls apart.
-        self._inputs = [tvm_runtime.empty(spec.shape, spec.dtype, self._device) for spec in inputs]
+        # float8 (kiln.dtypes): those go through the byte copy. The narrow types (float8, int4, ...) are held in
+        # their carriers. The lock keeps concurrent calls apart.
+        self._inputs = [tvm_runtime.empty(spec.shape, carrier(spec.dtype), self._device) for spec in inputs]
         self._on_cpu = on_cpu
-        self._input_views = [np.from_dlpack(tensor) if on_cpu and spec.dtype not in EXTENDED else None
+        self._input_views = [np.from_dlpack(tensor) if on_cpu and carrier(spec.dtype) not in EXTENDED else None
                              for tensor, spec in zip(self._inputs, inputs)]
         self._lock = threading.Lock()
 
     def _execute(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         with self._lock:
-            for view, tensor, array in zip(self._input_views, self._inputs, arrays):
+            for view, tensor, array, spec in zip(self._input_views, self._inputs, arrays, self.inputs):
+                array = to_carrier(array, spec.dtype)
                 if view is not None:
                     np.copyto(view, array)
                 else:
@@ -70,9 +72,9 @@ class TVMPredictor(Predictor):
         shape (a Shape output's value, computed at compile time) as an array of the output's dtype."""
         if not hasattr(value, "__dlpack__"):
             return np.asarray(tuple(value) if hasattr(value, "__len__") else value, dtype=numpy_dtype(spec.dtype))
-        if self._on_cpu and spec.dtype not in EXTENDED:
-            return np.from_dlpack(value).copy()
-        return tvm_runtime.copy_out(value)
+        if self._on_cpu and carrier(spec.dtype) not in EXTENDED:
+            return from_carrier(np.from_dlpack(value).copy(), spec.dtype)
+        return from_carrier(tvm_runtime.copy_out(value), spec.dtype)
 
     def profile(self, feed: dict[str, np.ndarray], seconds: float):
         """Time per kernel over the runs on `feed` that fit in `seconds`: a profile.Profile."""
@@ -80,9 +82,10 @@ class TVMPredictor(Predictor):
 
         args = []
         for spec in self.inputs:
-            args.append(tvm_runtime.empty(spec.shape, spec.dtype, self._device))
+            args.append(tvm_runtime.empty(spec.shape, carrier(spec.dtype), self._device))
             array = as_declared(feed[spec.name], spec.dtype)  # a bfloat16 array as a file holds it
-            tvm_runtime.copy_into(args[-1], np.ascontiguousarray(array, dtype=numpy_dtype(spec.dtype)))
+            array = to_carrier(np.asarray(array, dtype=numpy_dtype(spec.dtype)), spec.dtype)
+            tvm_runtime.copy_into(args[-1], np.ascontiguousarray(array))
         return profile_vm(self._vm, self._main, args, seconds)
 
 
