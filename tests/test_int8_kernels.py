@@ -216,15 +216,16 @@ def test_global_average_pool_of_a_quantized_conv_is_integer(tmp_path: Path):
     assert steps <= 1.0 + 1e-3
 
 
-def test_matmul_with_a_k_by_n_weight_is_an_integer_kernel(tmp_path: Path):
+@pytest.mark.parametrize("depth", [32, 3])  # 3: K short of a group of 4, read as the input's zero point
+def test_matmul_with_a_k_by_n_weight_is_an_integer_kernel(tmp_path: Path, depth: int):
     rng = np.random.default_rng(9)
     b = GraphBuilder("matmul_case", opset=13)
-    weight = b.const(rng.standard_normal((32, 16)).astype(np.float32), "w")
+    weight = b.const(rng.standard_normal((depth, 16)).astype(np.float32), "w")
     bias = b.const(rng.standard_normal(16).astype(np.float32), "b")
-    product = b.node("MatMul", [b.input("input", [4, 32]), weight], "product", name="matmul")
+    product = b.node("MatMul", [b.input("input", [4, depth]), weight], "product", name="matmul")
     b.output(b.node("Add", [product, bias], "output", name="bias"), [4, 16])
     model = b.save(tmp_path / "matmul.onnx")
-    report, steps = _quantize_compile_compare(model, (4, 32), 9, tmp_path)
+    report, steps = _quantize_compile_compare(model, (4, depth), 9, tmp_path)
     assert report["int8_by_op"] == {"dense": 1}
     assert steps <= 1.001
 

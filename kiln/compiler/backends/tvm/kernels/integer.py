@@ -140,6 +140,25 @@ def conv2d_int8_nchwc(data, kernel, bias, multiplier, strides, padding, input_ze
     return _requantize(sums, bias, multiplier, output)
 
 
+def dense_int8_rows(data, kernel, bias, multiplier, input_zero: int, output: tuple[int, int, int, str],
+                    columns: int):
+    """data [rows, K] x packed weights as conv2d_int8_nchwc's 1x1 kernel -> [rows, columns], with no copy of either
+    side into the blocked layout: the conv reads its [1, K/b, 1, rows, b] input and writes its output blocks
+    through index views, which the schedule inlines (the rows are the conv's one wide output row)."""
+    rows, depth = (int(x) for x in data.shape)
+    in_block = int(kernel.shape[4]) * GROUP
+
+    def blocked(n, c, y, x, i):  # K short of a whole block (under 4) read as the input's zero point, as packed
+        return data[x, c * in_block + i] if depth % in_block == 0 else tirx.if_then_else(
+            c * in_block + i < depth, data[x, tirx.min(c * in_block + i, depth - 1)], tirx.const(input_zero,
+                                                                                                 data.dtype))
+
+    image = te.compute((1, -(-depth // in_block), 1, rows, in_block), blocked, name="kdense_in")
+    result = conv2d_int8_nchwc(image, kernel, bias, multiplier, (1, 1), (0, 0, 0, 0), input_zero, output)
+    ob = int(result.shape[4])
+    return te.compute((rows, columns), lambda r, c: result[0, c // ob, 0, r, c % ob], name="kdense_out")
+
+
 def depthwise_int8_nchwc(data, kernel, bias, multiplier, strides, padding, input_zero: int,
                          output: tuple[int, int, int, str]):
     """data [N, C/b, H, W, b] * kernel [C/b, KH, KW, b], summed in int32 lane by lane (no dot product)."""

@@ -92,28 +92,31 @@ class IntegerRewrites:
             self.report.append({**entry, "kernel": "float", "reason": packed})
             return None
         self.report.append({**entry, "kernel": "int8", "isa": isa.name})
+        if conv.dense:
+            return self._dense(conv, packed, output), None
         depthwise = integer.is_depthwise(conv)
         kernel = integer.depthwise_int8_nchwc if depthwise else integer.conv2d_int8_nchwc
         te_func = functools.partial(kernel, strides=conv.strides, padding=conv.padding,
                                     input_zero=conv.input.zero_point, output=output)
         if conv.groups > 1 and not depthwise:
             te_func = functools.partial(te_func, groups=conv.groups)
-        layout, bb = self.layout, self.layout.bb
-        if conv.dense:  # [..., M, K] as the image [1, K, 1, rows]: the kernel tiles the rows as one wide row
-            leading, (columns, depth) = [int(d) for d in list(conv.data.ty.shape)[:-1]], conv.weight.shape[:2]
-            rows = math.prod(leading)
-            flat = bb.emit(relax.op.reshape(layout.plain(conv.data), [rows, depth]))
-            image = bb.emit(relax.op.reshape(bb.emit(relax.op.permute_dims(flat, [1, 0])), [1, depth, 1, rows]))
-            data = layout.to_blocked(image, in_block)
-        else:
-            data = layout.blocked(conv.data, in_block)
-        result = bb.emit(bb.call_te(te_func, data, relax.const(packed.weight), relax.const(packed.bias),
-                                    relax.const(packed.multiplier),
+        bb = self.layout.bb
+        result = bb.emit(bb.call_te(te_func, self.layout.blocked(conv.data, in_block), relax.const(packed.weight),
+                                    relax.const(packed.bias), relax.const(packed.multiplier),
                                     primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
-        if conv.dense:
-            image = bb.emit(relax.op.reshape(layout.to_plain(result, packed.out_block), [columns, rows]))
-            return bb.emit(relax.op.reshape(bb.emit(relax.op.permute_dims(image, [1, 0])), [*leading, columns])), None
         return result, packed.out_block
+
+    def _dense(self, conv, packed: integer.PackedConv, output: tuple[int, int, int, str]):
+        """[..., M, K] x [K, N] as the kernel over [rows, K] (plain): a transformer's activations stay row-major,
+        with no copy into the blocked layout and back around each linear layer."""
+        bb = self.layout.bb
+        leading, (columns, depth) = [int(d) for d in list(conv.data.ty.shape)[:-1]], conv.weight.shape[:2]
+        rows = bb.emit(relax.op.reshape(self.layout.plain(conv.data), [math.prod(leading), depth]))
+        te_func = functools.partial(integer.dense_int8_rows, input_zero=conv.input.zero_point, output=output,
+                                    columns=int(columns))
+        result = bb.emit(bb.call_te(te_func, rows, relax.const(packed.weight), relax.const(packed.bias),
+                                    relax.const(packed.multiplier), primfunc_name_hint=integer.INT8_CONV))
+        return bb.emit(relax.op.reshape(result, [*leading, columns]))
 
     def _pack(self, conv, isa: DotProduct) -> tuple[DotProduct, int, integer.PackedConv | str]:
         in_block = integer.input_block(conv, isa, self.layout.block_of(conv.data))
