@@ -454,7 +454,6 @@ def _neural_details(graph: Graph) -> dict[str, Any]:
 
     from kiln.compiler.backends.tvm.ops import unsupported_ops
     from kiln.compiler.frontends.onnx import opset_of
-    from kiln.compiler.passes.function_expansion import expand_functions
 
     model = graph.body
     ops = Counter(node.op_type for node in model.graph.node)
@@ -463,7 +462,7 @@ def _neural_details(graph: Graph) -> dict[str, Any]:
         "nodes": len(model.graph.node),
         "parameters": sum(math.prod(t.dims) for t in model.graph.initializer),
         "ops": _most_used_first(ops),
-        "unsupported": unsupported_ops(expand_functions(graph).body),  # what compiling refuses
+        "unsupported": unsupported_ops(run_passes(graph).body),  # what compiling refuses, after the same passes
     }
 
 

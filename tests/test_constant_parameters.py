@@ -74,3 +74,16 @@ def test_resize_by_whole_scales_compiles(tmp_path: Path):
 def test_resize_the_converter_gets_wrong_is_refused(scales, attributes, reason):
     refused = unsupported_ops(_resize(scales, **attributes).model(infer_shapes=True))
     assert [label for label in refused if reason in label] and list(refused.values()) == [["resize_0"]]
+
+
+def test_castlike_of_a_constant_is_a_constant():
+    """A Pad's constant_value cast like a run-time tensor (opset-23 Attention's body pads its mask with -inf so)."""
+    b = GraphBuilder("pad", opset=21)
+    x = b.input("x", [2, 3])
+    value = b.node("CastLike", [b.const(np.array(-np.inf, np.float32)), x])
+    b.output(b.node("Pad", [x, b.const(np.array([0, 1, 0, 1], np.int64)), value], "out"), [2, 5])
+    assert unsupported_ops(b.model()) == {}
+    b = GraphBuilder("pad", opset=21)
+    x, value = b.input("x", [2, 3]), b.input("value", [])
+    b.output(b.node("Pad", [x, b.const(np.array([0, 1, 0, 1], np.int64)), value], "out", name="pad_0"), [2, 5])
+    assert unsupported_ops(b.model()) == {"Pad (constant_value must be constant)": ["pad_0"]}

@@ -46,6 +46,18 @@ def output_channel_axis(node: "onnx.NodeProto", weight_rank: int) -> int | None:
     return None
 
 
+def graph_names(graph: "onnx.GraphProto") -> set[str]:
+    """Every value and node name of the graph (not of its subgraphs): what a new name must not be."""
+    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)} | {t.name for t in graph.initializer}
+    return names | {name for node in graph.node for name in (node.name, *node.input, *node.output)}
+
+
+def element_types(graph: "onnx.GraphProto") -> dict[str, int]:
+    """The ONNX element type of each input, initializer and value shape inference typed (0 where undeclared)."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info)}
+    return {**types, **{t.name: t.data_type for t in graph.initializer}}
+
+
 def static_shapes(graph: "onnx.GraphProto") -> dict[str, tuple[int, ...]]:
     """The shapes of the graph's inputs and inferred values whose every dim is known."""
     shapes = {}
@@ -71,12 +83,13 @@ def replace_nodes(model: "onnx.ModelProto", replace: Callable) -> bool:
     in its place in the order; whether any was. Initializers no node reads any more are dropped."""
     from onnx import numpy_helper
 
-    nodes, constants = [], {}
+    nodes, constants, replaced = [], {}, False
     for node in model.graph.node:
         replacement = replace(node)
         nodes.extend(replacement[0] if replacement else [node])
         constants.update(replacement[1] if replacement else {})
-    if not constants:
+        replaced = replaced or replacement is not None
+    if not replaced:
         return False
     del model.graph.node[:]
     model.graph.node.extend(nodes)

@@ -221,8 +221,8 @@ def sample(cases: list[Case], count: int, covering: frozenset[str] = frozenset()
 
 def claimed_ops() -> frozenset[str]:
     """The ops kiln claims: those TVM's Relax importer converts, those ONNX defines as functions of other ops
-    (compiled from their bodies where the importer has none: kiln.compiler.passes.function_expansion), and LSTM, GRU
-    and RNN (unrolled over time: kiln.compiler.passes.recurrent)."""
+    (compiled from their bodies where the importer has none: kiln.compiler.passes.function_expansion), and those
+    kiln's passes rewrite into ops the importer converts (LSTM, GRU and RNN, Scan, CumProd, QLinearMatMul)."""
     import onnx
 
     from kiln.compat.tvm import onnx_importer_ops
@@ -230,7 +230,7 @@ def claimed_ops() -> frozenset[str]:
 
     functions = {schema.name for schema in onnx.defs.get_all_schemas()
                  if schema.domain == "" and (schema.has_function or schema.has_context_dependent_function)}
-    return onnx_importer_ops() | frozenset(functions) | RECURRENT_OPS
+    return onnx_importer_ops() | frozenset(functions) | RECURRENT_OPS | {"Scan", "CumProd", "QLinearMatMul"}
 
 
 # ---- running one case ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from kiln.compat.onnx import all_tensors
 from kiln.compiler.frontends.freeze import freeze_inputs
 from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph, Provenance, Signature, SourceFile, TensorSpec
-from kiln.errors import InputError, SettingError
+from kiln.errors import InputError, SettingError, UnsupportedOpError
 
 if TYPE_CHECKING:
     import onnx
@@ -153,6 +153,10 @@ def _upgrade_opset(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
 
     if opset_of(model) >= MIN_OPSET or not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         return model  # current, or no default-domain ops to upgrade (an ai.onnx.ml model: the backend says why)
+    scans = [node.name or node.output[0] for node in model.graph.node if node.op_type == "Scan"]
+    if opset_of(model) < 9 and scans:
+        why = "Scan (opset 8, whose batch axis ONNX's version converter drops from the graph's inputs and outputs)"
+        raise UnsupportedOpError("ONNX", {why: scans}, "re-export the model at opset 9 or later")
     try:
         return version_converter.convert_version(model, UPGRADE_OPSET)
     except Exception as exc:  # the converter raises bare RuntimeErrors from C++

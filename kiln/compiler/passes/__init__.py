@@ -9,6 +9,7 @@ from kiln.compiler.onnx_graph import infer_shapes
 from kiln.compiler.passes.fold_batchnorm import fold_batchnorm
 from kiln.compiler.passes.conv_padding import conv_padding
 from kiln.compiler.passes.conv_transpose import conv_transpose
+from kiln.compiler.passes.cumprod import unroll_cumprod
 from kiln.compiler.passes.dilated_conv import dilated_conv
 from kiln.compiler.passes.empty_reductions import empty_reductions
 from kiln.compiler.passes.fold_constants import fold_constants
@@ -18,23 +19,27 @@ from kiln.compiler.passes.name_nodes import name_nodes
 from kiln.compiler.passes.narrow_types import narrow_types
 from kiln.compiler.passes.nms_defaults import nms_defaults
 from kiln.compiler.passes.onehot import onehot
+from kiln.compiler.passes.pow_types import pow_types
+from kiln.compiler.passes.qlinear_matmul import qlinear_matmul
 from kiln.compiler.passes.recurrent import unroll_recurrent
 from kiln.compiler.passes.roi_align_scale import roi_align_scale
+from kiln.compiler.passes.scan import unroll_scan
 
 # Names first, so an unnamed node keeps the name its place in the source model gives it; ops TVM cannot convert
 # expanded into their ONNX function bodies next, before folding, which folds what the bodies compute from shapes;
-# narrow types (float8, int4, ...) moved to their carriers after that (a body's Cast to float8 included), before folding
-# meets them;
-# constants folded before BatchNorm folding, which needs its parameters (Constant nodes in some exports) as
-# initializers, before LSTM / GRU / RNN are unrolled, so that weights computed from constants are cut at compile
-# time (and the static shapes folding infers serve), and before conv padding is made explicit, which needs a Pad's
-# amounts as constants;
+# narrow types (float8, int4, ...) moved to their carriers after that (a body's Cast to float8 included), before
+# folding meets them;
+# constants folded before Scan is unrolled (folding makes its length static), and both before LSTM / GRU / RNN are
+# unrolled, so that weights computed from constants are cut at compile time (and the static shapes folding infers
+# serve), before BatchNorm folding, which needs its parameters (Constant nodes in some exports) as initializers,
+# and before conv padding is made explicit, which needs a Pad's amounts as constants;
 # transposed and dilated convs rewritten to ordinary ones after BatchNorm folding, which folds into the conv right
-# before it; index bounds once the tables a Gather reads are initializers, OneHot once its depth and values are
-# and reductions over empty axes once their axes are. RoiAlign's scale and NonMaxSuppression's defaults have no order.
-NEURAL_PASSES = (name_nodes, expand_functions, narrow_types, fold_constants, unroll_recurrent, conv_padding,
-                 fold_batchnorm, conv_transpose, dilated_conv, roi_align_scale, nms_defaults, index_bounds, onehot,
-                 empty_reductions)
+# before it; index bounds once the tables a Gather reads are initializers, OneHot once its depth and values are,
+# reductions over empty axes once their axes are, CumProd once its axis is. RoiAlign's scale, NonMaxSuppression's
+# defaults, Pow's types and QLinearMatMul have no order.
+NEURAL_PASSES = (name_nodes, expand_functions, narrow_types, fold_constants, unroll_scan, unroll_recurrent,
+                 conv_padding, fold_batchnorm, conv_transpose, dilated_conv, roi_align_scale, nms_defaults,
+                 index_bounds, onehot, empty_reductions, pow_types, qlinear_matmul, unroll_cumprod)
 
 
 def run_passes(graph: Graph) -> Graph:

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import element_types, replace_nodes, static_shapes
 
 _ZERO = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")
 _LEAST = ("ReduceMax", "ReduceLogSum", "ReduceLogSumExp")
@@ -26,8 +26,7 @@ def empty_reductions(graph: Graph) -> Graph:
     model.CopyFrom(graph.body)
     shapes = static_shapes(model.graph)
     initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.value_info)}
-    types.update({t.name: t.data_type for t in model.graph.initializer})
+    types = element_types(model.graph)
 
     def replace(node):
         if node.domain not in ("", "ai.onnx") or not node.op_type.startswith("Reduce") or node.op_type == "ReduceMean":

@@ -13,9 +13,10 @@ function at the model's opset, and whose input types are known; then, in the sam
 the check refuses. The body's values and nodes are named under the node's name (`name/...`), unique in the graph.
 Kept as it was, so that its own refusal stands: a node whose expansion, once fold_constants has folded it, still
 holds a node the check refuses (a Pad by amounts computed from an input's values) or a Shape / Size (of a tensor
-whose shape is not static: TVM takes shapes, axes and pads only as constants); one whose body holds an If / Loop /
-Scan (nested graphs are not renamed here), an op of a domain the model does not import, or a node that does not fit
-its op's definition at the model's opset (a body written for an older opset).
+whose shape is not static: TVM takes shapes, axes and pads only as constants); one whose body holds an If / Loop
+(nested graphs are not renamed here; a Scan's body is, where it reads the values around it, and
+kiln.compiler.passes.scan unrolls it), an op of a domain the model does not import, or a node that does not fit its
+op's definition at the model's opset (a body written for an older opset).
 
 Runs before fold_constants, which folds what the bodies compute from shapes and constants.
 """
@@ -27,14 +28,14 @@ import re
 from typing import TYPE_CHECKING
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import infer_shapes
+from kiln.compiler.onnx_graph import graph_names, infer_shapes
 from kiln.compiler.passes.fold_constants import fold_constants
 
 if TYPE_CHECKING:
     import onnx
 
 ROUNDS = 4  # function bodies inside function bodies (SoftmaxCrossEntropyLoss -> NegativeLogLikelihoodLoss)
-_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+_SUBGRAPH_OPS = frozenset({"If", "Loop"})
 _SHAPE_READERS = frozenset({"Shape", "Size"})
 _CALLED = ("kiln.expand", "body")  # the model-local function a node is rewritten to call, for ONNX's inliner
 
@@ -96,7 +97,7 @@ def _opset(node: "onnx.NodeProto", model: "onnx.ModelProto") -> int | None:
 def _expand_once(model: "onnx.ModelProto", refused: set[str], originals: dict) -> bool:
     """Expand (in place) each refused node of the main graph that has a function; whether any was."""
     types = _value_types(model.graph)
-    taken = _names(model.graph)
+    taken = graph_names(model.graph)
     nodes, expanded = [], False
     for node in model.graph.node:
         body = _body(node, model, types, taken) if node.name in refused and _has_function(node, model) else None
@@ -154,7 +155,22 @@ def _body(node: "onnx.NodeProto", model: "onnx.ModelProto", types: dict, taken: 
                         renamed[name] = _unique(f"{node.name}/{re.sub(r'__[0-9]+$', '', name)}", taken)
                     field[position] = renamed[name]
         inner.name = _unique(f"{node.name}/{inner.op_type}_{index}", taken)
+        for attribute in inner.attribute:
+            if attribute.HasField("g"):
+                _rename_reads(attribute.g, renamed)
     return body
+
+
+def _rename_reads(graph: "onnx.GraphProto", renamed: dict[str, str]) -> None:
+    """Rename (in place) the values a Scan's body reads from around it, as they were renamed there (ONNX's inliner
+    made the body's own names unique); the nested graphs of its nodes are left as they are (the Scan is refused)."""
+    for inner in graph.node:
+        for position, name in enumerate(inner.input):
+            if name in renamed:
+                inner.input[position] = renamed[name]
+    for value in graph.output:
+        if value.name in renamed:
+            value.name = renamed[value.name]
 
 
 _SCALAR_CONSTANTS = {"value_float": (1, False), "value_floats": (1, True), "value_int": (7, False),
@@ -245,16 +261,6 @@ def _unique(name: str, taken: set[str]) -> str:
     return name
 
 
-def _names(graph: "onnx.GraphProto") -> set[str]:
-    """Every value and node name of the main graph."""
-    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        names.add(node.name)
-    return names
-
-
 def _value_types(inferred: "onnx.GraphProto") -> dict[str, "onnx.ValueInfoProto"]:
     """The values of the (shape-inferred) main graph whose tensor element type is known, as value infos."""
     from onnx import helper
@@ -269,7 +275,8 @@ def _value_types(inferred: "onnx.GraphProto") -> dict[str, "onnx.ValueInfoProto"
 def _refused_roots(folded: "onnx.ModelProto", originals: dict, found: list) -> set[str]:
     """The source nodes whose expansion, constants folded, holds a refused node, or a Shape / Size left unfolded
     (of a tensor whose shape is not static)."""
-    roots = {originals[r.node].name for r in found if r.node in originals}  # (no subgraphs in expansions)
+    roots = {root.name for name, root in originals.items() for r in found  # a Scan's body's nodes: name/body/...
+             if r.node == name or r.node.startswith(name + "/")}
     roots |= {originals[node.name].name for node in folded.graph.node
               if node.name in originals and node.op_type in _SHAPE_READERS}
     return roots

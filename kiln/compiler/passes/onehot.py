@@ -15,7 +15,7 @@ import numpy as np
 
 from kiln.compiler.frontends.onnx import opset_of
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import element_types, replace_nodes, static_shapes
 
 
 def onehot(graph: Graph) -> Graph:
@@ -26,7 +26,7 @@ def onehot(graph: Graph) -> Graph:
     model.CopyFrom(graph.body)
     initializers = {t.name: t for t in model.graph.initializer}
     shapes = static_shapes(model.graph)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.value_info)}
+    types = element_types(model.graph)
     axes_input = opset_of(model) >= 13  # Unsqueeze's axes: an attribute before opset 13
 
     def replace(node):

@@ -31,13 +31,13 @@ is, and the support check (kiln.compiler.backends.tvm.ops) names why with `unrol
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import graph_names, replace_nodes, static_shapes
 
 if TYPE_CHECKING:
     import onnx
@@ -51,7 +51,7 @@ _FUNCTIONS = {"sigmoid": ("Sigmoid", 0, 0), "tanh": ("Tanh", 0, 0), "relu": ("Re
 _INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """Why a node is not unrolled."""
 
 
@@ -73,28 +73,40 @@ class _Recurrence:
 
 
 def unroll_recurrent(graph: Graph) -> Graph:
+    def plan(node, values, dims):
+        return _recurrence(node, values, values, dims)
+
+    def dtype(model, node):
+        return _element_type(model.graph, node.input[0])
+
+    return unroll_nodes(graph, _is_recurrent, plan, dtype, _unroll)
+
+
+def unroll_nodes(graph: Graph, matches: Callable, plan: Callable, dtype: Callable, unroll: Callable) -> Graph:
+    """`graph` with each node that `matches` and that `plan(node, initializers, dims)` plans (raising Refused where
+    it does not) replaced by the nodes `unroll(node, the plan, emitter)` writes through an Emitter of the node's
+    `dtype(model, node)`; the graph itself where none is."""
     import onnx
 
     from kiln.compiler.frontends.onnx import opset_of
 
-    if not any(_is_recurrent(node) for node in graph.body.graph.node):
+    if not any(matches(node) for node in graph.body.graph.node):
         return graph
     model = onnx.ModelProto()
     model.CopyFrom(graph.body)
     values = {t.name: t for t in model.graph.initializer}
     dims = {**{name: tuple(t.dims) for name, t in values.items()}, **static_shapes(model.graph)}
-    taken, opset = _names(model.graph), opset_of(model)
+    taken, opset = graph_names(model.graph), opset_of(model)
 
     def replace(node):
-        if not _is_recurrent(node):
+        if not matches(node):
             return None
         try:
-            recurrence = _recurrence(node, values, values, dims)
-        except _Refused:
+            planned = plan(node, values, dims)
+        except Refused:
             return None
-        dtype = _element_type(model.graph, node.input[0])
-        emitter = _Emitter(node.name or node.output[0], taken, opset, values, dtype)
-        _unroll(node, recurrence, emitter)
+        emitter = Emitter(node.name or node.output[0], taken, opset, values, dtype(model, node))
+        unroll(node, planned, emitter)
         return emitter.nodes, emitter.constants
 
     if not replace_nodes(model, replace):
@@ -108,7 +120,7 @@ def unroll_refusal(node: "onnx.NodeProto", constants: Container[str], values: Ma
     the values known before run time, `values` holds those known here, `dims` the values' shapes (None: symbolic)."""
     try:
         _recurrence(node, constants, values, dims)
-    except _Refused as refused:
+    except Refused as refused:
         return str(refused)
     return None
 
@@ -124,18 +136,18 @@ def _recurrence(node, constants: Container[str], values: Mapping, dims: Mapping)
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     direction = attributes.get("direction", b"forward").decode()
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise _Refused(f"direction {direction}")
+        raise Refused(f"direction {direction}")
     reverse = (False, True) if direction == "bidirectional" else (direction == "reverse",)
     layout = attributes.get("layout", 0)
     shape = dims.get(inputs["X"])
     steps = shape[layout] if shape is not None and len(shape) == 3 else None
     if not steps:
-        raise _Refused("sequence length not static; pin the input shapes")
+        raise Refused("sequence length not static; pin the input shapes")
     lengths = inputs.get("sequence_lens")
     if lengths and lengths not in constants:
-        raise _Refused("sequence_lens given at run time")
+        raise Refused("sequence_lens given at run time")
     if lengths in values and np.any(numpy_helper.to_array(values[lengths]) != steps):
-        raise _Refused("sequence_lens shorter than the sequence")
+        raise Refused("sequence_lens shorter than the sequence")
     hidden = _hidden_size(attributes, inputs["R"], values, dims)
     return _Recurrence(steps, hidden, layout, reverse, _functions(node.op_type, attributes, len(reverse)))
 
@@ -149,7 +161,7 @@ def _hidden_size(attributes: dict, recurrent: str, values: Mapping, dims: Mappin
     shape = list(values[recurrent].dims) if recurrent in values else dims.get(recurrent)
     hidden = attributes.get("hidden_size") or (shape[-1] if shape else None)
     if not hidden:
-        raise _Refused("no hidden_size, and R's shape not static")
+        raise Refused("no hidden_size, and R's shape not static")
     return hidden
 
 
@@ -160,10 +172,10 @@ def _functions(op: str, attributes: dict, directions: int) -> tuple[tuple[_Funct
     if op == "RNN" and len(names) == 2 and directions == 1:
         names = names[:1]  # RNN's schema default, ["Tanh", "Tanh"], written out
     if len(names) != per_direction * directions:
-        raise _Refused(f"{len(names)} activations for {directions} direction(s)")
+        raise Refused(f"{len(names)} activations for {directions} direction(s)")
     unknown = [name for name in names if name.lower() not in _FUNCTIONS]
     if unknown:
-        raise _Refused("activation " + ", ".join(unknown))
+        raise Refused("activation " + ", ".join(unknown))
     alphas, betas = list(attributes.get("activation_alpha", [])), list(attributes.get("activation_beta", []))
     functions = []
     for name in names:
@@ -171,7 +183,7 @@ def _functions(op: str, attributes: dict, directions: int) -> tuple[tuple[_Funct
         given = [("alpha", alphas.pop(0))] if takes_alpha and alphas else []
         given += [("beta", betas.pop(0))] if takes_beta and betas else []
         if op_type == "ThresholdedRelu" and not given:
-            raise _Refused("ThresholdedRelu activation without its alpha: ONNX defaults it to 1, ONNX Runtime to 0")
+            raise Refused("ThresholdedRelu activation without its alpha: ONNX defaults it to 1, ONNX Runtime to 0")
         functions.append(_Function(op_type, tuple(given)))
     return tuple(tuple(functions[d * per_direction:(d + 1) * per_direction]) for d in range(directions))
 
@@ -189,7 +201,7 @@ class _Cell:
     linear_before_reset: bool = False
 
 
-def _unroll(node, recurrence: _Recurrence, e: "_Emitter") -> None:
+def _unroll(node, recurrence: _Recurrence, e: "Emitter") -> None:
     """Write (into `e`) the node's steps and outputs."""
     from onnx import helper
 
@@ -224,7 +236,7 @@ def _unroll(node, recurrence: _Recurrence, e: "_Emitter") -> None:
             e.concat([state[index] for state in finals], axis, name)
 
 
-def _input_bias(e: "_Emitter", biases: str, hidden: int, gru_reset: bool) -> str:
+def _input_bias(e: "Emitter", biases: str, hidden: int, gru_reset: bool) -> str:
     """Wb + Rb, the directions one after the other; GRU's Rbh left out with linear_before_reset."""
     input_bias, recurrent_bias = e.split(biases, 2, -1)
     if gru_reset:
@@ -232,7 +244,7 @@ def _input_bias(e: "_Emitter", biases: str, hidden: int, gru_reset: bool) -> str
     return e.op("Reshape", [e.add(input_bias, recurrent_bias), e.const(np.array([-1], np.int64))])
 
 
-def _cell(op: str, d: int, inputs: dict[str, str], attributes: dict, functions, e: "_Emitter") -> _Cell:
+def _cell(op: str, d: int, inputs: dict[str, str], attributes: dict, functions, e: "Emitter") -> _Cell:
     clip = attributes.get("clip")
     recurrent = e.op("Transpose", [e.gather(inputs["R"], d)])
     if op == "LSTM":
@@ -248,7 +260,7 @@ def _cell(op: str, d: int, inputs: dict[str, str], attributes: dict, functions, 
     return _Cell(e.concat([update, reset], -1), functions, clip, candidate)
 
 
-def _lstm_step(e: "_Emitter", cell: _Cell, xw: str, h: str | None, c: str | None) -> tuple[str, str]:
+def _lstm_step(e: "Emitter", cell: _Cell, xw: str, h: str | None, c: str | None) -> tuple[str, str]:
     i, o, f, g = e.split(e.add(xw, e.matmul(h, cell.recurrent)), 4, -1)
     into, out, forget = cell.peepholes
     i = e.activate(cell, 0, e.add(i, e.mul(into, c)))
@@ -258,7 +270,7 @@ def _lstm_step(e: "_Emitter", cell: _Cell, xw: str, h: str | None, c: str | None
     return e.mul(o, e.activate(cell, 2, c, clipped=False)), c
 
 
-def _gru_step(e: "_Emitter", cell: _Cell, xw: str, h: str | None, _) -> tuple[str, None]:
+def _gru_step(e: "Emitter", cell: _Cell, xw: str, h: str | None, _) -> tuple[str, None]:
     xz, xr, xn = e.split(xw, 3, -1)
     hz, hr, *hn = e.split(e.matmul(h, cell.recurrent), 3 if cell.linear_before_reset else 2, -1)
     z, r = e.activate(cell, 0, e.add(xz, hz)), e.activate(cell, 0, e.add(xr, hr))
@@ -271,11 +283,11 @@ def _gru_step(e: "_Emitter", cell: _Cell, xw: str, h: str | None, _) -> tuple[st
     return e.add(n, e.mul(z, e.op("Sub", [h, n]))), None
 
 
-def _rnn_step(e: "_Emitter", cell: _Cell, xw: str, h: str | None, _) -> tuple[str, None]:
+def _rnn_step(e: "Emitter", cell: _Cell, xw: str, h: str | None, _) -> tuple[str, None]:
     return e.activate(cell, 0, e.add(xw, e.matmul(h, cell.recurrent))), None
 
 
-class _Emitter:
+class Emitter:
     """The nodes and constants one recurrent node is unrolled into, named under its name; an op whose inputs are all
     constants (the graph's initializers, `values`, or new ones) is evaluated into a constant instead. Arithmetic on
     None (a state of zeros, an absent bias or peephole) leaves out the terms it zeroes."""
@@ -366,9 +378,3 @@ def _element_type(graph: "onnx.GraphProto", name: str) -> np.dtype:
     kind = next((t.data_type for t in graph.initializer if t.name == name), None) or next(
         v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info) if v.name == name)
     return np.dtype(helper.tensor_dtype_to_np_dtype(kind))
-
-
-def _names(graph: "onnx.GraphProto") -> set[str]:
-    """The main graph's node and value names."""
-    names = {v.name for v in (*graph.input, *graph.output)} | {t.name for t in graph.initializer}
-    return names | {name for node in graph.node for name in (node.name, *node.input, *node.output)}

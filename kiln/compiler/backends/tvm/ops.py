@@ -15,7 +15,8 @@ A refused node whose op ONNX defines as a function of other ops (opset-23 Attent
 LayerNormalization's Mean and InvStdDev, ...) is replaced by that function's body before this check runs on the
 graph, where no node of the body is refused (kiln.compiler.passes.function_expansion); its refusal here stands
 otherwise. An LSTM, GRU or RNN of the main graph is refused only where kiln.compiler.passes.recurrent does not
-unroll it, for the reason it gives.
+unroll it, for the reason it gives; a Scan of the main graph likewise, by kiln.compiler.passes.scan, and a CumProd
+by kiln.compiler.passes.cumprod.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from typing import TYPE_CHECKING, Iterator
 from kiln.compat.tvm import onnx_importer_ops
 from kiln.compiler.backends.tvm.value_checks import value_reason
 from kiln.compiler.frontends.onnx import opset_of
+from kiln.compiler.passes.cumprod import cumprod_refusal
 from kiln.compiler.passes.narrow_types import narrow_refusal
 from kiln.compiler.passes.recurrent import RECURRENT_OPS, unroll_refusal
+from kiln.compiler.passes.scan import scan_refusal
 
 if TYPE_CHECKING:
     import onnx
@@ -49,6 +52,7 @@ REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
     "AffineGrid": ((1, "size"),),
     "ConstantOfShape": ((0, "input"),),
     "CumSum": ((1, "axis"),),
+    "CumProd": ((1, "axis"),),  # no converter: kiln.compiler.passes.cumprod unrolls it along a constant axis
     # a computed shape is taken as broadcast_to's target: a 1 in it does not keep the data's dim (wrong answers)
     "Expand": ((1, "shape"),),
     "MaxUnpool": ((2, "output_shape"),),
@@ -130,6 +134,10 @@ def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str],
         reason = _reason(node, opset, supported, constants)
         if reason == "" and node.op_type in RECURRENT_OPS and not prefix:  # unrolled by the pass, or refused for why
             reason = unroll_refusal(node, constants, initializers, dims)
+        if reason == "" and node.op_type == "CumProd" and not prefix:  # the same, by passes.cumprod
+            reason = cumprod_refusal(node, initializers, dims)
+        if reason == "" and node.op_type == "Scan" and not prefix:  # the same, by passes.scan
+            reason = scan_refusal(node, dims)
         if reason is None:
             reason = _type_reason(node, types) or narrow_refusal(node, elem_types, bool(prefix))
         if reason is None:
@@ -279,6 +287,8 @@ def _is_constant(node, constants: set[str]) -> bool:
         return True
     if node.op_type in _RUNTIME_ONLY or node.op_type in _SUBGRAPH_OPS:
         return False
+    if node.op_type == "CastLike":  # its second input gives only the type (an attention mask's -inf, cast)
+        return node.input[0] in constants
     return all(not name or name in constants for name in node.input)
 
 
