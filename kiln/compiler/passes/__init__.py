@@ -22,6 +22,7 @@ from kiln.compiler.passes.onehot import onehot
 from kiln.compiler.passes.pow_types import pow_types
 from kiln.compiler.passes.qlinear_matmul import qlinear_matmul
 from kiln.compiler.passes.recurrent import unroll_recurrent
+from kiln.compiler.passes.resize_axes import resize_axes
 from kiln.compiler.passes.roi_align_scale import roi_align_scale
 from kiln.compiler.passes.scan import unroll_scan
 
@@ -35,11 +36,11 @@ from kiln.compiler.passes.scan import unroll_scan
 # and before conv padding is made explicit, which needs a Pad's amounts as constants;
 # transposed and dilated convs rewritten to ordinary ones after BatchNorm folding, which folds into the conv right
 # before it; index bounds once the tables a Gather reads are initializers, OneHot once its depth and values are,
-# reductions over empty axes once their axes are, CumProd once its axis is. RoiAlign's scale, NonMaxSuppression's
-# defaults, Pow's types and QLinearMatMul have no order.
+# Resize's axes once its scales / sizes / roi are, reductions over empty axes once their axes are, CumProd once its
+# axis is. RoiAlign's scale, NonMaxSuppression's defaults, Pow's types and QLinearMatMul have no order.
 NEURAL_PASSES = (name_nodes, expand_functions, narrow_types, fold_constants, unroll_scan, unroll_recurrent,
                  conv_padding, fold_batchnorm, conv_transpose, dilated_conv, roi_align_scale, nms_defaults,
-                 index_bounds, onehot, empty_reductions, pow_types, qlinear_matmul, unroll_cumprod)
+                 index_bounds, onehot, resize_axes, empty_reductions, pow_types, qlinear_matmul, unroll_cumprod)
 
 
 def run_passes(graph: Graph) -> Graph:

@@ -33,10 +33,12 @@ def _resize(node, attributes: dict, constant: Callable, dims: Dims) -> str | Non
     output coordinates to input ones by the ratio of the sizes, where ONNX maps them by the scale."""
     if attributes.get("antialias", 0):
         return "antialias (the converter ignores it)"
-    if "axes" in attributes:
-        return "axes attribute (the converter reads scales and sizes as given for every dim)"
-    if attributes.get("keep_aspect_ratio_policy", b"stretch") != b"stretch":
-        return f"keep_aspect_ratio_policy {attributes['keep_aspect_ratio_policy'].decode()} (the converter ignores it)"
+    ignored = (["axes attribute"] if "axes" in attributes else []) + (
+        [f"keep_aspect_ratio_policy {attributes['keep_aspect_ratio_policy'].decode()}"]
+        if attributes.get("keep_aspect_ratio_policy", b"stretch") != b"stretch" else [])
+    if ignored:  # what kiln.compiler.passes.resize_axes left
+        return (f"{' and '.join(ignored)} (ignored by the converter; rewritten by kiln where the input shape, scales, "
+                "sizes and roi are known at compile time and a policy's scale gives whole sizes)")
     if attributes.get("coordinate_transformation_mode") == b"half_pixel_symmetric":
         return "coordinate_transformation_mode half_pixel_symmetric (the converter rejects it)"
     shape = dims.get(node.input[0])
