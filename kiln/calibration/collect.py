@@ -21,6 +21,7 @@ from kiln.calibration.datasets import CalibData, Dataset, open_dataset
 from kiln.calibration.observers import CalibMethod, ObserverSettings, TensorRange, make_observer
 from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.frontends.onnx import signature
+from kiln.compiler.onnx_graph import graph_inputs
 from kiln.errors import InputError, SettingError
 from kiln.progress import QUIET, Advance, Progress
 
@@ -86,8 +87,7 @@ def float_tensors(model: "onnx.ModelProto") -> list[str]:
 
     types = {v.name: v.type.tensor_type.elem_type
              for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
-    initializers = {t.name for t in model.graph.initializer}
-    names = [v.name for v in model.graph.input if v.name not in initializers]
+    names = [v.name for v in graph_inputs(model)]
     names += [out for node in model.graph.node for out in node.output if out]
     return [n for n in dict.fromkeys(names) if types.get(n) == TensorProto.FLOAT]
 

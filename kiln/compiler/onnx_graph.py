@@ -46,6 +46,12 @@ def output_channel_axis(node: "onnx.NodeProto", weight_rank: int) -> int | None:
     return None
 
 
+def graph_inputs(model: "onnx.ModelProto") -> list:
+    """The main graph's inputs that are no initializers: what a caller feeds."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
 def graph_names(graph: "onnx.GraphProto") -> set[str]:
     """Every value and node name of the graph (not of its subgraphs): what a new name must not be."""
     names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)} | {t.name for t in graph.initializer}

@@ -53,13 +53,14 @@ class Predictor:
 
 def _without_frozen(inputs: Mapping[str, Any], frozen: tuple[FrozenInput, ...]) -> dict[str, Any]:
     """`inputs` less those the artifact was compiled with values for; InputError where one holds other values."""
+    names = {spec.name for spec in frozen}
     for spec in frozen:
         if spec.name in inputs and not np.array_equal(np.asarray(inputs[spec.name]).reshape(-1),
                                                       np.asarray(spec.values), equal_nan=True):
             raise InputError(f"input {spec.name!r} was frozen when compiling ({spec.describe()}); this artifact "
                              f"computes with those values only. Leave it out, or recompile with --freeze "
                              f"{spec.name}=<values>")
-    return {name: value for name, value in inputs.items() if name not in {spec.name for spec in frozen}}
+    return {name: value for name, value in inputs.items() if name not in names}
 
 
 def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] = ()) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.compiler.frontends.options import ImportOptions, frozen_values, holds_numbers
 from kiln.compiler.graph import FrozenInput
+from kiln.compiler.onnx_graph import graph_inputs
 from kiln.errors import SettingError
 
 if TYPE_CHECKING:
@@ -26,8 +27,7 @@ def freeze_inputs(model: "onnx.ModelProto", values: dict[str, tuple[Any, ...]]) 
     import numpy as np
     from onnx import helper, numpy_helper
 
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = {v.name: v for v in model.graph.input if v.name not in initializers}
+    inputs = {v.name: v for v in graph_inputs(model)}
     unknown = sorted(set(values) - set(inputs))
     if unknown:
         raise SettingError(ImportOptions, f"{{frozen_inputs}} names {', '.join(unknown)}, but the model's inputs "

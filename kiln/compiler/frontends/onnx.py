@@ -12,6 +12,7 @@ from kiln.compat.onnx import all_tensors
 from kiln.compiler.frontends.freeze import freeze_inputs
 from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph, Provenance, Signature, SourceFile, TensorSpec
+from kiln.compiler.onnx_graph import graph_inputs
 from kiln.errors import InputError, SettingError, UnsupportedOpError
 
 if TYPE_CHECKING:
@@ -166,11 +167,6 @@ def _upgrade_opset(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
 
 def opset_of(model: "onnx.ModelProto") -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
-def graph_inputs(model: "onnx.ModelProto") -> list:
-    initializers = {t.name for t in model.graph.initializer}
-    return [v for v in model.graph.input if v.name not in initializers]
 
 
 def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int | str, ...]]) -> None:

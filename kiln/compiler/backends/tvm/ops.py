@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Iterator
 from kiln.compat.tvm import onnx_importer_ops
 from kiln.compiler.backends.tvm.value_checks import value_reason
 from kiln.compiler.frontends.onnx import opset_of
+from kiln.compiler.onnx_graph import graph_inputs
 from kiln.compiler.passes.cumprod import cumprod_refusal
 from kiln.compiler.passes.narrow_types import narrow_refusal
 from kiln.compiler.passes.recurrent import RECURRENT_OPS, unroll_refusal
@@ -306,9 +307,8 @@ def unsupported_io(model: "onnx.ModelProto") -> dict[str, list[str]]:
     {"sequence inputs": [...], "input dtype string": [...], ...}."""
     import onnx
 
-    initializers = {t.name for t in model.graph.initializer}
     found: dict[str, list[str]] = {}
-    for side, values in (("input", [v for v in model.graph.input if v.name not in initializers]),
+    for side, values in (("input", graph_inputs(model)),
                          ("output", list(model.graph.output))):
         for value in values:
             kind = value.type.WhichOneof("value")

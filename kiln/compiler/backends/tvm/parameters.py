@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kiln.compiler.backends.tvm.ops import DEFAULT_DOMAINS, REQUIRED_CONSTANT
+from kiln.compiler.onnx_graph import graph_inputs
 
 if TYPE_CHECKING:
     import onnx
@@ -30,5 +31,4 @@ def parameter_inputs(model: "onnx.ModelProto") -> list[str]:
         producer = producers.get(name)
         if producer is not None and producer.op_type not in _SHAPE_OPS:
             pending.extend(producer.input)
-    initializers = {t.name for t in graph.initializer}
-    return [v.name for v in graph.input if v.name in seen and v.name not in initializers]
+    return [v.name for v in graph_inputs(model) if v.name in seen]
