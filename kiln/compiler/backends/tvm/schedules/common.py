@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule, ScheduleError
 
@@ -87,6 +88,21 @@ class Rule:
     name: str
     applies: Callable[[Schedule], bool]
     apply: Callable[[Schedule, CpuSpec], None]
+    # Schedule the function with 32-bit indices where its buffers allow: TVM partitions a loop split into a
+    # partial last vector only over 32-bit indices (over 64-bit ones every vector became a gather and a scatter).
+    int32_indices: bool = False
+
+
+def with_int32_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` indexed with 32-bit integers; unchanged where a buffer is symbolic or has 2**31 elements or more
+    (ForceNarrowIndexToInt32 would wrap its indices)."""
+    sch = Schedule(func)
+    shapes = [region.source.shape for block in blocks(sch)
+              for region in (*sch.get(block).reads, *sch.get(block).writes)]
+    if not all(isinstance(d, tirx.IntImm) for shape in shapes for d in shape) \
+            or max((math.prod(int(d) for d in shape) for shape in shapes), default=0) >= 2 ** 31:
+        return func
+    return tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
 
 
 def blocks(sch: Schedule) -> list:

@@ -20,7 +20,7 @@ from kiln.compiler.backends.tvm.kernels.integer import INT8_CONV
 from kiln.compiler.backends.tvm.kernels.intrinsics import DP4A
 from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
 from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, block_names, blocks, extent, fuse_epilogue,
-                                                       inline_spatial, largest_divisor, tensorize)
+                                                       inline_spatial, largest_divisor, tensorize, with_int32_indices)
 
 # The layout rewrite's parameters on a GPU: integer kernels in 4-channel blocks, float convs untouched.
 GPU_SPEC = CpuSpec(lanes=DP4A.lanes, registers=1, max_accumulators=1, int8=DP4A, float_convs=False)
@@ -35,7 +35,7 @@ class Int8ConvDp4a(GPUScheduleRule):
         if INT8_CONV not in block_names(Schedule(func)):
             return None
         # 32-bit indices (as CUDA threads count), so the thread-bound loops and the dp4a intrinsic agree
-        sch = Schedule(tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"])
+        sch = Schedule(with_int32_indices(func))
         try:
             return _schedule(sch)
         except (RuntimeError, ValueError) as exc:  # a rule bug must not break the build: dlight's own rules follow

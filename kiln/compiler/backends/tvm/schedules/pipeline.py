@@ -24,7 +24,8 @@ from kiln.compiler.backends.tvm.kernels import nms, roi_align
 from kiln.compiler.backends.tvm.rewrite.accumulate import float32_sums
 from kiln.compiler.backends.tvm.rewrite.arithmetic import onnx_arithmetic
 from kiln.compiler.backends.tvm.rewrite.layout import to_nchwc
-from kiln.compiler.backends.tvm.schedules.common import CpuSpec, Rule, SymbolicExtent, cpu_spec, has_opaque_block
+from kiln.compiler.backends.tvm.schedules.common import (CpuSpec, Rule, SymbolicExtent, cpu_spec, has_opaque_block,
+                                                       with_int32_indices)
 from kiln.compiler.backends.tvm.schedules.conv import CONV2D_INT8, CONV2D_NCHWC, DEPTHWISE_INT8, DEPTHWISE_NCHWC
 from kiln.compiler.backends.tvm.schedules.elementwise import ELEMENTWISE
 from kiln.compiler.backends.tvm.schedules.group_conv import GROUP_CONV2D
@@ -54,6 +55,8 @@ def schedule_primfunc(func: tirx.PrimFunc, spec: CpuSpec) -> tirx.PrimFunc:
     rule = rule_for(sch)
     if rule is None:
         return func
+    if rule.int32_indices:
+        sch = Schedule(with_int32_indices(func))
     rule.apply(sch, spec)
     return sch.mod["main"].with_attr(RULE_ATTR, rule.name)
 

@@ -3,9 +3,9 @@ each exp over the sum; elementwise ops after it (a NaN guard) applied as it is w
 
 Parallel over the rows; each row's max, exp and sum are computed under the row loop, the exp once into a row
 buffer (inlined, it ran twice: in the sum and in the normalization), the exp and the normalization vectorized
-across the row. A row that ends in a partial vector (ViT's 197 keys) has its vector loop partitioned, so only
-the last vector is bounded per lane (a per-lane bound in every vector made TVM emit scalar code for them all).
-A row of whole vectors sums (and maxes) into one vector of partial results, then across its lanes:
+across the row. The max and the sum go into one vector of partial results, then across its lanes. A row that
+ends in a partial vector (ViT's 197 keys) has its vector loops partitioned, so only the last vector is bounded
+per lane (a per-lane bound in every vector made TVM emit scalar code for them all):
 
     parallel(rows) . [steps . vector(lanes) . partial max] . lanes . max
                    . vector(row) . exp
@@ -15,12 +15,10 @@ A row of whole vectors sums (and maxes) into one vector of partial results, then
 from __future__ import annotations
 
 from kiln.compiler.backends.tvm.schedules.common import (MIN_PARALLEL_WORK, CpuSpec, Rule, block_names, blocks,
-                                                       extent, fuse_epilogue, inline_spatial, is_reduction,
-                                                       largest_divisor, work)
+                                                       extent, fuse_epilogue, inline_spatial, is_reduction, work)
 
 MAX, SUM, NORM = "T_softmax_maxelem", "T_softmax_expsum", "T_softmax_norm"
 DELTA, EXP, FAST_EXP = "T_softmax_delta", "T_softmax_exp", "T_fast_exp"  # fast_softmax: delta, then its exp
-MIN_REDUCE_LANES = 4  # the fewest partial results a row's max or sum is worth splitting into
 
 
 def _applies(sch) -> bool:
@@ -43,18 +41,23 @@ def _vectorize_row(sch, loop, spec: CpuSpec) -> None:
         sch.annotate(outer, "pragma_loop_partition_hint", 1)
 
 
-def _partial_reduce(sch, name: str, spec: CpuSpec):
-    """The row's max or sum as a block of partial results, one per lane, which the rule vectorizes, and the
-    reduction of those: the plain loop carries each step's result into the next (a chain of dependent max or
-    add instructions). None where the row splits into too few lanes: rfactor takes no partial vector, so ViT's
-    197 keys stay one loop."""
+def _partial_reduce(sch, name: str, row, spec: CpuSpec):
+    """The row's max or sum (a block under the `row` loop) as a vector of partial results, one per lane, then
+    across the lanes: the plain loop carries each step's result into the next (a chain of dependent max or add
+    instructions). A row that ends in a partial vector bounds the lanes of its last step only (the steps loop
+    partitioned, as in `_vectorize_row`). rfactor puts the partials under a copy of the row loop, merged back into
+    `row`: the row loop, which the caller uses from then on."""
     loop = sch.get_loops(sch.get_sblock(name))[-1]
     columns = extent(sch, loop)
-    lanes = largest_divisor(columns, spec.lanes)
-    if lanes < MIN_REDUCE_LANES or columns == lanes:  # (one step: nothing to carry)
-        return None
-    _, inner = sch.split(loop, [None, lanes])
-    return sch.rfactor(inner, 0)
+    if columns <= spec.lanes:  # (one step: nothing to carry)
+        return row
+    _, inner = sch.split(loop, [None, spec.lanes])
+    partial = sch.rfactor(inner, -1)  # the partials last: a row's lanes side by side
+    copy, *_, steps, vector = sch.get_loops(partial)
+    sch.vectorize(vector)
+    if columns % spec.lanes:
+        sch.annotate(steps, "pragma_loop_partition_hint", 1)
+    return sch.merge(copy, sch.get_loops(sch.get_sblock(name))[0])
 
 
 def _apply(sch, spec: CpuSpec) -> None:
@@ -63,21 +66,16 @@ def _apply(sch, spec: CpuSpec) -> None:
     norm = sch.get_sblock(NORM)
     fuse_epilogue(sch, norm)  # e.g. GPT-2's export: where(isnan(softmax), 0, softmax)
     total = work(sch, norm)
-    partials = {name: _partial_reduce(sch, name, spec) for name in (MAX, SUM)}
     *rows, _ = sch.get_loops(norm)
     row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
-    for block in (sch.get_sblock(SUM), partials[SUM], sch.get_sblock(exp), sch.get_sblock(MAX), partials[MAX]):
-        if block is not None:
-            sch.compute_at(block, row)
+    for name in (SUM, exp, MAX):  # each reduction split while it is the row's first block, as rfactor needs
+        sch.compute_at(sch.get_sblock(name), row)
+        if name != exp:
+            row = _partial_reduce(sch, name, row, spec)
     for name in (exp, NORM):
         _vectorize_row(sch, sch.get_loops(sch.get_sblock(name))[-1], spec)
-    for partial in partials.values():
-        if partial is not None:  # (lanes, steps) -> steps . vector(lanes)
-            *_, lanes, steps = sch.get_loops(partial)
-            sch.reorder(steps, lanes)
-            sch.vectorize(lanes)
     if total >= MIN_PARALLEL_WORK:
         sch.parallel(row)
 
 
-SOFTMAX = Rule("softmax", _applies, _apply)
+SOFTMAX = Rule("softmax", _applies, _apply, int32_indices=True)
