@@ -94,13 +94,13 @@ class Rule:
 
 
 def with_int32_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """`func` indexed with 32-bit integers; unchanged where a buffer is symbolic or has 2**31 elements or more
-    (ForceNarrowIndexToInt32 would wrap its indices)."""
+    """`func` indexed with 32-bit integers; unchanged where a buffer is symbolic, has 2**31 elements or more
+    (ForceNarrowIndexToInt32 would wrap its indices) or holds int64 values (an argmax's: it refuses those)."""
     sch = Schedule(func)
-    shapes = [region.source.shape for block in blocks(sch)
-              for region in (*sch.get(block).reads, *sch.get(block).writes)]
-    if not all(isinstance(d, tirx.IntImm) for shape in shapes for d in shape) \
-            or max((math.prod(int(d) for d in shape) for shape in shapes), default=0) >= 2 ** 31:
+    buffers = [region.source for block in blocks(sch) for region in (*sch.get(block).reads, *sch.get(block).writes)]
+    if not all(isinstance(d, tirx.IntImm) for buffer in buffers for d in buffer.shape) \
+            or max((math.prod(int(d) for d in buffer.shape) for buffer in buffers), default=0) >= 2 ** 31 \
+            or any(buffer.dtype == "int64" for buffer in buffers):
         return func
     return tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
 
