@@ -17,9 +17,9 @@ from kiln.errors import InputError
 
 # Each narrow type and the type TVM holds its values in instead (kiln.compiler.passes.narrow_types rewrites the graph
 # to these carriers): TVM 0.27 converts float8 wrongly and packs the sub-byte types, which ml_dtypes and ONNX's arrays
-# hold one to a byte. Every value of a narrow type is exact in its carrier.
-CARRIERS = {**dict.fromkeys(("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn"),
-                            "float32"),
+# hold one to a byte. Every value of a narrow type is exact in its carrier (float8_e8m0fnu's 2^-127 as a subnormal).
+CARRIERS = {**dict.fromkeys(("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn",
+                             "float8_e8m0fnu"), "float32"),
             "int4": "int8", "int2": "int8", "uint4": "uint8", "uint2": "uint8"}
 # The ml_dtypes types kiln can pass to and from a compiled model: bfloat16 (TVM computes it) and the narrow types.
 EXTENDED = frozenset({"bfloat16", *CARRIERS})

@@ -12,7 +12,6 @@ import pytest
 from onnx import TensorProto
 
 from kiln.cli import cli
-from kiln.errors import UnsupportedOpError
 from kiln.testing.onnx_graphs import GraphBuilder
 from kiln.testing.reference import compile_to
 
@@ -115,13 +114,3 @@ def test_bfloat16_calibration_and_verification_files_are_reinterpreted():
     feed, _ = given_feed({"a": stored}, (spec,), "v.npz")
     assert feed["a"].dtype == BF16 and float(feed["a"][1, 2]) == 5.0
 
-
-def test_float8e8m0_is_refused_with_exit_4(cli_runner, tmp_path: Path):
-    """(float8, float4 and the sub-byte integers compile through carriers: tests/test_narrow_types.py.)"""
-    b = GraphBuilder("cast", opset=24)
-    b.output(b.node("Cast", [b.input("x", [2, 3])], "y", to=TensorProto.FLOAT8E8M0), [2, 3], TensorProto.FLOAT8E8M0)
-    model = b.save(tmp_path / "cast.onnx", check=True)
-    result = cli_runner.invoke(cli, ["compile", str(model), "-o", str(tmp_path / "o.kiln")])
-    assert result.exit_code == UnsupportedOpError.exit_code, result.output
-    assert "output dtype float8e8m0, which TVM 0.27 converts wrongly" in result.stderr and "(y)" in result.stderr
-    assert not (tmp_path / "o.kiln").exists()

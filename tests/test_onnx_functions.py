@@ -163,15 +163,6 @@ def _unsupported(builder: GraphBuilder, tmp_path: Path, shapes: dict | None = No
     return unsupported_ops(load(path, ImportOptions(shapes or {})).body)
 
 
-def test_body_needing_a_runtime_value_keeps_the_refusal(tmp_path: Path):
-    """CenterCropPad's body pads by amounts computed from its `shape` input: a graph input here, so TVM's Pad would
-    get computed pads. The node stays, refused as before."""
-    b = GraphBuilder("crop", opset=18)
-    b.output(b.node("CenterCropPad", [b.input("x", [5, 7]), b.input("shape", [2], INT64)], "y", name="crop"),
-             ["h", "w"])
-    assert _unsupported(b, tmp_path) == {"CenterCropPad": ["crop"]}
-
-
 def test_body_needing_unknown_shapes_keeps_the_refusal(tmp_path: Path):
     """Attention's body reshapes by the inputs' shapes; with a symbolic dim they are not known before run time, so
     the node stays refused (pinning the dim, as compiling does, expands it)."""

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from kiln.cli import cli
 from kiln.compiler.frontends.onnx import load
 from kiln.compiler.passes.recurrent import RECURRENT_OPS, unroll_recurrent
-from kiln.testing.conformance import Status, load_cases, read_data, run_case
+from kiln.testing.conformance import Status, load_cases, run_case
 from kiln.errors import UnsupportedOpError
 from kiln.testing.onnx_graphs import GraphBuilder
 from kiln.testing.reference import check_correctness, compile_to, onnxruntime_outputs
@@ -178,33 +178,13 @@ def test_node_suite_case(tmp_path: Path, case):
 
 
 def test_node_suite_case_with_lengths_given_at_run_time(tmp_path: Path):
-    """Refused as the suite gives it (the lengths could be shorter than the sequence); with its lengths (the whole
-    sequence) an initializer, unrolled and right."""
-    import kiln
-    from onnx import numpy_helper
-    from onnx.backend.test.runner import Runner
-
+    """As the suite gives it, sequence_lens a graph input: each row's steps past its length masked, right."""
     case = next(case for case in load_cases() if case.name == _LENGTHS_AT_RUN_TIME)
     outcome = run_case(case, "kiln", tmp_path)
-    assert outcome.status is Status.UNSUPPORTED and "sequence_lens given at run time" in outcome.detail, outcome
-    names, values, _, expected = read_data(case)
-    feed = dict(zip(names, values))
-    lengths = feed.pop("sequence_lens")
-    model = onnx.load(str(case.folder / "model.onnx"))
-    kept = [value for value in model.graph.input if value.name != "sequence_lens"]
-    del model.graph.input[:]
-    model.graph.input.extend(kept)
-    model.graph.initializer.append(numpy_helper.from_array(lengths, "sequence_lens"))
-    onnx.save(model, str(tmp_path / "model.onnx"))
-    artifact = compile_to(tmp_path / "model.onnx", tmp_path / "out.kiln",
-                          shapes={name: value.shape for name, value in feed.items()}, verify=False)
-    got = kiln.load(artifact).run(feed)
-    Runner.assert_similar_outputs(expected, list(got.values()), rtol=case.rtol, atol=case.atol)
+    assert outcome.status is Status.PASS, outcome
 
 
 @pytest.mark.parametrize("op, options, reason", [
-    ("LSTM", {"lengths": [STEPS] * BATCH, "runtime": ("sequence_lens",)}, "sequence_lens given at run time"),
-    ("LSTM", {"lengths": [STEPS, STEPS - 1]}, "sequence_lens shorter than the sequence"),
     ("RNN", {"activations": ["Affine"], "activation_alpha": [2.0], "activation_beta": [1.0]}, "activation Affine"),
     ("LSTM", {"activations": ["Sigmoid", "ThresholdedRelu", "Tanh"]}, "ThresholdedRelu activation without its alpha"),
     ("GRU", {"direction": "bidirectional", "activations": ["Sigmoid", "Tanh"]}, "2 activations for 2 direction(s)"),

@@ -1,7 +1,8 @@
 """A Resize with `axes` or a keep_aspect_ratio_policy, its input shape static and its scales / sizes / roi constant
 (a tf_crop_and_resize roi may come at run time), compiles and computes as ONNX Runtime, where kiln refused it: TVM's
 converter reads scales, sizes and roi for every dim and ignores both attributes. A policy whose scale gives sizes
-that are not whole stays refused: ONNX maps coordinates by that scale, the converter by the rounded sizes."""
+that are not whole is computed by that scale, as ONNX maps coordinates (the converter maps them by the rounded
+sizes)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiln.errors import UnsupportedOpError
+import kiln
 from kiln.testing.onnx_graphs import GraphBuilder
 from kiln.testing.reference import check_correctness, compile_to
 
@@ -54,11 +55,16 @@ def test_resize_matches_onnx_runtime(inputs, attributes, tmp_path: Path):
     check_correctness(_resize(tmp_path / "resize.onnx", **inputs, **attributes), feed, tmp_path)
 
 
-def test_policy_whose_scale_gives_sizes_not_whole_is_refused(tmp_path: Path):
-    """not_smaller [3, 3] of [4, 6]: scale 0.75, and 0.75 * 6 = 4.5 is rounded to 5."""
+def test_policy_whose_scale_gives_sizes_not_whole_is_computed_by_the_scale(tmp_path: Path):
+    """not_smaller [3, 3] of [4, 6]: scale 0.75, and 0.75 * 6 = 4.5 is rounded to 5, coordinates mapped by 0.75
+    (kiln.compiler.passes.resize_exact), as ONNX's reference computes it."""
+    from onnx.reference import ReferenceEvaluator
+
     model = _resize(tmp_path / "resize.onnx", sizes=[3, 3], axes=[2, 3], keep_aspect_ratio_policy="not_smaller",
                     mode="linear")
-    with pytest.raises(UnsupportedOpError) as raised:
-        compile_to(model, tmp_path / "resize.kiln", "host", shapes={"x": _SHAPE}, verify=False)
-    (label, nodes), = raised.value.unsupported.items()
-    assert "keep_aspect_ratio_policy not_smaller" in label and nodes == ["resize_0"]
+    feed = _feed()
+    artifact = compile_to(model, tmp_path / "resize.kiln", "host", shapes={"x": _SHAPE}, verify=False)
+    got = kiln.load(artifact).run(feed)["y"]
+    expected, = ReferenceEvaluator(str(model)).run(None, feed)
+    assert got.shape == expected.shape == (1, 2, 3, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

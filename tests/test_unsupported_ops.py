@@ -151,14 +151,14 @@ def test_sequence_input_is_refused_before_symbolic_dims(cli_runner, tmp_path: Pa
 
 def test_a_model_of_the_ml_domain_only_is_refused_by_its_domain_not_its_opset(cli_runner, tmp_path: Path):
     """An ai.onnx.ml model imports no default-domain opset: it was told its "opset 1 is older than 11" (exit 3)."""
-    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", name="binarize")
+    node = helper.make_node("Normalizer", ["x"], ["y"], domain="ai.onnx.ml", name="normalize", norm="MAX")
     graph = helper.make_graph([node], "ml", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
     onnx.save(model, str(tmp_path / "ml.onnx"))
     result = _compile(cli_runner, tmp_path / "ml.onnx", tmp_path)
     assert result.exit_code == UnsupportedOpError.exit_code, result.output
-    assert "ai.onnx.ml.Binarizer (domain ai.onnx.ml)" in result.stderr and "older than" not in result.stderr
+    assert "ai.onnx.ml.Normalizer (domain ai.onnx.ml)" in result.stderr and "older than" not in result.stderr
 
 
 def test_outputs_the_converter_leaves_empty_are_refused(tmp_path: Path):

@@ -6,6 +6,8 @@
   `ffi.Module.load_from_bytes.cuda` reads) to put nvcc's fatbin in place of CUDA source.
 - The ONNX importer's converter table, `onnx_frontend._get_convert_map()`, is the only list of the
   ops it converts; kiln reads it to report every unsupported op at once, before importing.
+  kiln adds its own converters (kiln.compiler.backends.tvm.converters) by standing in for that function while
+  the importer runs (`onnx_converters_added`).
 - MetaSchedule's `TuneContext` imports `tvm.s_tir.tensor_intrin` (35-140 s here); `tensor_intrinsics_skipped`
   stands an empty module in for it while tune contexts are made for kernels that use no intrinsics.
 """
@@ -19,7 +21,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from kiln.compat import VersionRange
 from kiln.errors import TargetError
@@ -48,6 +50,33 @@ def onnx_importer_ops() -> frozenset[str]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
     return frozenset(onnx_frontend._get_convert_map()) | _IMPORTER_BUILTIN_OPS
+
+
+@contextlib.contextmanager
+def onnx_converters_added(converters: Mapping[str, Callable]) -> Iterator[None]:
+    """While inside, the ONNX importer converts the ops of `converters` too (op -> function(block builder, inputs,
+    attributes) giving the node's Relax expression): the importer looks its table up through `_get_convert_map`
+    for each node, so a stand-in for that function adds them."""
+    TVM.check()
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    table = onnx_frontend._get_convert_map
+    added = {op: _Converter(convert) for op, convert in converters.items()}
+    onnx_frontend._get_convert_map = lambda: {**table(), **added}
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = table
+
+
+@dataclass(frozen=True)
+class _Converter:
+    """What the importer asks of a table entry: `get_converter(opset)`, called with (bb, inputs, attrs, params)."""
+
+    convert: Callable
+
+    def get_converter(self, opset: int) -> Callable:
+        return lambda bb, inputs, attrs, params: self.convert(bb, inputs, attrs)
 
 
 # ---- MetaSchedule's tensor intrinsics --------------------------------------------------------------

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
+
+    from kiln.compiler.graph import Graph
+
+    # what a pass writes in a node's place: the nodes, and the new constants they read by name
+    Replacement = tuple[list[onnx.NodeProto], dict[str, np.ndarray]]
+
+ONNX_DOMAINS = ("", "ai.onnx")  # the two names of ONNX's default operator set
+
+
+def is_onnx_op(node: "onnx.NodeProto", *op_types: str) -> bool:
+    """Whether `node` is an op of ONNX's default domain, and where op types are named, one of them."""
+    return node.domain in ONNX_DOMAINS and (not op_types or node.op_type in op_types)
 
 
 def drop_unused_initializers(model: "onnx.ModelProto") -> None:
@@ -64,6 +78,16 @@ def element_types(graph: "onnx.GraphProto") -> dict[str, int]:
     return {**types, **{t.name: t.data_type for t in graph.initializer}}
 
 
+def declared_dims(graph: "onnx.GraphProto") -> dict[str, list[int | None]]:
+    """The dims `graph` declares for its values (None where a dim is symbolic)."""
+    found = {t.name: list(t.dims) for t in graph.initializer}
+    for value in [*graph.input, *graph.value_info]:
+        if value.type.WhichOneof("value") == "tensor_type" and value.type.tensor_type.HasField("shape"):
+            found.setdefault(value.name, [d.dim_value if d.HasField("dim_value") else None
+                                          for d in value.type.tensor_type.shape.dim])
+    return found
+
+
 def static_shapes(graph: "onnx.GraphProto") -> dict[str, tuple[int, ...]]:
     """The shapes of the graph's inputs and inferred values whose every dim is known."""
     shapes = {}
@@ -72,6 +96,12 @@ def static_shapes(graph: "onnx.GraphProto") -> dict[str, tuple[int, ...]]:
         if all(d.HasField("dim_value") for d in dims):
             shapes[value.name] = tuple(d.dim_value for d in dims)
     return shapes
+
+
+def static_dims(graph: "onnx.GraphProto") -> dict[str, tuple[int, ...]]:
+    """The dims of the graph's initializers and the static shapes of its inputs and inferred values (these where a
+    name is both)."""
+    return {**{t.name: tuple(t.dims) for t in graph.initializer}, **static_shapes(graph)}
 
 
 def infer_shapes(model: "onnx.ModelProto") -> "onnx.ModelProto":
@@ -84,7 +114,28 @@ def infer_shapes(model: "onnx.ModelProto") -> "onnx.ModelProto":
         return model
 
 
-def replace_nodes(model: "onnx.ModelProto", replace: Callable) -> bool:
+def rewrite_nodes(graph: "Graph", replace: "Callable[[onnx.NodeProto], Replacement | None]",
+                  default_opset: int | None = None) -> "Graph":
+    """`graph` with a new body: a copy of its body with each node for which `replace(node)` gives a replacement
+    replaced by it (replace_nodes); `graph` itself where `replace` gives none. `graph.body` stays as it is, so
+    `replace` may read what it needs to know (types, shapes, constants) from it. A pass that writes ONNX's own ops
+    in place of another domain's (ai.onnx.ml) gives `default_opset`: a model importing no default opset then
+    imports that one."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.body)
+    if not replace_nodes(model, replace):
+        return graph
+    if default_opset is not None and not any(o.domain in ONNX_DOMAINS for o in model.opset_import):
+        default = helper.make_opsetid("", default_opset)
+        model.opset_import.append(default)
+        model.ir_version = max(model.ir_version, helper.find_min_ir_version_for([default]))
+    return dataclasses.replace(graph, body=model)
+
+
+def replace_nodes(model: "onnx.ModelProto", replace: "Callable[[onnx.NodeProto], Replacement | None]") -> bool:
     """Replace (in place) each node for which `replace(node)` gives (nodes, {name: array of a new constant}),
     in its place in the order; whether any was. Initializers no node reads any more are dropped."""
     from onnx import numpy_helper

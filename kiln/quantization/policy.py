@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.calibration.observers import TensorRange
+from kiln.compiler.onnx_graph import is_onnx_op
 from kiln.errors import InputError, SettingError
 from kiln.quantization.config import ActivationType, KeepFloat, QuantizeOptions
 
@@ -96,8 +97,7 @@ def activation_tensors(model: "onnx.ModelProto") -> set[str]:
 
 def _quantizable(node, ranges: dict[str, TensorRange], passive: set[str], producers: dict[str, str],
                  constants: set[str]) -> bool:
-    if (node.op_type not in QUANTIZABLE or node.domain not in ("", "ai.onnx")
-            or any(name in passive for name in node.input)):
+    if not is_onnx_op(node, *QUANTIZABLE) or any(name in passive for name in node.input):
         return False
     if node.op_type in WEIGHTED and node.input[1] not in constants:  # attention's Q.K^T: no integer kernel
         return False

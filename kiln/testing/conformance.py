@@ -222,15 +222,20 @@ def sample(cases: list[Case], count: int, covering: frozenset[str] = frozenset()
 def claimed_ops() -> frozenset[str]:
     """The ops kiln claims: those TVM's Relax importer converts, those ONNX defines as functions of other ops
     (compiled from their bodies where the importer has none: kiln.compiler.passes.function_expansion), and those
-    kiln's passes rewrite into ops the importer converts (LSTM, GRU and RNN, Scan, CumProd, QLinearMatMul)."""
+    kiln's passes rewrite into ops the importer converts (LSTM, GRU and RNN, Scan, the DFT family, ...), and
+    those kiln converts itself (BitCast: kiln.compiler.backends.tvm.converters)."""
     import onnx
 
     from kiln.compat.tvm import onnx_importer_ops
+    from kiln.compiler.backends.tvm.converters import CONVERTERS
     from kiln.compiler.passes.recurrent import RECURRENT_OPS
 
     functions = {schema.name for schema in onnx.defs.get_all_schemas()
                  if schema.domain == "" and (schema.has_function or schema.has_context_dependent_function)}
-    return onnx_importer_ops() | frozenset(functions) | RECURRENT_OPS | {"Scan", "CumProd", "QLinearMatMul"}
+    return (onnx_importer_ops() | frozenset(functions) | RECURRENT_OPS | frozenset(CONVERTERS)
+            | {"Scan", "CumProd", "QLinearMatMul", "LpNormalization", "Col2Im", "TensorScatter", "ReverseSequence",
+               "Det", "DFT", "STFT", "MelWeightMatrix", "TfIdfVectorizer",
+               "ai.onnx.ml.TreeEnsemble", "QLinearConv", "ConvInteger"})
 
 
 # ---- running one case ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import drop_unused_initializers, static_shapes
+from kiln.compiler.onnx_graph import drop_unused_initializers, is_onnx_op, static_shapes
 
 
 def conv_padding(graph: Graph) -> Graph:
@@ -73,7 +73,7 @@ def _fold_pads(model) -> bool:
     outputs = {o.name for o in model.graph.output}
     folded = []
     for pad in model.graph.node:
-        amounts = _spatial_pads(pad, constants) if pad.op_type == "Pad" and pad.domain in ("", "ai.onnx") else None
+        amounts = _spatial_pads(pad, constants) if is_onnx_op(pad, "Pad") else None
         if amounts is None or pad.output[0] in outputs:
             continue
         readers = [node for node in model.graph.node if pad.output[0] in node.input]
@@ -120,7 +120,7 @@ def _takes_padding(node, name: str, spatial: int) -> bool:
 
 
 def _is_conv(node) -> bool:
-    return node.op_type == "Conv" and node.domain in ("", "ai.onnx")
+    return is_onnx_op(node, "Conv")
 
 
 def _spatial_shapes(model) -> dict[str, list[int]]:

@@ -15,34 +15,102 @@ of its time there). Exact up to float summation order.
 
 Rewritten: group 1, dilations 1, auto_pad NOTSET without output_shape, constant weights (and bias), an input of
 static shape. Any other ConvTranspose is left as is.
+
+Before that, any ConvTranspose's output_shape (which TVM's converter ignores) is written as the pads and
+output_padding that give it, by ONNX's equations: total padding = the shape without pads - output_shape, split
+evenly, its odd pixel at the start (at the end for SAME_UPPER); a negative total grows the output at the end as
+output_padding does, up to the strides (ONNX Runtime rejects more). Where that cannot be done (shapes not static,
+auto_pad VALID, a SAME_UPPER output grown, where ONNX's reference and ONNX Runtime disagree), the support check
+(kiln.compiler.backends.tvm.ops) names why with `output_shape_refusal`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import is_onnx_op, rewrite_nodes, static_dims, static_shapes
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     import onnx
 
 
 def conv_transpose(graph: Graph) -> Graph:
-    import onnx
-
     if not any(node.op_type == "ConvTranspose" for node in graph.body.graph.node):
         return graph
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    weights = {t.name: t for t in model.graph.initializer}
-    shapes = static_shapes(model.graph)
-    if not replace_nodes(model, lambda node: _subpixel(node, weights, shapes)):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    weights = {t.name: t for t in graph.body.graph.initializer}
+    shapes = static_shapes(graph.body.graph)
+    dims = static_dims(graph.body.graph)
+
+    def replace(node):
+        explicit = _explicit_padding(node, dims)
+        return _subpixel(explicit or node, weights, shapes) or (([explicit], {}) if explicit else None)
+
+    return rewrite_nodes(graph, replace)
+
+
+def output_shape_refusal(node: "onnx.NodeProto", dims: "Mapping[str, Sequence[int | None]]") -> str | None:
+    """Why conv_transpose leaves the output_shape of the ConvTranspose `node` as it is; None where it has none or
+    the pass writes it as pads. `dims` holds the values' shapes (None: symbolic)."""
+    padding = _padding(node, dims)
+    return padding if isinstance(padding, str) else None
+
+
+def _explicit_padding(node: "onnx.NodeProto", dims: "Mapping[str, Sequence[int]]") -> "onnx.NodeProto | None":
+    """The ConvTranspose `node` with its output_shape written as pads and output_padding; None where it has no
+    output_shape or it cannot be."""
+    from onnx import helper
+
+    padding = _padding(node, dims)
+    if padding is None or isinstance(padding, str):
+        return None
+    pads, output_padding = padding
+    explicit = helper.make_node("ConvTranspose", node.input, node.output, name=node.name, pads=pads,
+                                output_padding=output_padding)
+    explicit.attribute.extend(a for a in node.attribute
+                              if a.name not in ("output_shape", "auto_pad", "pads", "output_padding"))
+    return explicit
+
+
+def _padding(node: "onnx.NodeProto", dims: "Mapping[str, Sequence[int | None]]") -> "tuple[list, list] | str | None":
+    """(pads, output_padding) that give the ConvTranspose `node` its output_shape, why they cannot, or None where it
+    has no output_shape."""
+    from onnx import helper
+
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    wanted = attributes.get("output_shape")
+    if not is_onnx_op(node, "ConvTranspose") or not wanted:
+        return None
+    refused = f"output_shape {list(wanted)} (the converter ignores it)"
+    data, weight = dims.get(node.input[0]), dims.get(node.input[1])
+    spatial = len(wanted)
+    kernel = attributes.get("kernel_shape") or (weight[2:] if weight is not None else None)
+    if data is None or kernel is None or None in (*data[2:], *kernel):
+        return f"{refused}: input or weight shape not static; pin the input shapes"
+    if len(data) != spatial + 2:
+        return f"{refused}: {spatial} dims for the input's {len(data) - 2} spatial axes"
+    auto_pad = attributes.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER"):
+        return f"{refused} with auto_pad {auto_pad}"
+    strides, dilations = attributes.get("strides", [1] * spatial), attributes.get("dilations", [1] * spatial)
+    extra = list(attributes.get("output_padding", [0] * spatial))
+    begins, ends = [], []
+    for i in range(spatial):
+        total = (strides[i] * (data[2 + i] - 1) + extra[i] + (kernel[i] - 1) * dilations[i] + 1) - wanted[i]
+        if total < 0 and auto_pad == "SAME_UPPER":
+            return f"{refused}: a SAME_UPPER output grown (ONNX's reference and ONNX Runtime grow it apart)"
+        if total < 0 and extra[i] - total >= strides[i]:
+            return f"{refused}: grown past what output_padding reaches (ONNX Runtime rejects it too)"
+        extra[i] -= min(total, 0)
+        half = max(total, 0) // 2
+        begins.append(half if auto_pad == "SAME_UPPER" else max(total, 0) - half)
+        ends.append(max(total, 0) - begins[-1])
+    return begins + ends, extra
 
 
 def _subpixel(node: "onnx.NodeProto", weights: dict, shapes: dict) -> tuple[list, dict] | None:

@@ -10,14 +10,13 @@ names why with `cumprod_refusal`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes, static_dims
 
 if TYPE_CHECKING:
     import onnx
@@ -46,17 +45,14 @@ def cumprod_refusal(node: "onnx.NodeProto", values: Mapping[str, "onnx.TensorPro
 
 
 def unroll_cumprod(graph: Graph) -> Graph:
-    import onnx
     from onnx import helper
 
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    values = {t.name: t for t in model.graph.initializer}
-    dims = {**{name: tuple(t.dims) for name, t in values.items()}, **static_shapes(model.graph)}
-    types = element_types(model.graph)
+    values = {t.name: t for t in graph.body.graph.initializer}
+    dims = static_dims(graph.body.graph)
+    types = element_types(graph.body.graph)
 
     def replace(node):
-        if node.op_type != "CumProd" or node.domain not in ("", "ai.onnx") or cumprod_refusal(node, values, dims):
+        if not is_onnx_op(node, "CumProd") or cumprod_refusal(node, values, dims):
             return None
         shape = dims[node.input[0]]
         axis = _axis(values[node.input[1]], len(shape))
@@ -82,9 +78,7 @@ def unroll_cumprod(graph: Graph) -> Graph:
                                       name=node.name, axis=axis))
         return nodes, constants
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)
 
 
 def _axis(value: "onnx.TensorProto", rank: int) -> int:

@@ -29,30 +29,23 @@ left as they are.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import rewrite_nodes, static_shapes
 
 if TYPE_CHECKING:
     import onnx
 
 
 def dilated_conv(graph: Graph) -> Graph:
-    import onnx
-
     if not any(node.op_type == "Conv" and _dilations(node) != [1, 1] for node in graph.body.graph.node):
         return graph
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    weights = {t.name: t for t in model.graph.initializer}
-    shapes = static_shapes(model.graph)
-    if not replace_nodes(model, lambda node: _rewrite(node, weights, shapes)):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    weights = {t.name: t for t in graph.body.graph.initializer}
+    shapes = static_shapes(graph.body.graph)
+    return rewrite_nodes(graph, lambda node: _rewrite(node, weights, shapes))
 
 
 def _dilations(node: "onnx.NodeProto") -> list[int]:

@@ -7,29 +7,24 @@ to be empty; ReduceMean's 0 / 0 is NaN in both.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes, static_shapes
 
 _ZERO = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")
 _LEAST = ("ReduceMax", "ReduceLogSum", "ReduceLogSumExp")
 
 
 def empty_reductions(graph: Graph) -> Graph:
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    shapes = static_shapes(model.graph)
-    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    types = element_types(model.graph)
+    shapes = static_shapes(graph.body.graph)
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.body.graph.initializer}
+    types = element_types(graph.body.graph)
 
     def replace(node):
-        if node.domain not in ("", "ai.onnx") or not node.op_type.startswith("Reduce") or node.op_type == "ReduceMean":
+        if not is_onnx_op(node) or not node.op_type.startswith("Reduce") or node.op_type == "ReduceMean":
             return None
         shape, elem_type = shapes.get(node.input[0]), types.get(node.input[0])
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -46,9 +41,7 @@ def empty_reductions(graph: Graph) -> Graph:
         name = f"{node.name or node.output[0]}_empty"
         return [helper.make_node("Identity", [name], [node.output[0]], name=node.name)], {name: value}
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)
 
 
 def _axes(node, attributes: dict, initializers: dict) -> "list[int] | None | bool":

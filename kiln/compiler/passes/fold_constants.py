@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kiln.compiler.frontends.onnx import opset_of
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import drop_unused_initializers, infer_shapes, names_read
+from kiln.compiler.onnx_graph import drop_unused_initializers, infer_shapes, is_onnx_op, names_read
 
 if TYPE_CHECKING:
     import onnx
@@ -68,7 +69,7 @@ def fold_constants(graph: Graph) -> Graph:
 def _has_candidates(graph: "onnx.GraphProto") -> bool:
     constant = {t.name for t in graph.initializer}
     return any(node.op_type in ("Constant", "Shape", "Size") or all(i in constant for i in node.input if i)
-               for node in graph.node if node.domain in ("", "ai.onnx") and node.op_type not in NEVER)
+               for node in graph.node if is_onnx_op(node) and node.op_type not in NEVER)
 
 
 def _fold_once(model: "onnx.ModelProto") -> int:
@@ -76,7 +77,7 @@ def _fold_once(model: "onnx.ModelProto") -> int:
     from onnx import numpy_helper
 
     graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = opset_of(model)
     shapes, dtypes = _value_types(graph)
     initializers = {t.name: t for t in graph.initializer}
     values: dict[str, np.ndarray] = {}
@@ -156,7 +157,7 @@ def _evaluate(node, initializers, values, shapes, dtypes, opset) -> dict[str, np
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    if node.domain not in ("", "ai.onnx") or node.op_type in NEVER or any(a.type in (5, 10) for a in node.attribute):
+    if not is_onnx_op(node) or node.op_type in NEVER or any(a.type in (5, 10) for a in node.attribute):
         return None  # attribute types 5, 10: GRAPH, GRAPHS (If, Loop, Scan)
     names = [name for name in node.input if name]
     if not all(name in values or name in initializers for name in names):

@@ -28,7 +28,7 @@ import re
 from typing import TYPE_CHECKING
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import graph_names, infer_shapes
+from kiln.compiler.onnx_graph import ONNX_DOMAINS, graph_names, infer_shapes, is_onnx_op
 from kiln.compiler.passes.fold_constants import fold_constants
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def _schema(node: "onnx.NodeProto", model: "onnx.ModelProto"):
 
 def _opset(node: "onnx.NodeProto", model: "onnx.ModelProto") -> int | None:
     """The version the model imports `node`'s domain at."""
-    accepted = ("", "ai.onnx") if node.domain in ("", "ai.onnx") else (node.domain,)
+    accepted = ONNX_DOMAINS if is_onnx_op(node) else (node.domain,)
     return next((o.version for o in model.opset_import if o.domain in accepted), None)
 
 

@@ -8,6 +8,11 @@ values become carrier arithmetic giving exactly onnx.reference's result:
   Round and multiplications by powers of two (_round_float); out of range: the largest value where saturating (float4
   always), else NaN or infinity as the type has; fnuz types have no -0; NaN: NaN (float4, which has none: -0, as
   ml_dtypes converts it);
+- to float8e8m0 (powers of two 2^-127 .. 2^127 and NaN; TVM 0.27 rounds it to nearest only): the float32 value's
+  power of two found by comparisons (_step_of), raised by one as round_mode says (up: any fraction;
+  nearest: a fraction of half or more; below the normal floats, from 2^-127 to 2^-126 where above 0 or above 2^-127),
+  sign dropped; beyond 2^127 the largest where saturating, else NaN; NaN and infinity NaN (onnx.numpy_helper's
+  to_float8e8m0, which looks at the float32 bits; ONNX leaves negative values unspecified);
 - to a narrow integer: from a float, truncated toward zero, 0 where out of range, NaN or infinite (ml_dtypes'
   conversion, which onnx.reference uses; ONNX leaves it undefined); from an integer, wrapped to the type's bits;
 - QuantizeLinear to a narrow type: x / scale rounded half to even, plus the zero point, clamped (integers), or cast
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import infer_shapes
+from kiln.compiler.onnx_graph import infer_shapes, is_onnx_op
 from kiln.dtypes import CARRIERS
 
 if TYPE_CHECKING:
@@ -38,7 +43,6 @@ _EXACT_ON_CARRIER = frozenset({
     "Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split", "Slice", "Gather",
     "GatherElements", "GatherND", "Tile", "Expand", "Pad", "Where", "ConstantOfShape", "DepthToSpace",
     "SpaceToDepth", "Compress", "Max", "Min", "ReduceMax", "ReduceMin"})
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,15 +67,17 @@ FLOAT_FORMATS = {  # ONNX elem type -> format
     23: FloatFormat(1, 0, 6.0, None, nan=-0.0),  # FLOAT4E2M1
 }
 INT_RANGES = {22: (-8, 7), 21: (0, 15), 26: (-2, 1), 25: (0, 3)}  # INT4, UINT4, INT2, UINT2 -> (lowest, highest)
+E8M0 = 24  # FLOAT8E8M0
+NARROW = frozenset({*FLOAT_FORMATS, E8M0, *INT_RANGES})
 _FLOAT, _DOUBLE, _INT64, _BOOL = 1, 11, 7, 9
-_FLOATS = frozenset({1, 10, 11, 16, *FLOAT_FORMATS})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16 and the narrow floats
+_FLOATS = frozenset({1, 10, 11, 16, *FLOAT_FORMATS, E8M0})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16 and the narrow floats
 
 
 def carrier_type(elem_type: int) -> int:
     """The ONNX elem type TVM holds `elem_type` in (itself where it is not narrow)."""
     from onnx import helper
 
-    name = helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type in (*FLOAT_FORMATS, *INT_RANGES) else None
+    name = helper.tensor_dtype_to_np_dtype(elem_type).name if elem_type in NARROW else None
     return helper.np_dtype_to_tensor_dtype(np.dtype(CARRIERS[name])) if name else elem_type
 
 
@@ -80,17 +86,18 @@ def narrow_refusal(node: "onnx.NodeProto", types: dict[str, int], nested: bool) 
     compute `node` on carriers. `types`: value name -> ONNX elem type."""
     from onnx import TensorProto
 
-    narrow = [types[n] for n in (*node.input, *node.output) if types.get(n) in (*FLOAT_FORMATS, *INT_RANGES)]
+    narrow = [types[n] for n in (*node.input, *node.output) if types.get(n) in NARROW]
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # an omitted zero point: the type from the attribute
-        narrow += [a.i for a in node.attribute if a.name == "output_dtype" and a.i in (*FLOAT_FORMATS, *INT_RANGES)]
+        narrow += [a.i for a in node.attribute if a.name == "output_dtype" and a.i in NARROW]
     if not narrow:
         return None
     named = TensorProto.DataType.Name(narrow[0]).lower()
     if nested:
         return f"{named} values inside a subgraph (kiln computes narrow types in carriers in the main graph only)"
-    made = [types.get(n) in (*FLOAT_FORMATS, *INT_RANGES) for n in node.output]
-    if node.domain in _DEFAULT_DOMAINS and (node.op_type in _MAKERS or node.op_type in _EXACT_ON_CARRIER
-                                            or not any(made)):
+    if E8M0 in narrow and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        return "float8e8m0 scales (kiln computes float8e8m0 values only by Cast, CastLike and ops that move values)"
+    made = [types.get(n) in NARROW for n in node.output]
+    if is_onnx_op(node) and (node.op_type in _MAKERS or node.op_type in _EXACT_ON_CARRIER or not any(made)):
         return None
     return (f"makes {named} values, which kiln computes (in a wider carrier) only by Cast, CastLike, QuantizeLinear, "
             "DequantizeLinear and ops that move values")
@@ -101,7 +108,7 @@ def narrow_types(graph: Graph) -> Graph:
 
     model = infer_shapes(graph.body)
     types = value_types(model.graph)
-    if not any(t in (*FLOAT_FORMATS, *INT_RANGES) for t in types.values()) and not _narrow_attributes(model.graph):
+    if not any(t in NARROW for t in types.values()) and not _narrow_attributes(model.graph):
         return graph
     if any(narrow_refusal(node, types, False) for node in model.graph.node) or any(
             _nested_narrow(node) for node in model.graph.node):
@@ -136,7 +143,7 @@ def value_types(graph: "onnx.GraphProto") -> dict[str, int]:
 
 def _narrow_attributes(graph: "onnx.GraphProto") -> bool:
     """Whether a Cast / QuantizeLinear asks for a narrow type by attribute (its output's type not inferred)."""
-    return any(a.name in ("to", "output_dtype") and a.i in (*FLOAT_FORMATS, *INT_RANGES)
+    return any(a.name in ("to", "output_dtype") and a.i in NARROW
                for node in graph.node for a in node.attribute)
 
 
@@ -163,7 +170,7 @@ def _shapes(graph: "onnx.GraphProto") -> dict[str, tuple]:
 def _carried(tensor: "onnx.TensorProto") -> "onnx.TensorProto":
     from onnx import numpy_helper
 
-    if tensor.data_type not in (*FLOAT_FORMATS, *INT_RANGES):
+    if tensor.data_type not in NARROW:
         return tensor
     array = numpy_helper.to_array(tensor)
     return numpy_helper.from_array(array.astype(CARRIERS[array.dtype.name]), tensor.name)
@@ -198,7 +205,7 @@ def _rewrite(node: "onnx.NodeProto", types: dict[str, int], shapes: dict[str, tu
     from onnx import helper
 
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.domain not in _DEFAULT_DOMAINS:
+    if not is_onnx_op(node):
         return [node]
     if node.op_type in ("Constant", "ConstantOfShape") and "value" in attributes:
         kept = helper.make_node(node.op_type, list(node.input), list(node.output), name=node.name,
@@ -206,26 +213,30 @@ def _rewrite(node: "onnx.NodeProto", types: dict[str, int], shapes: dict[str, tu
         return [kept]
     if node.op_type in ("Cast", "CastLike"):
         target = attributes["to"] if node.op_type == "Cast" else types.get(node.input[1], 0)
-        if target not in FLOAT_FORMATS and target not in INT_RANGES:
+        if target not in NARROW:
             return [node]
         built = _Nodes(node)
-        _convert(built, node.input[0], types.get(node.input[0], _FLOAT), target,
-                 bool(attributes.get("saturate", 1)), node.output[0])
+        _convert(built, node.input[0], types.get(node.input[0], _FLOAT), target, bool(attributes.get("saturate", 1)),
+                 node.output[0], attributes.get("round_mode", b"up").decode())
         return built.nodes
     if node.op_type == "QuantizeLinear":
         target = types.get(node.input[2], 0) if len(node.input) > 2 and node.input[2] else \
             attributes.get("output_dtype", 0)
         if target in FLOAT_FORMATS or target in INT_RANGES:
             return _quantize(node, target, attributes, types, shapes)
-    if node.op_type == "DequantizeLinear" and types.get(node.input[0]) in (*FLOAT_FORMATS, *INT_RANGES):
+    if node.op_type == "DequantizeLinear" and types.get(node.input[0]) in NARROW:
         return _dequantize(node, attributes, types, shapes)
     return [node]
 
 
-def _convert(built: _Nodes, value: str, from_type: int, target: int, saturate: bool, output: str) -> None:
+def _convert(built: _Nodes, value: str, from_type: int, target: int, saturate: bool, output: str,
+             round_mode: str = "up") -> None:
     """Nodes writing `value` (of ONNX type `from_type`, a carrier where narrow) converted to narrow `target`,
-    held in its carrier, to `output`."""
-    if target in FLOAT_FORMATS:
+    held in its carrier, to `output` (`round_mode`: float8e8m0's)."""
+    if target == E8M0:
+        built.add("Identity", _round_e8m0(built, built.cast(value, from_type, _FLOAT), round_mode, saturate),
+                  output=output)
+    elif target in FLOAT_FORMATS:
         compute = _DOUBLE if from_type == _DOUBLE else _FLOAT  # double: rounded once, from its own value
         rounded = _round_float(built, built.cast(value, from_type, compute), compute, FLOAT_FORMATS[target],
                                saturate)
@@ -239,16 +250,12 @@ def _convert(built: _Nodes, value: str, from_type: int, target: int, saturate: b
 def _round_float(built: _Nodes, x: str, compute: int, form: FloatFormat, saturate: bool) -> str:
     """`x` (float or double) rounded half to even onto `form`'s grid, with its overflow, -0 and NaN rules. The
     spacing of the grid at |x| is the largest 2^(k - mantissa) over the exponents k with |x| >= 2^k (the smallest
-    normal exponent always; comparisons broadcast over a new last axis), so no logarithm is taken."""
+    normal exponent always)."""
     top = math.frexp(form.max_value)[1] - 1
     exponents = np.arange(form.min_exponent, top + 1, dtype=np.float64)
     thresholds = np.where(exponents == form.min_exponent, 0.0, np.exp2(exponents))
     magnitude = built.add("Abs", x)
-    above = built.add("GreaterOrEqual", built.add("Unsqueeze", magnitude, built.const([-1], _INT64)),
-                      built.const(thresholds, compute))
-    spacings = built.add("Where", above, built.const(np.exp2(exponents - form.mantissa), compute),
-                         built.const(0.0, compute))
-    spacing = built.add("ReduceMax", spacings, built.const([-1], _INT64), keepdims=0)
+    spacing = _step_of(built, magnitude, thresholds, np.exp2(exponents - form.mantissa), compute)
     rounded = built.add("Mul", built.add("Round", built.add("Div", magnitude, spacing)), spacing)
     largest = built.const(form.max_value, compute)
     beyond = largest if saturate or form.overflow is None else built.const(form.overflow, compute)
@@ -262,6 +269,38 @@ def _round_float(built: _Nodes, x: str, compute: int, form: FloatFormat, saturat
     if not math.isnan(form.nan):
         signed = built.add("Where", built.add("IsNaN", x), built.const(form.nan, compute), signed)
     return signed
+
+
+def _step_of(built: _Nodes, magnitude: str, thresholds: np.ndarray, steps: np.ndarray, compute: int) -> str:
+    """The step of the last of the ascending `thresholds` that `magnitude` reaches (0 where it reaches none):
+    the comparisons broadcast over a new last axis, so no logarithm is taken."""
+    above = built.add("GreaterOrEqual", built.add("Unsqueeze", magnitude, built.const([-1], _INT64)),
+                      built.const(thresholds, compute))
+    reached = built.add("Where", above, built.const(steps, compute), built.const(0.0, compute))
+    return built.add("ReduceMax", reached, built.const([-1], _INT64), keepdims=0)
+
+
+def _round_e8m0(built: _Nodes, x: str, round_mode: str, saturate: bool) -> str:
+    """float32 `x` as float8e8m0 (the module's docstring), in float32."""
+    magnitude = built.add("Abs", x)
+    exponents = np.arange(-127, 128, dtype=np.float64)  # 2^-127 below the normal floats
+    power = _step_of(built, magnitude, np.where(exponents == -127, 0.0, np.exp2(exponents)), np.exp2(exponents),
+                     _FLOAT)
+    tiny = built.add("Less", magnitude, built.const(2.0 ** -126, _FLOAT))
+    if round_mode == "up":
+        raised = built.add("Where", tiny, built.add("Greater", magnitude, built.const(0.0, _FLOAT)),
+                           built.add("Greater", magnitude, power))
+    elif round_mode == "nearest":
+        raised = built.add("Where", tiny, built.add("Greater", magnitude, power),
+                           built.add("GreaterOrEqual", magnitude, built.add("Mul", power, built.const(1.5, _FLOAT))))
+    else:
+        raised = built.const(False, _BOOL)
+    value = built.add("Where", raised, built.add("Mul", power, built.const(2.0, _FLOAT)), power)
+    largest = built.const(2.0 ** 127, _FLOAT)
+    value = built.add("Min", value, largest) if saturate else built.add(
+        "Where", built.add("Greater", value, largest), built.const(math.nan, _FLOAT), value)
+    special = built.add("Or", built.add("IsNaN", x), built.add("IsInf", x))
+    return built.add("Where", special, built.const(math.nan, _FLOAT), value)
 
 
 def _truncate(built: _Nodes, value: str, from_type: int, target: int, output: str) -> None:

@@ -8,12 +8,10 @@ every score but -inf and NaN.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import replace_nodes
+from kiln.compiler.onnx_graph import is_onnx_op, rewrite_nodes
 
 # input 2, 3, 4 -> (name suffix, ONNX's meaning when absent)
 _DEFAULTS = (("max_output", np.array([0], np.int64)), ("iou_threshold", np.array([0.0], np.float32)),
@@ -23,12 +21,9 @@ _DEFAULTS = (("max_output", np.array([0], np.int64)), ("iou_threshold", np.array
 def nms_defaults(graph: Graph) -> Graph:
     import onnx
 
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-
     def replace(node):
         given = list(node.input) + [""] * (5 - len(node.input))
-        if node.op_type != "NonMaxSuppression" or node.domain not in ("", "ai.onnx") or all(given[2:]):
+        if not is_onnx_op(node, "NonMaxSuppression") or all(given[2:]):
             return None
         stem = node.name or node.output[0]
         inputs, constants = given[:2], {}
@@ -43,6 +38,4 @@ def nms_defaults(graph: Graph) -> Graph:
         filled.input.extend(inputs)
         return [filled], constants
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)

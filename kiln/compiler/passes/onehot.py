@@ -9,28 +9,23 @@ index out of range matches nothing).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from kiln.compiler.frontends.onnx import opset_of
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes, static_shapes
 
 
 def onehot(graph: Graph) -> Graph:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    initializers = {t.name: t for t in model.graph.initializer}
-    shapes = static_shapes(model.graph)
-    types = element_types(model.graph)
-    axes_input = opset_of(model) >= 13  # Unsqueeze's axes: an attribute before opset 13
+    initializers = {t.name: t for t in graph.body.graph.initializer}
+    shapes = static_shapes(graph.body.graph)
+    types = element_types(graph.body.graph)
+    axes_input = opset_of(graph.body) >= 13  # Unsqueeze's axes: an attribute before opset 13
 
     def replace(node):
-        if (node.op_type != "OneHot" or node.domain not in ("", "ai.onnx") or node.input[0] not in shapes
+        if (not is_onnx_op(node, "OneHot") or node.input[0] not in shapes
                 or node.input[1] not in initializers or node.input[2] not in initializers):
             return None
         rank = len(shapes[node.input[0]])
@@ -62,6 +57,4 @@ def onehot(graph: Graph) -> Graph:
                      names["on"]: np.array(on), names["off"]: np.array(off)}
         return nodes, constants
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)

@@ -10,24 +10,19 @@ result below 2 ** 53 exactly).
 
 from __future__ import annotations
 
-import dataclasses
-
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, replace_nodes
+from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes
 
 _FLOATS = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def pow_types(graph: Graph) -> Graph:
-    import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    types = element_types(model.graph)
+    types = element_types(graph.body.graph)
 
     def replace(node):
-        if node.op_type != "Pow" or node.domain not in ("", "ai.onnx"):
+        if not is_onnx_op(node, "Pow"):
             return None
         base, exponent = (types.get(name) for name in node.input)
         if not base or not exponent or (base == exponent and base in _FLOATS):
@@ -44,6 +39,4 @@ def pow_types(graph: Graph) -> Graph:
         return nodes + [helper.make_node("Pow", inputs, [f"{stem}_power"], name=node.name),
                         helper.make_node("Cast", [f"{stem}_power"], [node.output[0]], to=base)], {}
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)

@@ -12,26 +12,21 @@ type. The zero points and scales broadcast as numpy does (per tensor, or per row
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, replace_nodes
+from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes
 
 _INTEGERS = {2: np.uint8, 3: np.int8}  # UINT8, INT8: the types QLinearMatMul takes
 
 
 def qlinear_matmul(graph: Graph) -> Graph:
-    import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    types = element_types(model.graph)
+    types = element_types(graph.body.graph)
 
     def replace(node):
-        if node.op_type != "QLinearMatMul" or node.domain not in ("", "ai.onnx"):
+        if not is_onnx_op(node, "QLinearMatMul"):
             return None
         a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = node.input
         integer = _INTEGERS.get(types.get(y_zero))
@@ -65,6 +60,4 @@ def qlinear_matmul(graph: Graph) -> Graph:
         bounds = np.iinfo(integer)
         return nodes, {n["low"]: np.array(bounds.min, np.float64), n["high"]: np.array(bounds.max, np.float64)}
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)

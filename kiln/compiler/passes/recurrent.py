@@ -14,16 +14,18 @@ input clipped to [-clip, clip] when clip is set, but for h(C): ONNX Runtime clip
     RNN         H = f(XW[t] + H Rᵀ)
 
 A reverse direction runs the steps from the last; Y stacks each step's H, Y_h (Y_c) the last H (C). Without
-initial_h / initial_c the states start at 0, so the first step's terms in them are left out.
+initial_h / initial_c the states start at 0, so the first step's terms in them are left out. With sequence_lens
+(constant or given at run time), a batch row's steps from its length on are padding, as ONNX Runtime computes them:
+its states pass through them unchanged and its Y there is 0, so Y_h is the H of its last step (forward) or of step 0
+(reverse, which starts at the row's own last step).
 
 The weights W, R, B, P may be initializers or given at run time (graph inputs, computed tensors): each direction's
 pieces (Rᵀ, Pi, Rbh, ...) are cut from them in the graph (Gather, Split, Transpose). An op of the unrolling whose
 inputs are all constants is evaluated as it is written (onnx.reference), so constant weights come out as initializers,
 cut and transposed once at compile time, and run-time ones are cut once per run, outside the steps.
 
-Unrolled: a node of the main graph whose sequence length is static, whose sequence_lens is absent or a constant
-equal to it everywhere (no masking of shorter sequences), whose hidden size is known (hidden_size, or R's static
-shape), and whose activations are ONNX ops (any case, as ONNX Runtime reads them; activation_alpha /
+Unrolled: a node of the main graph whose sequence length is static, whose hidden size is known (hidden_size, or
+R's static shape), and whose activations are ONNX ops (any case, as ONNX Runtime reads them; activation_alpha /
 activation_beta consumed in order by those that take them, the op's own defaults after). Any other is left as it
 is, and the support check (kiln.compiler.backends.tvm.ops) names why with `unroll_refusal`.
 """
@@ -31,13 +33,13 @@ is, and the support check (kiln.compiler.backends.tvm.ops) names why with `unrol
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import graph_names, replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import graph_names, is_onnx_op, rewrite_nodes, static_dims
 
 if TYPE_CHECKING:
     import onnx
@@ -70,11 +72,12 @@ class _Recurrence:
     layout: int  # 0: [steps, batch, ...]; 1: [batch, steps, ...]. The directions axis of initial_h and Y_h too
     reverse: tuple[bool, ...]  # per direction
     functions: tuple[tuple[_Function, ...], ...]  # per direction: f, g, h (LSTM), f, g (GRU), f (RNN)
+    lengths: str | None = None  # sequence_lens, where a row may be shorter than the sequence
 
 
 def unroll_recurrent(graph: Graph) -> Graph:
     def plan(node, values, dims):
-        return _recurrence(node, values, values, dims)
+        return _recurrence(node, values, dims)
 
     def dtype(model, node):
         return _element_type(model.graph, node.input[0])
@@ -86,16 +89,13 @@ def unroll_nodes(graph: Graph, matches: Callable, plan: Callable, dtype: Callabl
     """`graph` with each node that `matches` and that `plan(node, initializers, dims)` plans (raising Refused where
     it does not) replaced by the nodes `unroll(node, the plan, emitter)` writes through an Emitter of the node's
     `dtype(model, node)`; the graph itself where none is."""
-    import onnx
-
     from kiln.compiler.frontends.onnx import opset_of
 
     if not any(matches(node) for node in graph.body.graph.node):
         return graph
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
+    model = graph.body
     values = {t.name: t for t in model.graph.initializer}
-    dims = {**{name: tuple(t.dims) for name, t in values.items()}, **static_shapes(model.graph)}
+    dims = static_dims(model.graph)
     taken, opset = graph_names(model.graph), opset_of(model)
 
     def replace(node):
@@ -109,27 +109,25 @@ def unroll_nodes(graph: Graph, matches: Callable, plan: Callable, dtype: Callabl
         unroll(node, planned, emitter)
         return emitter.nodes, emitter.constants
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)
 
 
-def unroll_refusal(node: "onnx.NodeProto", constants: Container[str], values: Mapping[str, "onnx.TensorProto"],
+def unroll_refusal(node: "onnx.NodeProto", values: Mapping[str, "onnx.TensorProto"],
                    dims: Mapping[str, Sequence[int | None]]) -> str | None:
-    """Why unroll_recurrent leaves the LSTM / GRU / RNN `node` as it is; None where it unrolls it. `constants` names
-    the values known before run time, `values` holds those known here, `dims` the values' shapes (None: symbolic)."""
+    """Why unroll_recurrent leaves the LSTM / GRU / RNN `node` as it is; None where it unrolls it. `values` holds
+    the constants known here, `dims` the values' shapes (None: symbolic)."""
     try:
-        _recurrence(node, constants, values, dims)
+        _recurrence(node, values, dims)
     except Refused as refused:
         return str(refused)
     return None
 
 
 def _is_recurrent(node: "onnx.NodeProto") -> bool:
-    return node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx")
+    return is_onnx_op(node, *RECURRENT_OPS)
 
 
-def _recurrence(node, constants: Container[str], values: Mapping, dims: Mapping) -> _Recurrence:
+def _recurrence(node, values: Mapping, dims: Mapping) -> _Recurrence:
     from onnx import helper, numpy_helper
 
     inputs = _inputs(node)
@@ -144,12 +142,10 @@ def _recurrence(node, constants: Container[str], values: Mapping, dims: Mapping)
     if not steps:
         raise Refused("sequence length not static; pin the input shapes")
     lengths = inputs.get("sequence_lens")
-    if lengths and lengths not in constants:
-        raise Refused("sequence_lens given at run time")
-    if lengths in values and np.any(numpy_helper.to_array(values[lengths]) != steps):
-        raise Refused("sequence_lens shorter than the sequence")
+    if lengths in values and np.all(numpy_helper.to_array(values[lengths]) == steps):
+        lengths = None
     hidden = _hidden_size(attributes, inputs["R"], values, dims)
-    return _Recurrence(steps, hidden, layout, reverse, _functions(node.op_type, attributes, len(reverse)))
+    return _Recurrence(steps, hidden, layout, reverse, _functions(node.op_type, attributes, len(reverse)), lengths)
 
 
 def _inputs(node) -> dict[str, str]:
@@ -216,14 +212,21 @@ def _unroll(node, recurrence: _Recurrence, e: "Emitter") -> None:
     axis, steps = recurrence.layout, recurrence.steps
     initial = {name: e.split(inputs.get(name), directions, axis) for name in ("initial_h", "initial_c")}
     step = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}[node.op_type]
+    lengths = recurrence.lengths and e.op("Reshape", [recurrence.lengths, e.const(
+        np.array([1, -1, 1] if axis == 0 else [-1, 1, 1], np.int64))])  # against a step's [1, batch, hidden]
     sequences, finals = [], []
     for d, (by_time, reverse) in enumerate(zip(e.split(xw, directions, -1), recurrence.reverse)):
         cell = _cell(node.op_type, d, inputs, attributes, recurrence.functions[d], e)
         state, outputs = (initial["initial_h"][d], initial["initial_c"][d]), [None] * steps
         slices = e.split(by_time, steps, axis)
         for t in (reversed(range(steps)) if reverse else range(steps)):
-            state = step(e, cell, slices[t], *state)
-            outputs[t] = state[0]
+            computed = step(e, cell, slices[t], *state)
+            if lengths is None:
+                state, outputs[t] = computed, computed[0]
+                continue
+            valid = e.op("Less", [e.const(np.array(t, np.int32)), lengths])
+            state = tuple(e.where(valid, new, old) for new, old in zip(computed, state))
+            outputs[t] = e.where(valid, computed[0], None)
         sequences.append(outputs)
         finals.append(state)
     outputs = list(node.output) + [""] * 3
@@ -344,6 +347,10 @@ class Emitter:
 
     def mul(self, a: str | None, b: str | None) -> str | None:
         return None if a is None or b is None else self.op("Mul", [a, b])
+
+    def where(self, condition: str, a: str | None, b: str | None) -> str | None:
+        """a where `condition`, else b (None: zeros of a's shape, where a is not None)."""
+        return None if a is None else self.op("Where", [condition, a, self.scalar(0.0) if b is None else b])
 
     def matmul(self, a: str | None, b: str) -> str | None:
         return None if a is None else self.op("MatMul", [a, b])

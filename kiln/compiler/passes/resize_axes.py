@@ -11,30 +11,26 @@ scale * size is whole, so only there is it rewritten (elsewhere the node is left
 
 from __future__ import annotations
 
-import dataclasses
 from fractions import Fraction
 
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, replace_nodes, static_shapes
+from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes, static_shapes
 
 
 def resize_axes(graph: Graph) -> Graph:
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    shapes = static_shapes(model.graph)
-    types = element_types(model.graph)
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.body.graph.initializer}
+    shapes = static_shapes(graph.body.graph)
+    types = element_types(graph.body.graph)
 
     def given(node, index: int) -> str:
         return node.input[index] if index < len(node.input) else ""
 
     def replace(node):
-        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx") or node.input[0] not in shapes:
+        if not is_onnx_op(node, "Resize") or node.input[0] not in shapes:
             return None
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         policy = attributes.get("keep_aspect_ratio_policy", b"stretch")
@@ -99,6 +95,4 @@ def resize_axes(graph: Graph) -> Graph:
         resize.attribute.extend(kept)
         return nodes + [resize], constants
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)

@@ -6,26 +6,22 @@ scale), which agrees only at scale 1: Faster R-CNN-style models (scale 1/16) poo
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
+from kiln.compiler.frontends.onnx import opset_of
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import replace_nodes
+from kiln.compiler.onnx_graph import is_onnx_op, rewrite_nodes
 
 
 def roi_align_scale(graph: Graph) -> Graph:
     import onnx
 
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.body)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    default_mode = b"half_pixel" if opset >= 16 else b"output_half_pixel"
+    default_mode = b"half_pixel" if opset_of(graph.body) >= 16 else b"output_half_pixel"
 
     def replace(node):
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         scale = attributes.get("spatial_scale", 1.0)
-        if (node.op_type != "RoiAlign" or node.domain not in ("", "ai.onnx") or scale == 1.0
+        if (not is_onnx_op(node, "RoiAlign") or scale == 1.0
                 or attributes.get("coordinate_transformation_mode", default_mode) != b"half_pixel"):
             return None
         name = node.name or node.output[0]
@@ -36,6 +32,4 @@ def roi_align_scale(graph: Graph) -> Graph:
                                        name=node.name, **{**attributes, "spatial_scale": 1.0})
         return [cast, multiply, pooled], {constant: np.array(scale, np.float32)}
 
-    if not replace_nodes(model, replace):
-        return graph
-    return dataclasses.replace(graph, body=model)
+    return rewrite_nodes(graph, replace)

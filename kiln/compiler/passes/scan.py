@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import infer_shapes
+from kiln.compiler.onnx_graph import infer_shapes, is_onnx_op
 from kiln.compiler.passes.fold_constants import fold_constants
 from kiln.compiler.passes.recurrent import Emitter, Refused, unroll_nodes
 
@@ -73,7 +73,7 @@ def scan_refusal(node: "onnx.NodeProto", dims: Mapping[str, Sequence[int | None]
 
 
 def _is_scan(node: "onnx.NodeProto") -> bool:
-    return node.op_type == "Scan" and node.domain in ("", "ai.onnx")
+    return is_onnx_op(node, "Scan")
 
 
 def _plan(node, dims: Mapping) -> _Plan:

@@ -71,13 +71,12 @@ def build_library(entries: dict[str, Graph], preset: Preset, library: Path,
 
     prepare_thread_pool()  # compiling runs kernels (constant folding), which starts TVM's pool
     import tvm
-    from tvm.relax.frontend.onnx import from_onnx
 
+    from kiln.compiler.backends.tvm.converters import import_onnx
     from kiln.compiler.backends.tvm.rewrite.empty import allocate_empty
     from kiln.compiler.backends.tvm.rewrite.entries import merge_entries
 
-    mod = allocate_empty(merge_entries({name: from_onnx(graph.body, keep_params_in_input=False)
-                                        for name, graph in entries.items()}))
+    mod = allocate_empty(merge_entries((name, import_onnx(graph.body)) for name, graph in entries.items()))
     target = tvm.target.Target(preset.tvm_target)
     report = BuildReport()
     executable = tvm.compile(mod, target=target,

@@ -14,29 +14,41 @@ Nodes inside If / Loop / Scan subgraphs are scanned too, named `outer/attribute/
 A refused node whose op ONNX defines as a function of other ops (opset-23 Attention, RotaryEmbedding, the losses,
 LayerNormalization's Mean and InvStdDev, ...) is replaced by that function's body before this check runs on the
 graph, where no node of the body is refused (kiln.compiler.passes.function_expansion); its refusal here stands
-otherwise. An LSTM, GRU or RNN of the main graph is refused only where kiln.compiler.passes.recurrent does not
-unroll it, for the reason it gives; a Scan of the main graph likewise, by kiln.compiler.passes.scan, and a CumProd
-by kiln.compiler.passes.cumprod.
+otherwise. An op with no converter that one of kiln's passes rewrites in the main graph (LSTM, Scan, CumProd, DFT,
+Col2Im, ...: _PASS_REFUSALS) is refused only where that pass leaves it, for the reason the pass gives; an op kiln
+converts itself (BitCast) likewise, by kiln.compiler.backends.tvm.converters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kiln.compat.tvm import onnx_importer_ops
+from kiln.compiler.backends.tvm.converters import CONVERTER_REFUSALS, CONVERTERS
 from kiln.compiler.backends.tvm.value_checks import value_reason
 from kiln.compiler.frontends.onnx import opset_of
-from kiln.compiler.onnx_graph import graph_inputs
+from kiln.compiler.onnx_graph import declared_dims, element_types, graph_inputs, is_onnx_op
+from kiln.compiler.passes.center_crop_pad import center_crop_pad_refusal
+from kiln.compiler.passes.conv_transpose import output_shape_refusal
+from kiln.compiler.passes.col2im import col2im_refusal
 from kiln.compiler.passes.cumprod import cumprod_refusal
+from kiln.compiler.passes.det import det_refusal
+from kiln.compiler.passes.integer_conv import integer_conv_refusal
+from kiln.compiler.passes.lp_normalization import lp_refusal
 from kiln.compiler.passes.narrow_types import narrow_refusal
 from kiln.compiler.passes.recurrent import RECURRENT_OPS, unroll_refusal
+from kiln.compiler.passes.resize_exact import resize_refusal
+from kiln.compiler.passes.reverse_sequence import reverse_sequence_refusal
 from kiln.compiler.passes.scan import scan_refusal
+from kiln.compiler.passes.tensor_scatter import tensor_scatter_refusal
+from kiln.compiler.passes.tfidf_vectorizer import tfidf_refusal
+from kiln.compiler.passes.tree_ensemble import ML_DOMAIN, tree_ensemble_refusal
+from kiln.compiler.passes.spectral import SPECTRAL_OPS, spectral_refusal
 
 if TYPE_CHECKING:
     import onnx
 
-DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 # The com.microsoft ops in TVM's converter table (the table is keyed by bare op name).
 MICROSOFT_OPS = frozenset({"Attention", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "Gelu",
                            "MatMulInteger16", "SkipLayerNormalization"})
@@ -54,6 +66,11 @@ REQUIRED_CONSTANT: dict[str, tuple[tuple[int, str], ...]] = {
     "ConstantOfShape": ((0, "input"),),
     "CumSum": ((1, "axis"),),
     "CumProd": ((1, "axis"),),  # no converter: kiln.compiler.passes.cumprod unrolls it along a constant axis
+    # no converters: kiln.compiler.passes.spectral writes them as MatMuls (a Where of a few for some run-time values)
+    "DFT": ((1, "dft_length"), (2, "axis")),
+    "STFT": ((1, "frame_step"), (3, "frame_length")),
+    "MelWeightMatrix": tuple(enumerate(("num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz",
+                                        "upper_edge_hertz"))),
     # a computed shape is taken as broadcast_to's target: a 1 in it does not keep the data's dim (wrong answers)
     "Expand": ((1, "shape"),),
     "MaxUnpool": ((2, "output_shape"),),
@@ -95,6 +112,35 @@ _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 
 
 @dataclass(frozen=True)
+class _Scope:
+    """What a pass's refusal function may read of the graph around a node."""
+
+    graph: "onnx.GraphProto"
+    opset: int
+    constants: set[str]
+    initializers: dict[str, "onnx.TensorProto"]
+    dims: dict[str, tuple[int, ...]]
+
+
+# Ops with no converter that a pass of the main graph rewrites: op -> why the pass leaves a node (None: it does not).
+_PASS_REFUSALS: dict[str, Callable[[Any, _Scope], str | None]] = {
+    **{op: lambda node, s: unroll_refusal(node, s.initializers, s.dims) for op in RECURRENT_OPS},
+    **{op: lambda node, s: spectral_refusal(node, s.graph, s.opset) for op in SPECTRAL_OPS},
+    "CumProd": lambda node, s: cumprod_refusal(node, s.initializers, s.dims),
+    "Scan": lambda node, s: scan_refusal(node, s.dims),
+    "LpNormalization": lambda node, s: lp_refusal(node, s.dims),
+    "CenterCropPad": lambda node, s: center_crop_pad_refusal(node, s.initializers, s.dims),
+    "Col2Im": lambda node, s: col2im_refusal(node, s.initializers, s.dims),
+    "Det": lambda node, s: det_refusal(node, s.dims),
+    "ReverseSequence": lambda node, s: reverse_sequence_refusal(node, s.dims),
+    "TensorScatter": lambda node, s: tensor_scatter_refusal(node, s.dims),
+    "TfIdfVectorizer": lambda node, s: tfidf_refusal(node, s.dims, element_types(s.graph)),
+    **{op: lambda node, s: integer_conv_refusal(node, s.dims, element_types(s.graph))
+       for op in ("QLinearConv", "ConvInteger")},
+}
+
+
+@dataclass(frozen=True)
 class Refusal:
     """One node the importer cannot convert: its op (domain-qualified outside ai.onnx), its name, and why ("" when
     the importer has no converter for the op)."""
@@ -129,25 +175,29 @@ def _scan(graph: "onnx.GraphProto", opset: int, outer_constants: frozenset[str],
     types = {**(outer_types or {}), **_tensor_types(graph)}
     elem_types = {name: elem_type for name, (elem_type, _) in types.items()}
     initializers = {t.name: t for t in graph.initializer}
-    dims = _static_dims(graph)
+    dims = declared_dims(graph)
     for index, node in enumerate(graph.node):
         name = prefix + (node.name or f"#{index}")
         reason = _reason(node, opset, supported, constants)
-        if reason == "" and node.op_type in RECURRENT_OPS and not prefix:  # unrolled by the pass, or refused for why
-            reason = unroll_refusal(node, constants, initializers, dims)
-        if reason == "" and node.op_type == "CumProd" and not prefix:  # the same, by passes.cumprod
-            reason = cumprod_refusal(node, initializers, dims)
-        if reason == "" and node.op_type == "Scan" and not prefix:  # the same, by passes.scan
-            reason = scan_refusal(node, dims)
+        if reason == "" and node.op_type in CONVERTERS:  # converted by kiln, or refused for why
+            reason = CONVERTER_REFUSALS[node.op_type](node, elem_types)
+        elif reason == "" and node.op_type in _PASS_REFUSALS and not prefix:  # rewritten by a pass, or refused for why
+            reason = _PASS_REFUSALS[node.op_type](node, _Scope(graph, opset, constants, initializers, dims))
+        elif node.domain == ML_DOMAIN and node.op_type == "TreeEnsemble" and not prefix:  # left by passes.tree_ensemble
+            reason = "; ".join(filter(None, (reason, tree_ensemble_refusal(node, dims, elem_types))))
         if reason is None:
             reason = _type_reason(node, types) or narrow_refusal(node, elem_types, bool(prefix))
+        if reason is None and node.op_type == "ConvTranspose" and not prefix:  # output_shape, by passes.conv_transpose
+            reason = output_shape_refusal(node, dims)
         if reason is None:
             reason = (_training_reason(node, initializers) or _output_shape_reason(node, dims)
                       or value_reason(node, initializers, dims))
+            if reason and node.op_type == "Resize" and not prefix:  # left by passes.resize_exact, which says why
+                reason = "; ".join(filter(None, (reason, resize_refusal(node, initializers, dims, elem_types))))
         if reason is None and node.op_type == "If" and prefix:
             reason = "inside another If's branch (TVM's VM code generator loses the values of nested branches)"
         if reason is not None:
-            op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+            op = node.op_type if is_onnx_op(node) else f"{node.domain}.{node.op_type}"
             yield Refusal(op, name, reason)
         for attribute in node.attribute:
             subgraphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
@@ -161,7 +211,7 @@ def _reason(node, opset: int, supported: frozenset[str], constants: set[str]) ->
     """Why the importer cannot convert `node` ("" when it has no converter); None when it can."""
     import onnx
 
-    if node.domain not in DEFAULT_DOMAINS:
+    if not is_onnx_op(node):
         if node.domain == "com.microsoft" and node.op_type in MICROSOFT_OPS:
             return None
         return f"domain {node.domain}"
@@ -207,7 +257,7 @@ def _type_reason(node, types: Types) -> str | None:
     """Why a converter raises on `node`'s input types (None where it does not, or where the types are unknown)."""
     import onnx
 
-    if node.domain not in DEFAULT_DOMAINS:
+    if not is_onnx_op(node):
         return None
     (first, rank), (second, _) = ([types.get(name, (0, None)) for name in node.input[:2]] + [(0, None)] * 2)[:2]
     first_name = onnx.TensorProto.DataType.Name(first).lower()
@@ -236,7 +286,7 @@ def _training_reason(node, initializers: dict) -> str | None:
     """Why a Dropout's converter gives a wrong answer: its training_mode input true or computed at run time."""
     from onnx import numpy_helper
 
-    if node.domain not in DEFAULT_DOMAINS or node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
+    if not is_onnx_op(node, "Dropout") or len(node.input) < 3 or not node.input[2]:
         return None
     if node.input[2] not in initializers:
         return "training_mode computed at run time (TVM computes inference mode only)"
@@ -245,22 +295,12 @@ def _training_reason(node, initializers: dict) -> str | None:
     return None
 
 
-def _static_dims(graph: "onnx.GraphProto") -> dict[str, list[int | None]]:
-    """The dims `graph` declares for its values (None where a dim is symbolic)."""
-    found = {t.name: list(t.dims) for t in graph.initializer}
-    for value in [*graph.input, *graph.value_info]:
-        if value.type.WhichOneof("value") == "tensor_type" and value.type.tensor_type.HasField("shape"):
-            found.setdefault(value.name, [d.dim_value if d.HasField("dim_value") else None
-                                          for d in value.type.tensor_type.shape.dim])
-    return found
-
-
 def _output_shape_reason(node, dims: dict[str, list[int | None]]) -> str | None:
     """Why a ConvTranspose's converter gives a wrong answer: it ignores output_shape, so one that is not the shape
     its strides, pads, output_padding and kernel give (or that cannot be checked here) is refused."""
     import onnx
 
-    if node.domain not in DEFAULT_DOMAINS or node.op_type != "ConvTranspose":
+    if not is_onnx_op(node, "ConvTranspose"):
         return None
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     wanted = attributes.get("output_shape")
@@ -282,7 +322,7 @@ def _is_constant(node, constants: set[str]) -> bool:
     """Whether `node`'s outputs are known before run time: a Constant, or a default-domain op of constants only
     (what the graph passes fold), or Shape / Size (folded where shapes are static; compiling needs them static, and
     TVM takes a shape computed from them as a shape expression)."""
-    if node.domain not in DEFAULT_DOMAINS:
+    if not is_onnx_op(node):
         return False
     if node.op_type in ("Constant", "Shape", "Size"):
         return True

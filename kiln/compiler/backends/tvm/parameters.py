@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kiln.compiler.backends.tvm.ops import DEFAULT_DOMAINS, REQUIRED_CONSTANT
-from kiln.compiler.onnx_graph import graph_inputs
+from kiln.compiler.backends.tvm.ops import REQUIRED_CONSTANT
+from kiln.compiler.onnx_graph import graph_inputs, is_onnx_op
 
 if TYPE_CHECKING:
     import onnx
@@ -20,7 +20,7 @@ def parameter_inputs(model: "onnx.ModelProto") -> list[str]:
     """The main graph's inputs that a REQUIRED_CONSTANT input of some node is computed from, in input order."""
     graph = model.graph
     producers = {output: node for node in graph.node for output in node.output if output}
-    pending = [node.input[index] for node in graph.node if node.domain in DEFAULT_DOMAINS
+    pending = [node.input[index] for node in graph.node if is_onnx_op(node)
                for index, _ in REQUIRED_CONSTANT.get(node.op_type, ()) if index < len(node.input)]
     seen: set[str] = set()
     while pending:

@@ -97,10 +97,10 @@ def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progres
     """Tune the kernels of a neural graph for `preset` into `records` (kiln's rule variants, then MetaSchedule),
     measured here or on a remote pool's servers (kiln.pipeline.tune_model opens it)."""
     import tvm
-    from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
+    from kiln.compiler.backends.tvm.converters import import_onnx
     from kiln.compiler.backends.tvm.runner import prepare_thread_pool
     from kiln.compiler.backends.tvm.schedules.pipeline import fuse, rule_for
     from kiln.compiler.backends.tvm.schedules.winograd import CONV2D_WINOGRAD, CONV2D_WINOGRAD_INT8
@@ -116,7 +116,7 @@ def tune_model(graph: Graph, preset: Preset, records: Path, trials: int, progres
     started = time.perf_counter()
     cores = (pool.cpus if pool else None) or os.cpu_count() or 1  # the measuring machine's
     target = tvm.target.Target({**preset.tvm_target, "num-cores": cores})
-    mod = fuse(from_onnx(graph.body, keep_params_in_input=False), target)
+    mod = fuse(import_onnx(graph.body), target)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     measure = _Measure(target, pool, preset)
     rules = {task.task_name: rule_for(Schedule(task.dispatched[0]["main"])) for task in tasks}

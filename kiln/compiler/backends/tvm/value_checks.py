@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from kiln.compiler.onnx_graph import is_onnx_op
+
 if TYPE_CHECKING:
     import numpy as np
     import onnx
@@ -17,7 +19,7 @@ def value_reason(node: "onnx.NodeProto", initializers: dict[str, "onnx.TensorPro
     import onnx
 
     check = _CHECKS.get(node.op_type)
-    if check is None or node.domain not in ("", "ai.onnx"):
+    if check is None or not is_onnx_op(node):
         return None
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -36,9 +38,8 @@ def _resize(node, attributes: dict, constant: Callable, dims: Dims) -> str | Non
     ignored = (["axes attribute"] if "axes" in attributes else []) + (
         [f"keep_aspect_ratio_policy {attributes['keep_aspect_ratio_policy'].decode()}"]
         if attributes.get("keep_aspect_ratio_policy", b"stretch") != b"stretch" else [])
-    if ignored:  # what kiln.compiler.passes.resize_axes left
-        return (f"{' and '.join(ignored)} (ignored by the converter; rewritten by kiln where the input shape, scales, "
-                "sizes and roi are known at compile time and a policy's scale gives whole sizes)")
+    if ignored:  # what kiln.compiler.passes.resize_axes and resize_exact left
+        return f"{' and '.join(ignored)} (ignored by the converter)"
     if attributes.get("coordinate_transformation_mode") == b"half_pixel_symmetric":
         return "coordinate_transformation_mode half_pixel_symmetric (the converter rejects it)"
     shape = dims.get(node.input[0])

@@ -1,30 +1,42 @@
 """One IRModule from several imported ones: each module's `main` under an entry name, with the functions it calls
 (TVM's ONNX importer emits PrimFuncs such as `pad` and `tile`) named apart where they differ, so a batch range's
-entries, which each import the same ops at their own batch size, do not collide."""
+entries, which each import the same ops at their own batch size, do not collide. Their equal constants (the
+weights every entry of a range holds) are one object: the modules are taken one at a time, so a range of twenty
+BERT-base functions holds one copy of its weights, not twenty, while it is built."""
 
 from __future__ import annotations
+
+import hashlib
+from typing import Iterable
 
 import tvm
 from tvm import relax
 
 
 @relax.expr_functor.mutator
-class _CallRenamer(relax.PyExprMutator):
-    def __init__(self, renamed: dict):
+class _Merger(relax.PyExprMutator):
+    """Calls renamed to the merged module's functions; constants equal to one seen before replaced by it."""
+
+    def __init__(self, renamed: dict, constants: dict):
         super().__init__()
-        self.renamed = renamed
+        self.renamed, self.constants = renamed, constants
 
     def visit_global_var_(self, var):
         return self.renamed.get(var, var)
 
+    def visit_constant_(self, op):
+        array = op.data.numpy()
+        key = (array.dtype.str, array.shape, hashlib.sha1(array.tobytes()).hexdigest())
+        return self.constants.setdefault(key, op)
 
-def merge_entries(modules: dict[str, tvm.IRModule]) -> tvm.IRModule:
-    """`modules` by entry name -> one module whose function `name` is that module's `main`."""
-    builder = relax.BlockBuilder()
-    for name, module in modules.items():
+
+def merge_entries(modules: Iterable[tuple[str, tvm.IRModule]]) -> tvm.IRModule:
+    """(entry name, module) pairs -> one module whose function `name` is that module's `main`."""
+    builder, constants = relax.BlockBuilder(), {}
+    for name, module in modules:
         # add_func gives a function equal to one already added that one's name, and a new one a free name
         renamed = {var: builder.add_func(func, var.name_hint) for var, func in module.functions.items()
                    if var.name_hint != "main"}
-        main = _CallRenamer(renamed).visit_expr(module["main"]) if renamed else module["main"]
+        main = _Merger(renamed, constants).visit_expr(module["main"])
         builder.add_func(main.with_attr("global_symbol", name), name)
     return builder.get()
