@@ -15,11 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 import kiln
-from kiln.bench import BenchOptions, measure, onnxruntime_runner, random_inputs
+from kiln.bench import random_inputs, range_against_fixed
 from kiln.compiler.artifact import read_manifest
 from kiln.testing.models import MODELS
 
@@ -62,16 +61,9 @@ def main() -> int:
         failed = False
         for batch in batches:
             predictor = kiln.load(fixed[batch], threads=args.threads)
-            runners = {"range": lambda feed: list(dynamic.run(feed).values()),
-                       "fixed": lambda feed, p=predictor: list(p.run(feed).values()),
-                       "onnxruntime": onnxruntime_runner(model, args.threads)}
-            inputs = random_inputs(predictor.inputs, batch)
-            timings, outputs = measure(runners, inputs, BenchOptions(threads=args.threads, seconds=args.seconds))
-            reference = outputs["onnxruntime"][0]
-            error = max(float(np.abs(outputs[k][0] - reference).max() / np.abs(reference).max())
-                        for k in ("range", "fixed"))
+            median, error = range_against_fixed(dynamic, predictor, model, random_inputs(predictor.inputs, batch),
+                                                args.threads, args.seconds)
             failed |= error > 1e-3
-            median = {key: timing.median_ms for key, timing in timings.items()}
             print(f"{batch:5d} {median['range']:9.2f} {median['fixed']:9.2f} {median['onnxruntime']:9.2f} "
                   f"{median['range'] / median['fixed']:11.2f} {median['range'] / median['onnxruntime']:9.2f}")
         sizes = {b: _library_bytes(a) for b, a in fixed.items()}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.compiler.graph import TensorSpec
+from kiln.compiler.graph import DimRange, TensorSpec
 from kiln.dtypes import is_float, numpy_dtype
 from kiln.errors import InputError
 from kiln.files import atomic_path
@@ -61,14 +61,17 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(stream, **arrays)
 
 
-def random_feed(specs: tuple[TensorSpec, ...], batch: int | None = None) -> dict[str, np.ndarray]:
-    """Seeded inputs for `specs` (symbolic dims: `batch`, or 1): floats from a standard normal; integers that
-    index tables within their rows (token ids within the vocabulary), else 0 or 1; booleans at random."""
+def random_feed(specs: tuple[TensorSpec, ...], batch: int | None = None,
+                length: int | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs for `specs` (symbolic dims and batch ranges: `batch`, or 1; length ranges: `length`, or their
+    longest): floats from a standard normal; integers that index tables within their rows (token ids within the
+    vocabulary), else 0 or 1; booleans at random."""
     rng = np.random.default_rng(SEED)
     feed = {}
     for spec in specs:
         dtype = numpy_dtype(spec.dtype)
-        shape = [d if isinstance(d, int) else (batch or 1) for d in spec.shape]
+        shape = [d if isinstance(d, int) else (length or d.high) if index and isinstance(d, DimRange)
+                 else (batch or 1) for index, d in enumerate(spec.shape)]
         if is_float(dtype):
             feed[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:

@@ -31,6 +31,7 @@ Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 @dataclass(frozen=True)
 class BenchOptions:
     batch: int | None = None
+    length: int | None = None  # of an artifact's length-range inputs (None: the range's longest)
     threads: int | None = None  # None: every core of the machine kiln runs on
     vs: str | None = None
     warmup: int = 3
@@ -99,7 +100,7 @@ def bench(path: Path, options: BenchOptions) -> BenchResult:
     threads = options.threads or os.cpu_count() or 1
     manifest = artifact.read_manifest(path)
     predictor = artifact.load(path, threads=threads)
-    inputs = options.inputs or random_inputs(predictor.inputs, options.batch)
+    inputs = options.inputs or random_inputs(predictor.inputs, options.batch, options.length)
     runners: dict[str, Runner] = {"kiln": lambda feed: list(predictor.run(feed).values())}
     if options.vs:
         runners[options.vs] = reference(options.vs, path, manifest, threads)
@@ -123,7 +124,7 @@ def _bench_remote(path: Path, options: BenchOptions) -> BenchResult:
         raise UsageError("--profile times each kernel through the VM's instrument hook, which calls back into this "
                          "process: it does not run over RPC. Drop --profile, or profile on the device itself")
     predictor = load(path, options.remote, options.threads)
-    inputs = options.inputs or random_inputs(predictor.inputs, options.batch)
+    inputs = options.inputs or random_inputs(predictor.inputs, options.batch, options.length)
     outputs = {"kiln": list(predictor.run(inputs).values())}
     median = float(np.median(predictor.seconds(inputs, options.min_repeats)))
     repeats = int(min(options.max_repeats, max(options.min_repeats, options.seconds / max(median, 1e-9))))
@@ -146,15 +147,15 @@ def _comparison(engine: str, timings: dict[str, Timing], outputs: dict[str, list
     return Comparison(engine, timings[engine], timings[engine].median_ms / timings["kiln"].median_ms, difference)
 
 
-def random_inputs(specs: tuple[TensorSpec, ...], batch: int | None) -> dict[str, np.ndarray]:
-    """arrays.random_feed at `batch`, which the artifact's fixed batch must allow."""
+def random_inputs(specs: tuple[TensorSpec, ...], batch: int | None, length: int | None = None) -> dict[str, np.ndarray]:
+    """arrays.random_feed at `batch` (and `length`), which the artifact's fixed batch must allow."""
     for spec in specs:
         if batch is not None and spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] != batch:
             shape = [batch, *spec.shape[1:]]
             raise InputError(f"the artifact is compiled for batch {spec.shape[0]} ({spec.describe()}); "
                              f"recompile with --input-shape {spec.name}:{'x'.join(map(str, shape))} "
                              f"to bench batch {batch}")
-    return random_feed(specs, batch)
+    return random_feed(specs, batch, length)
 
 
 def _batch_of(inputs: dict[str, np.ndarray]) -> int:
@@ -206,6 +207,21 @@ def _reference(name: str, path: Path, manifest: Manifest, threads: int) -> Runne
         raise InputError(f"--vs {name} does not apply to {'tree' if tree else 'neural'} artifacts; "
                          f"use --vs {'native' if tree else 'onnxruntime'}")
     raise InputError(f"unknown reference {name!r} for --vs; use onnxruntime (neural) or native (trees)")
+
+
+def range_against_fixed(ranged, fixed, model: Path, inputs: dict[str, np.ndarray], threads: int,
+                        seconds: float) -> tuple[dict[str, float], float]:
+    """A range artifact's predictor, a fixed-shape one's and ONNX Runtime on `model`, timed round-robin on
+    `inputs`: their medians in ms ("range", "fixed", "onnxruntime"), and how far either artifact's first output is
+    from ONNX Runtime's, in units of its largest value (benchmarks/dynamic_batch.py, sequence_range.py)."""
+    runners = {"range": lambda feed: list(ranged.run(feed).values()),
+               "fixed": lambda feed: list(fixed.run(feed).values()),
+               "onnxruntime": onnxruntime_runner(model, threads)}
+    timings, outputs = measure(runners, inputs, BenchOptions(threads=threads, seconds=seconds))
+    reference = outputs["onnxruntime"][0]
+    error = max(float(np.abs(outputs[key][0] - reference).max() / np.abs(reference).max())
+                for key in ("range", "fixed"))
+    return {key: timing.median_ms for key, timing in timings.items()}, error
 
 
 def onnxruntime_runner(model: Path, threads: int) -> Runner:

@@ -226,6 +226,11 @@ def inspect_command(model: Path, imports: ImportOptions, as_json: bool):
     if "batch_functions" in report:
         click.echo("  batch sizes compiled (a batch runs as a sum of them): "
                    + ", ".join(sorted(report["batch_functions"], key=int, reverse=True)))
+    if "length_functions" in report:
+        lengths = report["length_functions"]
+        click.echo("  lengths compiled (a shorter input is padded with zeros to the next): "
+                   + ", ".join(sorted(lengths, key=int)) + "; batch sizes: "
+                   + ", ".join(sorted(next(iter(lengths.values())), key=int, reverse=True)))
     if "integer_kernels" in report:
         _echo_integer_kernels(report["integer_kernels"])
     if "tree" in report:

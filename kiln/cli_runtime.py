@@ -88,6 +88,8 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
                    "(native: the tree model's own library, XGBoost, LightGBM or scikit-learn).")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Rows per call [default: the artifact's compiled batch].")
+@click.option("--length", type=click.IntRange(min=1), default=None,
+              help="The sequence length of an artifact compiled for a length range [default: its longest].")
 @threads_option
 @click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), default=None,
               help="Bench on these inputs (.npz) instead of random ones.")
@@ -98,7 +100,7 @@ def run_command(artifact: Path, input_path: Path, output: Path | None, threads: 
 @remote_options("Time it")
 @json_option
 @handles_errors
-def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: int | None,
+def bench_command(artifact: Path, vs: str | None, batch: int | None, length: int | None, threads: int | None,
                   input_path: Path | None, seconds: float, profile: bool, remote: Remote | None, as_json: bool):
     """Measure latency (median, p90, p99) and throughput of an ARTIFACT.
 
@@ -117,7 +119,7 @@ def bench_command(artifact: Path, vs: str | None, batch: int | None, threads: in
     from kiln.bench import BenchOptions, bench
 
     inputs = read_arrays(input_path) if input_path else None
-    options = BenchOptions(batch=batch, vs=vs, seconds=seconds, inputs=inputs,
+    options = BenchOptions(batch=batch, length=length, vs=vs, seconds=seconds, inputs=inputs,
                            profile=profile, threads=threads, remote=remote)
     result = bench(artifact, options)
     if as_json:

@@ -22,7 +22,7 @@ from kiln.compiler import artifact
 from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.fingerprint import fingerprint
 from kiln.compiler.frontends import ImportOptions, SourceFormat, detect_format, load_graph
-from kiln.compiler.batching import DEFAULT_RANGE, chunk_sizes, ranged
+from kiln.compiler.batching import DEFAULT_RANGE, chunk_sizes, length_buckets, ranged
 from kiln.compiler.graph import DimRange, Graph, GraphKind, Provenance, Signature, TensorSpec
 from kiln.compiler.manifest import Backend, BuildRecord, IntegerKernels, Manifest, Precision, Verification
 from kiln.compiler.passes import run_passes
@@ -33,7 +33,8 @@ from kiln.quantization.quantizer import Quantized, quantize_graph, requantize, s
 from kiln.quantization.report import Report
 from kiln.settings import boolean, group, setting
 from kiln.targets.presets import Preset
-from kiln.verification import ReferenceUnavailable, VerificationError, calibration_feed, given_feed, verify
+from kiln.verification import (ReferenceUnavailable, VerificationError, calibration_feed, given_feed, padding_check,
+                               verify)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -124,20 +125,20 @@ def compile_model(model: Path, options: CompileOptions, progress: Progress = QUI
     artifact.check_output_path(options.output)
     build = BuildRecord(fingerprint(model, options))
     progress.step(f"importing {model}")
-    batch = options.imports.batch_range()
-    if batch is not None and detect_format(model) is not SourceFormat.ONNX:
-        raise SettingError(ImportOptions, "a batch range in {input_shapes} needs an ONNX model; compile one "
-                                          "artifact per batch size")
-    source = load_graph(model, options.imports.pinned(BATCH) if batch else options.imports)
+    batch, length = options.imports.batch_range(), options.imports.length_range()
+    if (batch or length) and detect_format(model) is not SourceFormat.ONNX:
+        raise SettingError(ImportOptions, "a batch or length range in {input_shapes} needs an ONNX model; compile "
+                                          "one artifact per shape")
+    source = load_graph(model, options.imports.pinned(BATCH, LENGTH) if batch or length else options.imports)
     if source.kind is GraphKind.TREE:
         return _compile_tree(source, model, options, build, progress)
     batch = batch or _default_batch(source, progress)
-    if batch is None:
+    if batch is None and length is None:
         return _compile_neural(source, options, build, progress)
-    return _compile_batch_range(source, model, batch, options, build, progress)
+    return _compile_ranges(source, model, batch, length, options, build, progress)
 
 
-BATCH = "batch"  # the name a ranged batch dim gets in the reference ONNX model
+BATCH, LENGTH = "batch", "length"  # the names ranged dims get in the reference ONNX model
 
 
 def _default_batch(source: Graph, progress: Progress) -> DimRange | None:
@@ -165,59 +166,88 @@ def _compile_neural(source: Graph, options: CompileOptions, build: BuildRecord, 
     return CompileResult(options.output, manifest, built.quantized.report if built.quantized else None)
 
 
-MAIN = "main"  # the VM function of a fixed-batch library, and a batch range's batch-1 function
+MAIN = "main"  # the VM function of a fixed-shape library; in a ranged one, that of batch 1 at the longest length
 
 
-def _batch_function(size: int) -> str:
-    return MAIN if size == 1 else f"main_b{size}"
+def _function(size: int | None, length: int | None, main: tuple[int | None, int | None]) -> str:
+    if (size, length) == main:
+        return MAIN
+    return "main" + (f"_b{size}" if size else "") + (f"_l{length}" if length else "")
 
 
-def _compile_batch_range(source: Graph, model: Path, batch: DimRange, options: CompileOptions, build: BuildRecord,
-                         progress: Progress) -> CompileResult:
-    """One library with a VM function per chunk size of the range (kiln.compiler.batching), each compiled from the
-    model with its batch pinned and checked like a fixed-batch build; their weights are stored once. The
-    manifest's inputs and outputs take the range."""
+def _compile_ranges(source: Graph, model: Path, batch: DimRange | None, length: DimRange | None,
+                    options: CompileOptions, build: BuildRecord, progress: Progress) -> CompileResult:
+    """One library with a VM function per chunk size of the batch range and length bucket of the length range
+    (kiln.compiler.batching), each compiled from the model with those dims pinned and checked like a fixed-shape
+    build; their weights are stored once. INT8 calibrates the batch-1, longest-length function. The manifest's
+    inputs and outputs take the ranges; padding to a length bucket is checked not to change the outputs."""
+    import itertools
     import tempfile
 
     import onnx
 
+    sizes, buckets = chunk_sizes(batch) if batch else (None,), length_buckets(length) if length else (None,)
+    main_key = (sizes[-1], buckets[-1])
     with artifact.staging(options.output) as stage, tempfile.TemporaryDirectory(dir=stage) as scratch:
-        entries = []
-        for size in chunk_sizes(batch):
-            pinned = load_graph(model, _pinned_batch(source, options.imports, size))
+        entries = {}
+        for size, bucket in itertools.product(sizes, buckets):
+            pinned = load_graph(model, _pinned(source, options.imports, size, bucket))
             graph = _prepared(pinned, options)
-            _check_batched_outputs(graph, size)
-            folder = stage if size == 1 else Path(scratch) / str(size)  # the other sizes' files only serve checks
+            if size is not None:
+                _check_batched_outputs(graph, size)
+            function = _function(size, bucket, main_key)
+            folder = stage if function == MAIN else Path(scratch) / function  # the others' files serve checks only
             folder.mkdir(exist_ok=True)
-            reference = folder / "model.onnx"
-            onnx.save_model(pinned.body, str(reference))
-            entries.append(_Entry(_batch_function(size), graph, reference, folder))
-        progress.step(f"batch sizes {', '.join(str(size) for size in chunk_sizes(batch))} (of the range {batch})")
-        built = _build_library(entries, stage / "model.so", options, progress)
-        main = next(entry.graph for entry in entries if entry.function == MAIN)
+            onnx.save_model(pinned.body, str(folder / "model.onnx"))
+            entries[size, bucket] = _Entry(function, graph, folder / "model.onnx", folder)
+        progress.step("compiling " + ", ".join(filter(None, (
+            batch and f"batch sizes {', '.join(map(str, sizes))} (of the range {batch})",
+            length and f"lengths {', '.join(map(str, buckets))} (of the range {length})"))))
+        built = _build_library(list(entries.values()), stage / "model.so", options, progress)
+        main = entries[main_key].graph
         files = {"onnx": stage / "model.onnx"}
-        onnx.save_model(source.body, str(files["onnx"]))  # the model as given, with its free batch
-        signature = Signature(tuple(ranged(spec, batch) if spec.name in _batched_inputs(source) else spec
-                                    for spec in main.signature.inputs),
-                              tuple(ranged(spec, batch) for spec in main.signature.outputs))
+        onnx.save_model(source.body, str(files["onnx"]))  # the model as given, with its free dims
+        outputs = _output_length_dims(entries, buckets) if length else {}
+        signature = Signature(
+            tuple(ranged(spec, batch if spec.name in _batched_inputs(source) else None, length,
+                         _length_dims(source, spec.name)) for spec in main.signature.inputs),
+            tuple(ranged(spec, batch, length, outputs.get(spec.name, ())) for spec in main.signature.outputs))
+        functions = {key: entry.function for key, entry in entries.items()}
         manifest = dataclasses.replace(
             _neural_manifest(dataclasses.replace(main, signature=signature), options, build, built,
                              {**files, **built.files}),
-            batch_functions={size: _batch_function(size) for size in chunk_sizes(batch)})
+            batch_functions={} if length else {size: function for (size, _), function in functions.items()},
+            length_functions={bucket: {size or _fixed_batch(main): function for (size, b), function
+                                       in functions.items() if b == bucket} for bucket in buckets} if length else {})
         artifact.write_manifest(stage, manifest)
+        if length and options.verify:
+            _check_padding(stage, buckets, options, progress)
     progress.step(f"wrote {options.output}")
     return CompileResult(options.output, manifest, built.quantized.report if built.quantized else None)
 
 
 def _batched_inputs(source: Graph) -> set[str]:
-    """The inputs whose first dim is the free batch (the source's other dims are all pinned)."""
+    """The inputs whose first dim is the free batch (the source's other dims are pinned or LENGTH)."""
     return {spec.name for spec in source.signature.inputs if spec.shape and not isinstance(spec.shape[0], int)}
 
 
-def _pinned_batch(source: Graph, imports: ImportOptions, size: int) -> ImportOptions:
-    """`imports` pinning every batched input of `source` to batch `size`."""
-    shapes = {spec.name: (size, *spec.shape[1:]) for spec in source.signature.inputs
-              if spec.name in _batched_inputs(source)}
+def _length_dims(source: Graph, name: str) -> tuple[int, ...]:
+    spec = next(spec for spec in source.signature.inputs if spec.name == name)
+    return tuple(index for index, dim in enumerate(spec.shape) if index and dim == LENGTH)
+
+
+def _fixed_batch(graph: Graph) -> int:
+    """The batch of a graph whose batch is pinned: its first input's first dim."""
+    return next((spec.shape[0] for spec in graph.signature.inputs if spec.shape), 1)
+
+
+def _pinned(source: Graph, imports: ImportOptions, size: int | None, length: int | None) -> ImportOptions:
+    """`imports` pinning every batched input of `source` to batch `size` and every LENGTH dim to `length`."""
+    batched = _batched_inputs(source)
+    shapes = {spec.name: tuple(size if index == 0 and spec.name in batched and size is not None
+                               else length if index and dim == LENGTH else dim
+                               for index, dim in enumerate(spec.shape))
+              for spec in source.signature.inputs if spec.name in batched or LENGTH in spec.shape}
     return dataclasses.replace(imports, input_shapes={**imports.input_shapes, **shapes})
 
 
@@ -227,6 +257,55 @@ def _check_batched_outputs(graph: Graph, size: int) -> None:
         raise SettingError(ImportOptions, f"the outputs {', '.join(unbatched)} do not have the batch ({size}) as "
                                           "their first dim, so a batch cannot be run in pieces; pin one batch size "
                                           "with {input_shapes}")
+
+
+def _output_length_dims(entries: dict, buckets: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Each output's dims that are the length (those that are the bucket in the shortest and longest functions
+    alike); SettingError for a dim that changes with the length otherwise (it cannot be cut back)."""
+    size = min(size or 0 for size, _ in entries) or None
+    short, long = (entries[size, bucket].graph.signature.outputs for bucket in (buckets[0], buckets[-1]))
+    dims = {}
+    for first, last in zip(short, long):
+        changed = [index for index, (a, b) in enumerate(zip(first.shape, last.shape)) if a != b]
+        odd = [index for index in changed if (first.shape[index], last.shape[index]) != (buckets[0], buckets[-1])]
+        if odd:
+            raise SettingError(ImportOptions, f"output {first.name}'s dims {odd} change with the length otherwise "
+                                              f"than as the length ({first.describe()} at length {buckets[0]}, "
+                                              f"{last.describe()} at {buckets[-1]}): a padded input's outputs "
+                                              "cannot be cut back; compile one length per artifact in "
+                                              "{input_shapes}")
+        if changed:
+            dims[first.name] = tuple(changed)
+    return dims
+
+
+def _check_padding(stage: Path, buckets: tuple[int, ...], options: CompileOptions, progress: Progress) -> None:
+    """SettingError unless inputs of the shortest length give the same outputs run padded to the longest: a model
+    whose outputs at the real positions depend on the padding (no attention mask, or one where 0 does not mask)
+    cannot take a length range."""
+    import numpy as np
+
+    from kiln.compiler.batching import pinned
+    from kiln.targets.host import check_can_run
+
+    try:
+        check_can_run(options.target)
+    except TargetError as exc:
+        progress.step(f"padding not checked: {exc}")
+        return
+    predictor = artifact.load(stage)
+    specs = tuple(pinned(spec, 1, buckets[0]) for spec in predictor.inputs)
+    # integers that index no table (a mask, token types) all 1: random ones would mask every real position of a row
+    feed = {name: np.ones_like(array) if array.dtype.kind in "biu" and spec.index_bound is None else array
+            for spec, (name, array) in zip(specs, random_feed(specs).items())}
+    checked = padding_check(predictor.run_padded(feed, buckets[0]), predictor.run_padded(feed, buckets[-1]),
+                            options.precision, f"random inputs of length {buckets[0]} padded to {buckets[-1]}")
+    if not checked.passed:
+        raise SettingError(ImportOptions, f"padding changes this model's outputs: {checked.describe()}. A length "
+                                          "range needs a model whose outputs at the real positions ignore zeros "
+                                          "after them (an attention mask where 0 masks, or causal attention); "
+                                          "compile one length per artifact in {input_shapes}")
+    progress.step(f"padding checked: {checked.describe()}")
 
 
 def _prepared(source: Graph, options: CompileOptions) -> Graph:

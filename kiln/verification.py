@@ -66,6 +66,14 @@ def verify(run, reference_model: Path, precision: Precision, feed: dict[str, np.
     return Verification(f"ONNX Runtime on {reference_model.name}", inputs, name, difference, tolerance, unit)
 
 
+def padding_check(unpadded: dict[str, np.ndarray], padded: dict[str, np.ndarray], precision: Precision,
+                  inputs: str) -> Verification:
+    """How far an artifact's outputs run padded are from the same inputs' outputs run unpadded, in the tolerances
+    of the check against ONNX Runtime (outputs that are not quantization steps)."""
+    name, difference, tolerance, unit = _worst(padded, list(unpadded.values()), {}, precision)
+    return Verification("the same inputs unpadded", inputs, name, difference, tolerance, unit)
+
+
 def _as_artifact_type(reference: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """A reference output as the artifact's narrow type where ONNX Runtime returns that type's bytes as uint8 (its
     Python API does so for float8)."""

@@ -217,15 +217,16 @@ def load(path: str | os.PathLike, threads: int | None = None):
     check_can_run(manifest.target)
     module_name, class_name = _PREDICTORS[manifest.backend].split(":")
     predictor_class = getattr(importlib.import_module(module_name), class_name)
-    if not manifest.batch_functions:
+    from kiln.compiler.batching import BatchedPredictor, chunk_functions, pinned
+
+    functions = chunk_functions(manifest)
+    if not functions:
         predictor = predictor_class(library, manifest.target, manifest.inputs, manifest.outputs, threads=threads)
     else:
-        from kiln.compiler.batching import BatchedPredictor, pinned
-
-        chunks = {size: predictor_class(library, manifest.target, tuple(pinned(s, size) for s in manifest.inputs),
-                                        tuple(pinned(s, size) for s in manifest.outputs), threads=threads,
-                                        function=function)
-                  for size, function in manifest.batch_functions.items()}
+        chunks = {key: predictor_class(library, manifest.target, tuple(pinned(s, *key) for s in manifest.inputs),
+                                       tuple(pinned(s, *key) for s in manifest.outputs), threads=threads,
+                                       function=function)
+                  for key, function in functions.items()}
         predictor = BatchedPredictor(chunks, manifest.inputs, manifest.outputs)
     predictor.frozen = manifest.frozen_inputs
     return predictor

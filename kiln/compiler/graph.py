@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DimRange:
-    """A batch dim an artifact takes at any size from low to high (`--input-shape input:1-64x3x224x224`)."""
+    """A dim an artifact takes at any size from low to high: a batch (`--input-shape input:1-64x3x224x224`) or a
+    sequence's length (`input_ids:1-8x16-256`)."""
 
     low: int
     high: int
@@ -40,7 +41,7 @@ class DimRange:
         return cls(*ends) if ends and ends[0] <= ends[1] else None
 
 
-Dim = Union[int, str, DimRange]  # a size, a symbolic name (any size), or a range (the batch of dynamic artifacts)
+Dim = Union[int, str, DimRange]  # a size, a symbolic name (any size), or a range (a dynamic artifact's batch, length)
 
 
 class GraphKind(str, enum.Enum):

@@ -166,6 +166,9 @@ class Manifest:
     # An artifact whose inputs take a batch range: the VM function of `library` that runs each batch size, any
     # batch in the range run as a sequence of them (kiln.compiler.batching).
     batch_functions: dict[int, str] = field(default_factory=dict)
+    # An artifact whose inputs take a length range: length bucket -> batch size -> VM function (the batch sizes
+    # as batch_functions' for a batch range, else the one fixed batch); batch_functions is then empty.
+    length_functions: dict[int, dict[int, str]] = field(default_factory=dict)
     build: BuildRecord | None = None
     tree: dict[str, Any] | None = None  # a tree build's summary (backends.treelite.TreeBuild)
     integer_kernels: IntegerKernels | None = None
@@ -191,6 +194,9 @@ class Manifest:
             data["frozen_inputs"] = [frozen.to_json() for frozen in self.frozen_inputs]
         if self.batch_functions:
             data["batch_functions"] = {str(size): name for size, name in sorted(self.batch_functions.items())}
+        if self.length_functions:
+            data["length_functions"] = {str(length): {str(size): name for size, name in sorted(functions.items())}
+                                        for length, functions in sorted(self.length_functions.items())}
         for key, record in (("build", self.build), ("integer_kernels", self.integer_kernels),
                             ("quantization", self.quantization), ("verification", self.verification)):
             if record is not None:
@@ -224,6 +230,7 @@ class Manifest:
                 library=FileEntry.from_json(data["library"]),
                 files={role: FileEntry.from_json(entry) for role, entry in data["files"].items()},
                 batch_functions=_batch_functions(data.get("batch_functions", {}), backend),
+                length_functions=_length_functions(data.get("length_functions", {}), backend),
                 build=BuildRecord.from_json(data["build"]) if "build" in data else None,
                 tree=data.get("tree"),
                 integer_kernels=IntegerKernels.from_json(data["integer_kernels"]) if "integer_kernels" in data
@@ -250,6 +257,23 @@ def _batch_functions(data: Any, backend: Backend) -> dict[int, str]:
     if functions and (1 not in functions or min(functions) < 1
                       or not all(isinstance(name, str) and name.isidentifier() for name in functions.values())):
         raise ValueError(f"batch_functions {data!r}: sizes from 1, each naming a function")
+    return functions
+
+
+def _length_functions(data: Any, backend: Backend) -> dict[int, dict[int, str]]:
+    """length -> batch size -> VM function name; ValueError unless every length has the same batch sizes, as
+    _batch_functions checks them where there are several (one is a fixed batch)."""
+    functions = {int(length): {int(size): name for size, name in dict(sizes).items()}
+                 for length, sizes in dict(data).items()}
+    if functions and backend is not Backend.TVM:
+        raise ValueError("length_functions in a tree artifact")
+    if len({tuple(sorted(sizes)) for sizes in functions.values()}) > 1 or min(functions, default=1) < 1:
+        raise ValueError(f"length_functions {data!r}: positive lengths, each with the same batch sizes")
+    for sizes in functions.values():
+        if len(sizes) > 1:
+            _batch_functions(sizes, backend)
+        elif not all(size >= 1 and isinstance(name, str) and name.isidentifier() for size, name in sizes.items()):
+            raise ValueError(f"length_functions {data!r}: a positive batch size naming a function")
     return functions
 
 

@@ -72,17 +72,24 @@ def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] =
     if all(array.dtype != dtype for dtype in dtypes):  # not dtype.name: numpy computes it, ~3 us a call
         raise InputError(f"input {spec.name!r} has dtype {array.dtype.name}; the model takes "
                          f"{' or '.join(dtypes)} (convert with {convert_hint(dtypes[0])})")
-    shape_ok = len(array.shape) == len(spec.shape) and all(
-        isinstance(want, str) or want == got or (isinstance(want, DimRange) and got in want)
-        for want, got in zip(spec.shape, array.shape))
+    fits = [isinstance(want, str) or want == got or (isinstance(want, DimRange) and got in want)
+            for want, got in zip(spec.shape, array.shape)]
+    shape_ok = len(array.shape) == len(spec.shape) and all(fits)
     if not shape_ok and len(array.shape) == len(spec.shape) and isinstance(spec.shape[0], DimRange) \
-            and array.shape[0] not in spec.shape[0] and tuple(array.shape[1:]) == tuple(spec.shape[1:]):
+            and not fits[0] and all(fits[1:]):
         batch = spec.shape[0]
         raise InputError(f"input {spec.name!r} has batch {array.shape[0]}; this artifact takes batches {batch}. "
                          f"Split the batch, or recompile with a wider range (--input-shape {spec.name}:"
                          f"{max(1, min(batch.low, array.shape[0]))}-{max(batch.high, array.shape[0])}x"
                          f"{'x'.join(map(str, spec.shape[1:]))})")
     if not shape_ok:
+        outside = [(size, want) for size, want in zip(array.shape[1:], spec.shape[1:])
+                   if isinstance(want, DimRange) and size not in want]
+        if outside and len(array.shape) == len(spec.shape):
+            size, lengths = outside[0]
+            raise InputError(f"input {spec.name!r} has length {size}; this artifact takes lengths {lengths}. "
+                             f"{'Cut' if size > lengths.high else 'Pad'} the input, or recompile with a wider "
+                             f"range in --input-shape {spec.name}:...")
         got = "x".join(map(str, array.shape)) or "scalar"
         raise InputError(f"input {spec.name!r} has shape {got}; the model takes "
                          f"{'x'.join(map(str, spec.shape))}. To run another batch size, recompile with "

@@ -18,7 +18,7 @@ import numpy as np
 
 import kiln.tvm_runtime as tvm_runtime
 from kiln.compiler import artifact
-from kiln.compiler.batching import BatchedPredictor, pinned
+from kiln.compiler.batching import BatchedPredictor, Key, chunk_functions, pinned
 from kiln.compiler.graph import TensorSpec
 from kiln.compiler.manifest import Backend
 from kiln.compiler.predictor import Predictor
@@ -37,12 +37,13 @@ def load(path: Path, remote: Remote, threads: int | None = None) -> "RemotePredi
                          "module symbols in what it loads). Run tree artifacts on the device itself, with "
                          "kiln-runtime there")
     loaded = _Library(remote.connect(), library, manifest.target, threads)
-    if not manifest.batch_functions:
+    functions = chunk_functions(manifest)
+    if not functions:
         predictor = RemotePredictor(loaded, manifest.inputs, manifest.outputs)
     else:
-        chunks = {size: RemotePredictor(loaded, tuple(pinned(s, size) for s in manifest.inputs),
-                                        tuple(pinned(s, size) for s in manifest.outputs), function)
-                  for size, function in manifest.batch_functions.items()}
+        chunks = {key: RemotePredictor(loaded, tuple(pinned(s, *key) for s in manifest.inputs),
+                                       tuple(pinned(s, *key) for s in manifest.outputs), function)
+                  for key, function in functions.items()}
         predictor = RemoteBatchedPredictor(chunks, manifest.inputs, manifest.outputs)
     predictor.frozen = manifest.frozen_inputs
     return predictor
@@ -127,14 +128,14 @@ class RemoteBatchedPredictor(BatchedPredictor):
     """A batch-range artifact on a server: each batch run as its chunks' functions there, one after another; a
     timing is the sum of the chunks' timings (on the server, as a local run of the same chunks)."""
 
-    def __init__(self, chunks: Mapping[int, RemotePredictor], inputs: tuple[TensorSpec, ...],
+    def __init__(self, chunks: Mapping[Key, RemotePredictor], inputs: tuple[TensorSpec, ...],
                  outputs: tuple[TensorSpec, ...]):
         super().__init__(chunks, inputs, outputs)
         first = next(iter(chunks.values()))
         self.session, self.threads, self.host_checked = first.session, first.threads, first.host_checked
 
     def seconds(self, inputs: Mapping[str, np.ndarray], repeat: int) -> list[float]:
-        timings = [self._chunks[size]._seconds(piece, repeat) for size, piece in self._pieces(self._validate(inputs))]
+        timings = [self._chunks[key]._seconds(piece, repeat) for key, piece in self._pieces(self._validate(inputs))]
         return [sum(run) for run in zip(*timings)]
 
 

@@ -12,7 +12,7 @@ from kiln.compat.onnx import all_tensors
 from kiln.compiler.frontends.freeze import freeze_inputs
 from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import Graph, Provenance, Signature, SourceFile, TensorSpec
-from kiln.compiler.onnx_graph import graph_inputs
+from kiln.compiler.onnx_graph import ONNX_DOMAINS, graph_inputs
 from kiln.errors import InputError, SettingError, UnsupportedOpError
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ _PACKED_BITS = {21: 4, 22: 4, 23: 4, 25: 2, 26: 2}  # UINT4, INT4, FLOAT4E2M1, U
 def _upgrade_opset(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
     from onnx import version_converter
 
-    if opset_of(model) >= MIN_OPSET or not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+    if opset_of(model) >= MIN_OPSET or not any(o.domain in ONNX_DOMAINS for o in model.opset_import):
         return model  # current, or no default-domain ops to upgrade (an ai.onnx.ml model: the backend says why)
     scans = [node.name or node.output[0] for node in model.graph.node if node.op_type == "Scan"]
     if opset_of(model) < 9 and scans:
@@ -166,7 +166,7 @@ def _upgrade_opset(model: "onnx.ModelProto", path: Path) -> "onnx.ModelProto":
 
 
 def opset_of(model: "onnx.ModelProto") -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    return next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), 1)
 
 
 def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int | str, ...]]) -> None:
@@ -176,6 +176,7 @@ def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int
     if unknown:
         raise SettingError(ImportOptions, f"{{input_shapes}} names {', '.join(unknown)}, but the model's inputs "
                                           f"are {', '.join(inputs)}")
+    declared = {name: [dim.dim_param for dim in inputs[name].type.tensor_type.shape.dim] for name in input_shapes}
     for name, shape in input_shapes.items():
         dims = inputs[name].type.tensor_type.shape.dim
         if len(dims) and len(dims) != len(shape):
@@ -194,6 +195,22 @@ def pin_input_shapes(model: "onnx.ModelProto", input_shapes: dict[str, tuple[int
                 dims.add().dim_param = size
             else:
                 dims.add().dim_value = size
+    _pin_named_dims(model, {name: inputs[name] for name in input_shapes}, declared)
+
+
+def _pin_named_dims(model: "onnx.ModelProto", pinned: dict, declared: dict[str, list[str]]) -> None:
+    """Give the outputs' and values' dims named as a pinned input's dim was (ONNX: one name, one size) its size,
+    where every input pins that name to the same size: shape inference does not carry sizes through every op (an
+    exported BERT's output kept its "batch")."""
+    sizes: dict[str, set[int]] = {}
+    for name, value in pinned.items():
+        for old, dim in zip(declared[name], value.type.tensor_type.shape.dim):
+            if old and dim.HasField("dim_value"):
+                sizes.setdefault(old, set()).add(dim.dim_value)
+    for value in (*model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and len(sizes.get(dim.dim_param, ())) == 1:
+                dim.dim_value = next(iter(sizes[dim.dim_param]))
 
 
 def signature(model: "onnx.ModelProto") -> Signature:

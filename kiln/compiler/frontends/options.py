@@ -16,24 +16,22 @@ from kiln.settings import boolean, setting
 
 
 def parse_shape(text: str) -> tuple[Dim, ...] | None:
-    """"1x3x224x224" -> (1, 3, 224, 224); "1-64x3x224x224" -> (DimRange(1, 64), 3, 224, 224): a range is taken
-    for the first (batch) dim only. None when the text is not such dims."""
-    first, sep, rest = text.partition("x")
-    batch = DimRange.parse(first) if "-" in first else None
-    if batch is None:
-        return parse_dims(text)
-    others = parse_dims(rest) if sep else ()
-    return None if others is None else (batch, *others)
+    """"1x3x224x224" -> (1, 3, 224, 224); "1-64x3x224x224" -> (DimRange(1, 64), 3, 224, 224); a range may stand
+    for any dim (the batch first, a sequence's length after it). None when the text is not such dims."""
+    dims = tuple(DimRange.parse(part) if "-" in part else parse_dims(part) for part in text.split("x"))
+    if not dims or any(dim is None for dim in dims):
+        return None
+    return tuple(dim if isinstance(dim, DimRange) else dim[0] for dim in dims)
 
 
 def input_shape(text: str) -> tuple[str, tuple[Dim, ...]]:
     """`name:1x3x224x224` (one --input-shape) -> ("name", (1, 3, 224, 224)); `name:1-64x3x224x224` gives a batch
-    range."""
+    range, `name:1-8x16-256` a batch and a length range."""
     name, sep, dims = text.rpartition(":")
     shape = parse_shape(dims)
     if not sep or not name or shape is None:
-        raise ValueError(f"{text!r} is not NAME:DIMS with positive integer dims (at most {MAX_DIM:,}) and at most "
-                         "a LOW-HIGH range for the first (batch) dim, e.g. input:1x3x224x224 or input:1-64x3x224x224")
+        raise ValueError(f"{text!r} is not NAME:DIMS with positive integer dims (at most {MAX_DIM:,}) or LOW-HIGH "
+                         "ranges, e.g. input:1x3x224x224, input:1-64x3x224x224 or input_ids:1-8x16-256")
     return name, shape
 
 
@@ -97,8 +95,9 @@ class ImportOptions:
         default_factory=dict, key="input_shapes", flag="--input-shape", kind="multiple", parse=_input_shapes,
         item=input_shape, metavar="NAME:DIMS",
         help="Pin an input's shape, e.g. input:1x3x224x224 (repeat for several inputs), or give its batch a range "
-             "(input:1-64x3x224x224): the artifact then takes any batch in it. Needed when the model has symbolic "
-             "dims; a free batch alone defaults to the range 1-64.")
+             "(input:1-64x3x224x224): the artifact then takes any batch in it; a sequence model may give its length "
+             "one too (input_ids:1-8x16-256; shorter inputs are padded with zeros). Needed when the model has "
+             "symbolic dims; a free batch alone defaults to the range 1-64.")
     # The weights file of a model whose graph and weights are separate files (MXNet's .params).
     params: Path | None = setting(
         None, key="params", parse=Path, path=True,
@@ -117,14 +116,26 @@ class ImportOptions:
 
     def batch_range(self) -> DimRange | None:
         """The batch range the shapes give (every input given one must give the same), or None."""
-        ranges = {shape[0] for shape in self.input_shapes.values() if shape and isinstance(shape[0], DimRange)}
+        return self._shared_range([shape[0] for shape in self.input_shapes.values() if shape], "batch")
+
+    def length_range(self) -> DimRange | None:
+        """The range the shapes give their dims after the first (a sequence's length; every such range the same),
+        or None."""
+        return self._shared_range([dim for shape in self.input_shapes.values() for dim in shape[1:]], "length")
+
+    def _shared_range(self, dims: list[Dim], role: str) -> DimRange | None:
+        ranges = {dim for dim in dims if isinstance(dim, DimRange)}
         if len(ranges) > 1:
-            raise SettingError(ImportOptions, f"{{input_shapes}} gives batch ranges {', '.join(map(str, ranges))}; "
-                                              "the inputs share one batch, give them the same range")
+            raise SettingError(ImportOptions, f"{{input_shapes}} gives {role} ranges "
+                                              f"{', '.join(sorted(map(str, ranges)))}; the inputs share one {role}, "
+                                              "give them the same range")
         return next(iter(ranges), None)
 
-    def pinned(self, batch: int | str) -> "ImportOptions":
-        """These options with each batch range replaced by `batch`: a size, or a name that leaves the dim free."""
-        shapes = {name: (batch, *shape[1:]) if shape and isinstance(shape[0], DimRange) else shape
-                  for name, shape in self.input_shapes.items()}
-        return dataclasses.replace(self, input_shapes=shapes)
+    def pinned(self, batch: int | str, length: int | str | None = None) -> "ImportOptions":
+        """These options with each batch range replaced by `batch` and each length range by `length`: sizes, or
+        names that leave the dims free."""
+        def pin(shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
+            return tuple((batch if index == 0 else length) if isinstance(dim, DimRange) else dim
+                         for index, dim in enumerate(shape))
+
+        return dataclasses.replace(self, input_shapes={name: pin(shape) for name, shape in self.input_shapes.items()})
