@@ -102,12 +102,7 @@ def _schedule_matmul(sch, block, spec: CpuSpec) -> None:
     tiles = rows_outer if ragged else sch.fuse(cols_outer, rows_outer)
     if total >= MIN_PARALLEL_WORK:
         sch.parallel(tiles)
-    sch.unroll(rows_inner)
-    sch.unroll(cols_inner)
-    sch.vectorize(lanes)
-    written = sch.get_loops(write_back)[-1]
-    sch.vectorize(sch.split(written, [None, spec.lanes])[1] if vectors > 1 else written)
-    vectorize_init(sch, block, k)
+    _register_tile(sch, block, write_back, k, (rows_inner, cols_inner, lanes), vectors > 1, spec)
 
 
 def _per_matrix_weights(sch, block) -> bool:
@@ -159,12 +154,7 @@ def _schedule_batched(sch, block, spec: CpuSpec) -> None:
         sch.annotate(rows_outer, "pragma_loop_partition_hint", 1)
     if total >= MIN_PARALLEL_WORK:
         sch.parallel(sch.fuse(*batch))
-    sch.unroll(rows_inner)
-    sch.unroll(cols_inner)
-    sch.vectorize(lanes)
-    written = sch.get_loops(write_back)[-1]
-    sch.vectorize(sch.split(written, [None, spec.lanes])[1] if vector_tile > 1 else written)
-    vectorize_init(sch, block, k)
+    _register_tile(sch, block, write_back, k, (rows_inner, cols_inner, lanes), vector_tile > 1, spec)
 
 
 def _applies(sch) -> bool:
@@ -183,3 +173,14 @@ def _apply(sch, spec: CpuSpec) -> None:
 # 32-bit indices: the matmul schedules' partitioned loops (pragma_loop_partition_hint) stay unpartitioned over 64-bit
 # ones, and their per-lane bounds then make every column tile scalar
 REDUCTION = Rule("reduction", _applies, _apply, int32_indices=True)
+
+
+def _register_tile(sch, block, write_back, k, loops, several_vectors: bool, spec: CpuSpec) -> None:
+    """The tile's rows and vectors unrolled, its lanes and its write-back vectorized, its init too (both paths)."""
+    rows_inner, cols_inner, lanes = loops
+    sch.unroll(rows_inner)
+    sch.unroll(cols_inner)
+    sch.vectorize(lanes)
+    written = sch.get_loops(write_back)[-1]
+    sch.vectorize(sch.split(written, [None, spec.lanes])[1] if several_vectors else written)
+    vectorize_init(sch, block, k)
