@@ -23,7 +23,7 @@ from kiln.compiler.backends.tvm.schedules import ScheduleMode
 from kiln.compiler.fingerprint import fingerprint
 from kiln.compiler.frontends import ImportOptions, SourceFormat, detect_format, load_graph
 from kiln.compiler.batching import DEFAULT_RANGE, chunk_sizes, length_buckets, ranged
-from kiln.compiler.graph import DimRange, Graph, GraphKind, Provenance, Signature, TensorSpec
+from kiln.compiler.graph import DimRange, Graph, GraphKind, Provenance, TensorSpec
 from kiln.compiler.manifest import Backend, BuildRecord, IntegerKernels, Manifest, Precision, Verification
 from kiln.compiler.passes import run_passes
 from kiln.errors import InputError, SettingError, TargetError, UnsupportedOpError
@@ -208,10 +208,11 @@ def _compile_ranges(source: Graph, model: Path, batch: DimRange | None, length: 
         files = {"onnx": stage / "model.onnx"}
         onnx.save_model(source.body, str(files["onnx"]))  # the model as given, with its free dims
         outputs = _output_length_dims(entries, buckets) if length else {}
-        signature = Signature(
-            tuple(ranged(spec, batch if spec.name in _batched_inputs(source) else None, length,
-                         _length_dims(source, spec.name)) for spec in main.signature.inputs),
-            tuple(ranged(spec, batch, length, outputs.get(spec.name, ())) for spec in main.signature.outputs))
+        signature = dataclasses.replace(
+            main.signature,
+            inputs=tuple(ranged(spec, batch if spec.name in _batched_inputs(source) else None, length,
+                                _length_dims(source, spec.name)) for spec in main.signature.inputs),
+            outputs=tuple(ranged(spec, batch, length, outputs.get(spec.name, ())) for spec in main.signature.outputs))
         functions = {key: entry.function for key, entry in entries.items()}
         manifest = dataclasses.replace(
             _neural_manifest(dataclasses.replace(main, signature=signature), options, build, built,

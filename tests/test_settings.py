@@ -54,14 +54,15 @@ COMPILE_CLI_ONLY = {"--quiet", "--json"}
 def test_the_compile_flags_are_exactly_the_settings_of_compile_options():
     command = cli.commands["compile"]
     assert _flags(command) == flags(CompileOptions) + sorted(COMPILE_CLI_ONLY, key=["--quiet", "--json"].index)
-    assert flags(CompileOptions)[:7] == ["--target", "--output", "--input-shape", "--params", "--trust-pickle",
-                                         "--freeze", "--int8"]
-    assert keys(ImportOptions) == ["input_shapes", "params", "trust_pickle", "freeze"]
+    assert flags(CompileOptions)[:8] == ["--target", "--output", "--input-shape", "--params", "--trust-pickle",
+                                         "--freeze", "--sequence-shape", "--int8"]
+    assert keys(ImportOptions) == ["input_shapes", "params", "trust_pickle", "freeze", "sequence_shapes"]
     shorts = {param.name: [o for o in param.opts if not o.startswith("--")] for param in command.params}
     assert shorts["target"] == ["-t"] and shorts["output"] == ["-o"]
 
 
-@pytest.mark.parametrize("name, imported", [("inspect", ["--input-shape", "--params", "--trust-pickle", "--freeze"]),
+@pytest.mark.parametrize("name, imported", [("inspect", ["--input-shape", "--params", "--trust-pickle", "--freeze",
+                                                         "--sequence-shape"]),
                                             ("tune", ["--input-shape", "--params"]), ("quantize", ["--input-shape"])])
 def test_the_import_flags_of_the_other_commands_are_import_options_settings(name, imported):
     flags_of_command = _flags(cli.commands[name])

@@ -146,7 +146,7 @@ def test_sequence_input_is_refused_before_symbolic_dims(cli_runner, tmp_path: Pa
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
     result = _compile(cli_runner, model, tmp_path)
     assert result.exit_code == UnsupportedOpError.exit_code, result.output
-    assert "sequence inputs (seq)" in result.stderr
+    assert "sequence inputs not pinned: give their elements' shapes with --sequence-shape" in result.stderr
 
 
 def test_a_model_of_the_ml_domain_only_is_refused_by_its_domain_not_its_opset(cli_runner, tmp_path: Path):
@@ -257,9 +257,10 @@ def test_the_same_ops_with_what_the_converter_takes_are_not_refused():
         assert unsupported_ops(model) == {}, model.graph.node[0].op_type
 
 
-def test_an_optional_input_given_a_shape_is_refused(cli_runner, tmp_path: Path):
-    """Pinning its shape turned the optional input into a tensor of no dtype, which the runner could not allocate
-    ("unknown dtype `unknown`", exit 1)."""
+def test_an_optional_input_given_a_shape_is_a_tensor_of_its_type(cli_runner, tmp_path: Path):
+    """Pinning its shape once turned the optional input into a tensor of no dtype, which the runner could not
+    allocate ("unknown dtype `unknown`", exit 1); the pinned optional is now given (kiln.compiler.frontends.sequences),
+    a tensor of the type it wraps."""
     optional = helper.make_tensor_type_proto(TensorProto.FLOAT, [4])
     graph = helper.make_graph(
         [helper.make_node("OptionalHasElement", ["opt"], ["out"], name="has_0")], "optional",
@@ -268,5 +269,6 @@ def test_an_optional_input_given_a_shape_is_refused(cli_runner, tmp_path: Path):
     model = tmp_path / "model.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(model))
     result = _compile(cli_runner, model, tmp_path, "opt:4")
-    assert result.exit_code == UnsupportedOpError.exit_code, result.output
-    assert "(opt)" in result.stderr
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "o.kiln" / "manifest.json").read_text())
+    assert manifest["inputs"] == [{"name": "opt", "shape": [4], "dtype": "float32"}]

@@ -68,7 +68,8 @@ def make_manifest(graph: Graph, preset: Preset, backend: Backend, library: Path,
     `records` are the Manifest's optional fields (build, tree, integer_kernels, quantization)."""
     return Manifest(versions=dependency_versions(backend), source=graph.provenance, target=preset, backend=backend,
                     precision=precision, inputs=graph.signature.inputs, outputs=graph.signature.outputs,
-                    frozen_inputs=graph.signature.frozen, library=file_entry(library),
+                    frozen_inputs=graph.signature.frozen, sequence_inputs=graph.signature.sequence_inputs,
+                    sequence_outputs=graph.signature.sequence_outputs, library=file_entry(library),
                     files={role: file_entry(path) for role, path in sorted((files or {}).items())}, **records)
 
 
@@ -228,5 +229,4 @@ def load(path: str | os.PathLike, threads: int | None = None):
                                        function=function)
                   for key, function in functions.items()}
         predictor = BatchedPredictor(chunks, manifest.inputs, manifest.outputs)
-    predictor.frozen = manifest.frozen_inputs
-    return predictor
+    return predictor.taking(manifest)

@@ -100,10 +100,32 @@ class FrozenInput:
 
 
 @dataclass(frozen=True)
+class SequenceValue:
+    """An ONNX sequence input or output (kiln.compiler.frontends.sequences) that the artifact takes or gives as its
+    elements' tensors, one input or output each: callers pass and get a list of arrays under `name`."""
+
+    name: str
+    elements: tuple[str, ...]  # the element tensors' names, in order
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "elements": list(self.elements)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SequenceValue":
+        return cls(data["name"], tuple(data["elements"]))
+
+    @staticmethod
+    def element_name(name: str, index: int) -> str:
+        return f"{name}.{index}"
+
+
+@dataclass(frozen=True)
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     frozen: tuple[FrozenInput, ...] = ()
+    sequence_inputs: tuple[SequenceValue, ...] = ()
+    sequence_outputs: tuple[SequenceValue, ...] = ()
 
 
 @dataclass(frozen=True)

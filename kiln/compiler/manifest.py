@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.compiler.graph import MAX_DIM, DimRange, FrozenInput, Provenance, TensorSpec
+from kiln.compiler.graph import MAX_DIM, DimRange, FrozenInput, Provenance, SequenceValue, TensorSpec
 from kiln.dtypes import EXTENDED
 from kiln.errors import InputError
 from kiln.targets.isa import Int8Isa
@@ -175,6 +175,8 @@ class Manifest:
     quantization: QuantizationSummary | None = None
     verification: Verification | None = None  # the check against ONNX Runtime at compile time, where it ran
     frozen_inputs: tuple[FrozenInput, ...] = ()  # model inputs given values at compile time (--freeze)
+    sequence_inputs: tuple[SequenceValue, ...] = ()  # ONNX sequences taken and given as their elements
+    sequence_outputs: tuple[SequenceValue, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -190,8 +192,10 @@ class Manifest:
             "library": self.library.to_json(),
             "files": {role: entry.to_json() for role, entry in sorted(self.files.items())},
         }
-        if self.frozen_inputs:
-            data["frozen_inputs"] = [frozen.to_json() for frozen in self.frozen_inputs]
+        for key, values in (("frozen_inputs", self.frozen_inputs), ("sequence_inputs", self.sequence_inputs),
+                            ("sequence_outputs", self.sequence_outputs)):
+            if values:
+                data[key] = [value.to_json() for value in values]
         if self.batch_functions:
             data["batch_functions"] = {str(size): name for size, name in sorted(self.batch_functions.items())}
         if self.length_functions:
@@ -238,7 +242,9 @@ class Manifest:
                 quantization=QuantizationSummary.from_json(data["quantization"]) if "quantization" in data
                 else None,
                 verification=Verification.from_json(data["verification"]) if "verification" in data else None,
-                frozen_inputs=tuple(FrozenInput.from_json(f) for f in data.get("frozen_inputs", ())))
+                frozen_inputs=tuple(FrozenInput.from_json(f) for f in data.get("frozen_inputs", ())),
+                sequence_inputs=tuple(SequenceValue.from_json(s) for s in data.get("sequence_inputs", ())),
+                sequence_outputs=tuple(SequenceValue.from_json(s) for s in data.get("sequence_outputs", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the manifest is incomplete or malformed ({type(exc).__name__}: {exc}); "
                              "rebuild the artifact") from None

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kiln.compiler.graph import DimRange, FrozenInput, TensorSpec
+from kiln.compiler.graph import DimRange, FrozenInput, SequenceValue, TensorSpec
 from kiln.dtypes import as_declared, convert_hint
 from kiln.errors import InputError
 
@@ -16,6 +16,9 @@ class Predictor:
 
     # Model inputs the artifact was compiled with values for (--freeze): accepted holding those values, and left out.
     frozen: tuple[FrozenInput, ...] = ()
+    # ONNX sequence inputs and outputs, taken and given as lists of arrays (one input or output per element).
+    sequence_inputs: tuple[SequenceValue, ...] = ()
+    sequence_outputs: tuple[SequenceValue, ...] = ()
 
     def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]):
         self.inputs = inputs
@@ -24,7 +27,15 @@ class Predictor:
     def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         """Outputs by name, for inputs given by name (or as one array for single-input models)."""
         arrays = self._validate(inputs)
-        return dict(zip((spec.name for spec in self.outputs), self._execute(arrays)))
+        outputs = dict(zip((spec.name for spec in self.outputs), self._execute(arrays)))
+        return _grouped(outputs, self.sequence_outputs) if self.sequence_outputs else outputs
+
+    def taking(self, manifest) -> "Predictor":
+        """This predictor taking and giving what `manifest` (a kiln.compiler.manifest.Manifest) says its callers
+        pass: frozen inputs, sequences as lists."""
+        self.frozen = manifest.frozen_inputs
+        self.sequence_inputs, self.sequence_outputs = manifest.sequence_inputs, manifest.sequence_outputs
+        return self
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         """Like `run`, but a single-output model returns its array directly."""
@@ -42,6 +53,8 @@ class Predictor:
             inputs = {self.inputs[0].name: inputs}
         if self.frozen:
             inputs = _without_frozen(inputs, self.frozen)
+        if self.sequence_inputs:
+            inputs = _elements(inputs, self.sequence_inputs)
         expected = [spec.name for spec in self.inputs]
         unknown, missing = sorted(set(inputs) - set(expected)), [n for n in expected if n not in inputs]
         if unknown or missing:
@@ -61,6 +74,36 @@ def _without_frozen(inputs: Mapping[str, Any], frozen: tuple[FrozenInput, ...]) 
                              f"computes with those values only. Leave it out, or recompile with --freeze "
                              f"{spec.name}=<values>")
     return {name: value for name, value in inputs.items() if name not in names}
+
+
+def _elements(inputs: Mapping[str, Any], sequences: tuple[SequenceValue, ...]) -> dict[str, Any]:
+    """`inputs` with each sequence input's list of arrays given as its elements' inputs."""
+    given = dict(inputs)
+    for sequence in sequences:
+        if sequence.name not in given:
+            continue
+        value = given.pop(sequence.name)
+        if not isinstance(value, (list, tuple)) or len(value) != len(sequence.elements):
+            got = f"a list of {len(value)} arrays" if isinstance(value, (list, tuple)) else type(value).__name__
+            raise InputError(f"input {sequence.name!r} is a sequence of {len(sequence.elements)} arrays (as "
+                             f"compiled with --sequence-shape); got {got}. Pass a list, or recompile for another "
+                             "length")
+        given.update(zip(sequence.elements, value))
+    return given
+
+
+def _grouped(outputs: dict[str, Any], sequences: tuple[SequenceValue, ...]) -> dict[str, Any]:
+    """`outputs` with each sequence output's elements gathered into a list under its name, where its first
+    element was."""
+    first = {sequence.elements[0]: sequence for sequence in sequences if sequence.elements}
+    inside = {name for sequence in sequences for name in sequence.elements}
+    grouped: dict[str, Any] = {}
+    for name, value in outputs.items():
+        if name in first:
+            grouped[first[name].name] = [outputs[element] for element in first[name].elements]
+        elif name not in inside:
+            grouped[name] = value
+    return {**grouped, **{s.name: [] for s in sequences if not s.elements}}
 
 
 def check_array(spec: TensorSpec, value: Any, accepted_dtypes: tuple[str, ...] = ()) -> np.ndarray:

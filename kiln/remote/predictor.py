@@ -45,8 +45,7 @@ def load(path: Path, remote: Remote, threads: int | None = None) -> "RemotePredi
                                        tuple(pinned(s, *key) for s in manifest.outputs), function)
                   for key, function in functions.items()}
         predictor = RemoteBatchedPredictor(chunks, manifest.inputs, manifest.outputs)
-    predictor.frozen = manifest.frozen_inputs
-    return predictor
+    return predictor.taking(manifest)
 
 
 class _Library:

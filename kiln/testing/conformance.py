@@ -223,17 +223,19 @@ def claimed_ops() -> frozenset[str]:
     """The ops kiln claims: those TVM's Relax importer converts, those ONNX defines as functions of other ops
     (compiled from their bodies where the importer has none: kiln.compiler.passes.function_expansion), and those
     kiln's passes rewrite into ops the importer converts (LSTM, GRU and RNN, Scan, the DFT family, ...), and
-    those kiln converts itself (BitCast: kiln.compiler.backends.tvm.converters)."""
+    those kiln converts itself (BitCast: kiln.compiler.backends.tvm.converters), and the sequence and optional ops
+    and Loop, which the frontend carries out at compile time (kiln.compiler.frontends.sequences)."""
     import onnx
 
     from kiln.compat.tvm import onnx_importer_ops
     from kiln.compiler.backends.tvm.converters import CONVERTERS
+    from kiln.compiler.frontends.sequences import SEQUENCE_OPS
     from kiln.compiler.passes.recurrent import RECURRENT_OPS
 
     functions = {schema.name for schema in onnx.defs.get_all_schemas()
                  if schema.domain == "" and (schema.has_function or schema.has_context_dependent_function)}
-    return (onnx_importer_ops() | frozenset(functions) | RECURRENT_OPS | frozenset(CONVERTERS)
-            | {"Scan", "CumProd", "QLinearMatMul", "LpNormalization", "Col2Im", "TensorScatter", "ReverseSequence",
+    return (onnx_importer_ops() | frozenset(functions) | RECURRENT_OPS | frozenset(CONVERTERS) | SEQUENCE_OPS
+            | {"Loop", "Scan", "CumProd", "QLinearMatMul", "LpNormalization", "Col2Im", "TensorScatter", "ReverseSequence",
                "Det", "DFT", "STFT", "MelWeightMatrix", "TfIdfVectorizer",
                "ai.onnx.ml.TreeEnsemble", "QLinearConv", "ConvInteger"})
 
@@ -257,17 +259,18 @@ def _run_kiln(case: Case, workdir: Path) -> Outcome:
     names, inputs, _, expected = read_data(case)
     feed = dict(zip(names, inputs))
     shapes = {name: tuple(value.shape) for name, value in feed.items() if isinstance(value, np.ndarray)}
+    sequences = {name: tuple(tuple(e.shape) for e in value) for name, value in feed.items() if isinstance(value, list)}
     output = workdir / f"{case.name}.kiln"
     shutil.rmtree(output, ignore_errors=True)
     stage, frozen = "compile", {}
     try:
         try:
-            result = kiln.compile(case.folder / "model.onnx", _options(output, shapes, frozen))
+            result = kiln.compile(case.folder / "model.onnx", _options(output, shapes, sequences, frozen))
         except UnsupportedOpError as exc:  # parameters given as inputs: compiled again with the case's values
             if not exc.freezable or not set(exc.freezable) <= set(shapes):
                 raise
             frozen = {name: frozen_values(feed[name]) for name in exc.freezable}
-            result = kiln.compile(case.folder / "model.onnx", _options(output, shapes, frozen))
+            result = kiln.compile(case.folder / "model.onnx", _options(output, shapes, sequences, frozen))
         stage = "run"
         got = kiln.load(result.path).run(feed)
     except KilnError as exc:
@@ -283,13 +286,14 @@ def _run_kiln(case: Case, workdir: Path) -> Outcome:
     return outcome
 
 
-def _options(output: Path, shapes: dict[str, tuple[int, ...]], frozen: dict[str, Any]):
-    """A case's compile options: inputs pinned to the case's shapes, `frozen` ones given their values, verify off
-    (the suite's outputs are the reference)."""
+def _options(output: Path, shapes: dict[str, tuple[int, ...]], sequences: dict[str, tuple[tuple[int, ...], ...]],
+             frozen: dict[str, Any]):
+    """A case's compile options: inputs pinned to the case's shapes (a sequence's to its elements' shapes),
+    `frozen` ones given their values, verify off (the suite's outputs are the reference)."""
     import kiln
 
-    return kiln.CompileOptions(kiln.target("host"), output, kiln.ImportOptions(shapes, frozen_inputs=frozen),
-                               verify=False)
+    imports = kiln.ImportOptions(shapes, frozen_inputs=frozen, sequence_shapes=sequences)
+    return kiln.CompileOptions(kiln.target("host"), output, imports, verify=False)
 
 
 def _run_onnxruntime(case: Case, workdir: Path) -> Outcome:

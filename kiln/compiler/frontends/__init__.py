@@ -44,10 +44,11 @@ def load_graph(path: Path, options: ImportOptions) -> Graph:
     if source_format is SourceFormat.ONNX:
         from kiln.compiler.frontends import onnx
 
-        return onnx.load(path, options.input_shapes, options.frozen_inputs)
-    if options.frozen_inputs:
-        raise SettingError(ImportOptions, f"{{frozen_inputs}} applies to ONNX models; {path} is "
-                                          f"{source_format.value}, whose inputs are all data")
+        return onnx.load(path, options.input_shapes, options.frozen_inputs, options.sequence_shapes)
+    for given in ("frozen_inputs", "sequence_shapes"):
+        if getattr(options, given):
+            raise SettingError(ImportOptions, f"{{{given}}} applies to ONNX models; {path} is "
+                                              f"{source_format.value}, whose inputs are all tensors")
     if source_format is SourceFormat.MXNET:
         from kiln.compiler.frontends.mxnet import convert
 

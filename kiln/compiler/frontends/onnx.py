@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from kiln.compat.onnx import all_tensors
 from kiln.compiler.frontends.freeze import freeze_inputs
 from kiln.compiler.frontends.options import ImportOptions
+from kiln.compiler.frontends.sequences import resolve_sequences, take_sequence_inputs, uses_sequences
 from kiln.compiler.graph import Graph, Provenance, Signature, SourceFile, TensorSpec
 from kiln.compiler.onnx_graph import ONNX_DOMAINS, graph_inputs
 from kiln.errors import InputError, SettingError, UnsupportedOpError
@@ -25,7 +26,8 @@ PROTOBUF_LIMIT = 2**31
 
 
 def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = None,
-         frozen_inputs: dict[str, tuple] | None = None) -> Graph:
+         frozen_inputs: dict[str, tuple] | None = None,
+         sequence_shapes: dict[str, tuple[tuple[int, ...], ...]] | None = None) -> Graph:
     import onnx
 
     model = _read(path)
@@ -36,9 +38,11 @@ def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = Non
     except onnx.checker.ValidationError as exc:
         raise InputError(f"{path}: not a valid ONNX model: {_first_line(exc)}") from exc
     model = _upgrade_opset(model, path)
+    sequence_inputs = take_sequence_inputs(model, sequence_shapes or {}, set(input_shapes or ()))
     if input_shapes:
         pin_input_shapes(model, input_shapes)
     frozen = freeze_inputs(model, frozen_inputs) if frozen_inputs else ()
+    sequence_outputs = resolve_sequences(model) if uses_sequences(model) else ()
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError or plain RuntimeError from C++
@@ -46,7 +50,8 @@ def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = Non
     for value in (*graph_inputs(model), *model.graph.output):
         if value.type.tensor_type.elem_type:  # 0: not declared, described as "unknown"
             _check_type(value.type.tensor_type.elem_type, f"{value.name!r}", path)
-    return Graph(model, dataclasses.replace(signature(model), frozen=frozen),
+    return Graph(model, dataclasses.replace(signature(model), frozen=frozen, sequence_inputs=sequence_inputs,
+                                            sequence_outputs=sequence_outputs),
                  Provenance("onnx", (SourceFile.of(path),)))
 
 

@@ -48,6 +48,25 @@ def _input_shapes(value: Any) -> dict[str, tuple[Dim, ...]]:
     return shapes
 
 
+def sequence_shape(text: str) -> tuple[str, tuple[tuple[int, ...], ...]]:
+    """`name:2x3,2x3,4x3` (one --sequence-shape) -> ("name", ((2, 3), (2, 3), (4, 3))); `name:` is an empty
+    sequence."""
+    name, sep, elements = text.rpartition(":")
+    shapes = tuple(parse_shape(part) for part in elements.split(",")) if elements else ()
+    if not sep or not name or any(shape is None or not all(isinstance(d, int) for d in shape) for shape in shapes):
+        raise ValueError(f"{text!r} is not NAME:DIMS,DIMS,... (each element's shape, positive integer dims), "
+                         "e.g. seq:2x3,2x3,4x3, or NAME: for an empty sequence")
+    return name, shapes
+
+
+def _sequence_shapes(value: Any) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """--sequence-shape's (name, shapes) pairs, or kiln.toml's table of name -> "2x3,4x3"."""
+    if not isinstance(value, (dict, list, tuple)):
+        raise ValueError('give a table of sequence input name -> element shapes, e.g. { seq = "2x3,4x3" }')
+    return dict(item if isinstance(item[1], tuple) else sequence_shape(f"{item[0]}:{item[1]}")
+                for item in (value.items() if isinstance(value, dict) else value))
+
+
 def frozen_values(value: Any) -> tuple[Any, ...]:
     """One input's values as given: "1,2,-1" (the command line, kiln.toml), a number or a list (kiln.toml, Python)
     or an array (Python) -> a flat tuple of numbers. ValueError when they are not numbers."""
@@ -113,6 +132,13 @@ class ImportOptions:
         help="Compile with an ONNX input fixed to these values, e.g. axes=1 or scales=1,1,2,2 (repeat for several "
              "inputs): for parameters such as axes, scales, sizes, shape, pads or K that the model takes as inputs "
              "and kiln needs as constants. The artifact no longer takes the input.")
+
+    sequence_shapes: dict[str, tuple[tuple[int, ...], ...]] = setting(
+        default_factory=dict, key="sequence_shapes", flag="--sequence-shape", kind="multiple",
+        parse=_sequence_shapes, item=sequence_shape, metavar="NAME:DIMS,DIMS,...",
+        help="Pin an ONNX sequence input (or an optional one holding a sequence): its elements' shapes in order, "
+             "e.g. seq:2x3,2x3,4x3 (seq: for an empty one). The artifact takes it as a list of arrays; sequence "
+             "ops are resolved at compile time.")
 
     def batch_range(self) -> DimRange | None:
         """The batch range the shapes give (every input given one must give the same), or None."""

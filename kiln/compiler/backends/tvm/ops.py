@@ -40,6 +40,7 @@ from kiln.compiler.passes.narrow_types import narrow_refusal
 from kiln.compiler.passes.recurrent import RECURRENT_OPS, unroll_refusal
 from kiln.compiler.passes.resize_exact import resize_refusal
 from kiln.compiler.passes.reverse_sequence import reverse_sequence_refusal
+from kiln.compiler.frontends.sequences import PINNING
 from kiln.compiler.passes.scan import scan_refusal
 from kiln.compiler.passes.tensor_scatter import tensor_scatter_refusal
 from kiln.compiler.passes.tfidf_vectorizer import tfidf_refusal
@@ -353,7 +354,8 @@ def unsupported_io(model: "onnx.ModelProto") -> dict[str, list[str]]:
         for value in values:
             kind = value.type.WhichOneof("value")
             if kind != "tensor_type":
-                found.setdefault(f"{(kind or 'untyped').removesuffix('_type')} {side}s", []).append(value.name)
+                why = f"{(kind or 'untyped').removesuffix('_type')} {side}s"
+                found.setdefault(why + PINNING.get(why, ""), []).append(value.name)
                 continue
             elem_type = value.type.tensor_type.elem_type  # 0: not declared
             if not elem_type and side == "input":  # the runner allocates each input with its declared dtype
