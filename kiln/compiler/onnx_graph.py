@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     Replacement = tuple[list[onnx.NodeProto], dict[str, np.ndarray]]
 
 ONNX_DOMAINS = ("", "ai.onnx")  # the two names of ONNX's default operator set
+WIDE_FLOATS = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16: the float types that are not narrow
 
 
 def is_onnx_op(node: "onnx.NodeProto", *op_types: str) -> bool:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import infer_shapes, is_onnx_op
+from kiln.compiler.onnx_graph import WIDE_FLOATS, infer_shapes, is_onnx_op
 from kiln.dtypes import CARRIERS
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ INT_RANGES = {22: (-8, 7), 21: (0, 15), 26: (-2, 1), 25: (0, 3)}  # INT4, UINT4,
 E8M0 = 24  # FLOAT8E8M0
 NARROW = frozenset({*FLOAT_FORMATS, E8M0, *INT_RANGES})
 _FLOAT, _DOUBLE, _INT64, _BOOL = 1, 11, 7, 9
-_FLOATS = frozenset({1, 10, 11, 16, *FLOAT_FORMATS, E8M0})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16 and the narrow floats
+_FLOATS = WIDE_FLOATS | {*FLOAT_FORMATS, E8M0}
 
 
 def carrier_type(elem_type: int) -> int:

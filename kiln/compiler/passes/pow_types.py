@@ -11,9 +11,8 @@ result below 2 ** 53 exactly).
 from __future__ import annotations
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes
+from kiln.compiler.onnx_graph import WIDE_FLOATS, element_types, is_onnx_op, rewrite_nodes
 
-_FLOATS = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def pow_types(graph: Graph) -> Graph:
@@ -25,7 +24,7 @@ def pow_types(graph: Graph) -> Graph:
         if not is_onnx_op(node, "Pow"):
             return None
         base, exponent = (types.get(name) for name in node.input)
-        if not base or not exponent or (base == exponent and base in _FLOATS):
+        if not base or not exponent or (base == exponent and base in WIDE_FLOATS):
             return None
         stem = node.name or node.output[0]
         nodes, inputs = [], []
