@@ -181,6 +181,7 @@ def _compile_ranges(source: Graph, model: Path, batch: DimRange | None, length: 
     (kiln.compiler.batching), each compiled from the model with those dims pinned and checked like a fixed-shape
     build; their weights are stored once. INT8 calibrates the batch-1, longest-length function. The manifest's
     inputs and outputs take the ranges; padding to a length bucket is checked not to change the outputs."""
+    import gc
     import itertools
     import tempfile
 
@@ -199,7 +200,10 @@ def _compile_ranges(source: Graph, model: Path, batch: DimRange | None, length: 
             folder = stage if function == MAIN else Path(scratch) / function  # the others' files serve checks only
             folder.mkdir(exist_ok=True)
             onnx.save_model(pinned.body, str(folder / "model.onnx"))
-            entries[size, bucket] = _Entry(function, graph, folder / "model.onnx", folder)
+            entry = _Entry(function, graph, folder / "model.onnx", folder)
+            entries[size, bucket] = entry if function == MAIN else entry.offloaded()
+            del pinned, graph, entry
+            gc.collect()  # the passes' models sit in reference cycles: freed now, not one per function at once
         progress.step("compiling " + ", ".join(filter(None, (
             batch and f"batch sizes {', '.join(map(str, sizes))} (of the range {batch})",
             length and f"lengths {', '.join(map(str, buckets))} (of the range {length})"))))
@@ -329,9 +333,33 @@ class _Entry:
     and the folder its INT8 files go to."""
 
     function: str
-    graph: Graph
+    graph: Graph  # its weights in `folder` (ONNX external data) where `offloaded`
     reference: Path
     folder: Path
+    weights: str | None = None  # the external data file in `folder` of an offloaded entry
+
+    def offloaded(self) -> "_Entry":
+        """This entry with its graph's weights moved into a file in its folder: a range's functions, each holding
+        a copy of the model while the others are prepared, held one per function at once (BERT-base: 0.44 GB each)."""
+        import onnx
+
+        weights, path = "prepared.weights", self.folder / "prepared.onnx"
+        onnx.save_model(self.graph.body, str(path), save_as_external_data=True, location=weights)
+        # read back, not the saved proto: protobuf frees a message's memory only with the whole message
+        body = onnx.load_model(str(path), load_external_data=False)
+        return dataclasses.replace(self, graph=dataclasses.replace(self.graph, body=body), weights=weights)
+
+    def weighted(self) -> Graph:
+        """The graph with its weights (read back into a copy, for an offloaded entry)."""
+        import onnx
+        from onnx.external_data_helper import load_external_data_for_model
+
+        if self.weights is None:
+            return self.graph
+        body = onnx.ModelProto()
+        body.CopyFrom(self.graph.body)
+        load_external_data_for_model(body, str(self.folder))
+        return dataclasses.replace(self.graph, body=body)
 
 
 @dataclass(frozen=True)
@@ -354,11 +382,11 @@ def _build_library(entries: list[_Entry], library: Path, options: CompileOptions
     int8 = options.precision is Precision.INT8
     main = next(entry for entry in entries if entry.function == MAIN)
     calibrated = _quantize(main.graph, options, progress) if int8 else None
-    quantized = {entry.function: requantize(entry.graph, calibrated) if calibrated and entry is not main
+    quantized = {entry.function: requantize(entry.weighted(), calibrated) if calibrated and entry is not main
                  else calibrated for entry in entries}
     progress.step(f"compiling with TVM for {options.target.name}")
-    report = build_library({entry.function: quantized[entry.function].graph if int8 else entry.graph
-                            for entry in entries},
+    report = build_library(((entry.function, quantized[entry.function].graph if int8 else entry.weighted())
+                            for entry in entries),
                            options.target, library, options.schedule, options.records)
     library = artifact.content_addressed(library)
     files = {entry.function: quantized[entry.function].write(entry.folder) if int8 else {} for entry in entries}

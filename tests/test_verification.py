@@ -85,12 +85,12 @@ def test_a_build_that_disagrees_is_refused_and_nothing_is_written(cli_runner, tm
     real = build.build_library
 
     def off_by_one_percent(entries, *args, **kwargs):
-        (name, graph), = entries.items()
+        (name, graph), = entries
         model = graph.body.__class__()
         model.CopyFrom(graph.body)
         first = model.graph.initializer[0]
         first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * 1.01, first.name))
-        return real({name: dataclasses.replace(graph, body=model)}, *args, **kwargs)
+        return real([(name, dataclasses.replace(graph, body=model))], *args, **kwargs)
 
     monkeypatch.setattr(build, "build_library", off_by_one_percent)
     output = tmp_path / "d.kiln"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from kiln.compiler.backends.tvm.ops import unsupported_io, unsupported_ops
 from kiln.compiler.backends.tvm.parameters import parameter_inputs
@@ -61,12 +62,12 @@ class BuildReport:
     integer: list[dict] = field(default_factory=list)
 
 
-def build_library(entries: dict[str, Graph], preset: Preset, library: Path,
+def build_library(entries: Iterable[tuple[str, Graph]], preset: Preset, library: Path,
                   schedule: ScheduleMode = ScheduleMode.DEFAULT, records: Path | None = None) -> BuildReport:
-    """Compile one library whose VM functions are `entries` (name -> graph; "main" among them); on CPU targets
-    with kiln's schedules (and the best of tuning `records`) unless schedule is NONE. The entries' equal
-    constants are stored once (TVM's VM deduplicates its constant pool), so the entries of a batch range share
-    their weights."""
+    """Compile one library whose VM functions are `entries` ((name, graph) pairs, "main" among them, imported
+    one at a time: each graph may be dropped once taken); on CPU targets with kiln's schedules (and the best of
+    tuning `records`) unless schedule is NONE. The entries' equal constants are one object while compiling
+    (rewrite/entries.py) and stored once, so the entries of a batch range share their weights."""
     from kiln.compiler.backends.tvm.runner import prepare_thread_pool
 
     prepare_thread_pool()  # compiling runs kernels (constant folding), which starts TVM's pool
@@ -76,7 +77,7 @@ def build_library(entries: dict[str, Graph], preset: Preset, library: Path,
     from kiln.compiler.backends.tvm.rewrite.empty import allocate_empty
     from kiln.compiler.backends.tvm.rewrite.entries import merge_entries
 
-    mod = allocate_empty(merge_entries((name, import_onnx(graph.body)) for name, graph in entries.items()))
+    mod = allocate_empty(merge_entries((name, import_onnx(graph.body)) for name, graph in entries))
     target = tvm.target.Target(preset.tvm_target)
     report = BuildReport()
     executable = tvm.compile(mod, target=target,

@@ -1,8 +1,8 @@
 """The blocked convolutions kiln emits (TE), with the block names its rules look for.
 
 data [N, C/b, H, W, b] ("NCHW[b]c"), weights pre-packed at compile time:
-conv2d [OC/ob, IC/ib, KH, KW, ib, ob], Winograd conv2d [16, OC/ob, IC, ob], depthwise [C/b, KH, KW, b]; and the
-dense matmul, weights [N/b, K, b]."""
+conv2d [OC/ob, IC/ib, KH, KW, ib, ob], Winograd conv2d [16, OC/ob, IC, ob], depthwise [C/b, KH, KW, b]; the
+dense matmul, weights [N/b, K, b]; and the softmax over the last axis."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from tvm import te, tirx
 PAD, CONV2D, DEPTHWISE = "kpad", "kconv", "kdwconv"
 WINOGRAD_IN, WINOGRAD, WINOGRAD_OUT = "kwino_in", "kwino", "kwino_out"
 MATMUL = "matmul"  # also the block LegalizeOps makes of relax.matmul: one rule schedules both
+# TOPI's softmax names, which `softmax` keeps: one rule (schedules/softmax.py) schedules both
+SOFTMAX_MAX, SOFTMAX_DELTA, SOFTMAX_EXP, SOFTMAX_SUM, SOFTMAX_NORM = (
+    "T_softmax_maxelem", "T_softmax_delta", "T_fast_exp", "T_softmax_expsum", "T_softmax_norm")
 PRECOMPUTED = "kpre_"  # the prefix of a table computed once and read many times (roi_align.py): never inlined
 
 
@@ -67,6 +70,45 @@ def dense_packed(data, kernel):
     k = te.reduce_axis((0, depth), "k")
     return te.compute((*rows, blocks * block), lambda *i: te.sum(
         data[(*i[:-1], k)] * kernel[i[-1] // block, k, i[-1] % block], axis=k), name=MATMUL)
+
+
+def softmax(data):
+    """Softmax over the last axis with TOPI's polynomial exp (LLVM has no vector exp), as topi.nn.fast_softmax
+    computes it but for the exp of x - max <= 0 (`_exp_of_non_positive`) and the normalization: each exp times the
+    reciprocal of the row's sum, one divide a row where TOPI divides every element."""
+    *rows, columns = data.shape
+    k = te.reduce_axis((0, columns), "k")
+    largest = te.compute(rows, lambda *i: te.max(data[(*i, k)], axis=k), name=SOFTMAX_MAX)
+    exp = _exp_of_non_positive(te.compute(data.shape, lambda *i: data[i] - largest[i[:-1]], name=SOFTMAX_DELTA))
+    k = te.reduce_axis((0, columns), "k")
+    total = te.compute(rows, lambda *i: te.sum(exp[(*i, k)], axis=k), name=SOFTMAX_SUM)
+    one = tirx.const(1.0, data.dtype)
+    return te.compute(data.shape, lambda *i: exp[i] * (one / total[i[:-1]]), name=SOFTMAX_NORM,
+                      attrs={"axis": len(rows)})
+
+
+# TOPI's fast_exp polynomial: exp(r) ~ 1 + r + r^2 (1/2 + r (1/6 + ...)) on r in [-ln 2 / 2, ln 2 / 2]
+_EXP_TERMS = (0.00019875691214110702, 0.0013981999363750219, 0.008333452045917511, 0.041665796190500259,
+              0.1666666567325592, 0.5)
+
+
+def _exp_of_non_positive(delta):
+    """exp(delta) for delta <= 0 as TOPI's fast_exp computes it (2^n times its polynomial of the remainder, 0 below
+    -88.38), without the clamp from above and the final max that only positive arguments need, and n rounded in one
+    instruction (nearbyint, where TOPI floors x + 0.5)."""
+    dtype = delta.dtype
+
+    def value(*i):
+        x = tirx.max(delta[i], tirx.const(-88.3762626647949, dtype))
+        n = tirx.nearbyint(x * tirx.const(1.4426950408889634, dtype))
+        r = x - n * tirx.const(0.6931471805599453, dtype)
+        poly = tirx.const(_EXP_TERMS[0], dtype)
+        for term in _EXP_TERMS[1:]:
+            poly = poly * r + tirx.const(term, dtype)
+        power = tirx.reinterpret(dtype, (n.astype("int32") + 127) << 23)  # 2^n; 0 at n = -127
+        return (poly * r * r + r + tirx.const(1.0, dtype)) * power
+
+    return te.compute(delta.shape, value, name=SOFTMAX_EXP)
 
 
 # Winograd F(2x2, 3x3) (Lavin & Gray 2015): Y = A^T [(G g G^T) * (B^T d B)] A for each 4x4 input tile d and its

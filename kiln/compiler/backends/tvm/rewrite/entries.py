@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -25,9 +26,12 @@ class _Merger(relax.PyExprMutator):
         return self.renamed.get(var, var)
 
     def visit_constant_(self, op):
-        array = op.data.numpy()
-        key = (array.dtype.str, array.shape, hashlib.sha1(array.tobytes()).hexdigest())
-        return self.constants.setdefault(key, op)
+        return self.constants.setdefault(constant_key(op.data.numpy()), op)
+
+
+def constant_key(array: np.ndarray) -> tuple:
+    """What makes two constants equal: dtype, shape and contents."""
+    return array.dtype.str, array.shape, hashlib.sha1(np.ascontiguousarray(array).data).hexdigest()
 
 
 def merge_entries(modules: Iterable[tuple[str, tvm.IRModule]]) -> tvm.IRModule:

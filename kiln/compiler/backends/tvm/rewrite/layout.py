@@ -21,6 +21,7 @@ import tvm
 from tvm import relax, te, topi
 
 from kiln.compiler.backends.tvm.kernels import compute
+from kiln.compiler.backends.tvm.rewrite.entries import constant_key
 from kiln.compiler.backends.tvm.rewrite.fold import fold
 from kiln.compiler.backends.tvm.rewrite.quantized import IntegerRewrites
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec
@@ -58,6 +59,7 @@ class _Rewriter:
         self.mod, self.spec, self.lanes, self.float_convs = mod, spec, spec.lanes, spec.float_convs
         self.winograd_work = spec.winograd_work
         self.bb = relax.BlockBuilder(mod)
+        self.constants: dict[tuple, relax.Constant] = {}  # by constant_key: see const()
         self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
         self.transforms: dict = {}
         self.integer: IntegerRewrites  # the function being rewritten's (run)
@@ -99,6 +101,14 @@ class _Rewriter:
     def block_of(self, expr) -> int | None:
         return self.env[expr][1] if expr in self.env else None
 
+    def const(self, array: np.ndarray) -> relax.Constant:
+        """`array` as a constant, one object for equal arrays: the functions of a range hold the same weights
+        (rewrite/entries.py) and so pack and fold them alike, which held a copy per function while compiling."""
+        key = constant_key(array)
+        if key not in self.constants:
+            self.constants[key] = relax.const(np.ascontiguousarray(array))
+        return self.constants[key]
+
     def constant(self, expr) -> np.ndarray | None:
         if not isinstance(expr, Const) and expr in self.env and self.env[expr][1] is None:
             expr = self.env[expr][0]
@@ -115,8 +125,7 @@ class _Rewriter:
         if value.size == 1:
             return relax.const(value.reshape(()))
         if value.size == channels and value.ndim >= 3 and value.shape[-2:] == (1, 1):
-            packed = value.reshape(1, channels // block, block, 1, 1).transpose(0, 1, 3, 4, 2)
-            return relax.const(np.ascontiguousarray(packed))
+            return self.const(value.reshape(1, channels // block, block, 1, 1).transpose(0, 1, 3, 4, 2))
         return None
 
     # -- ops ------------------------------------------------------------------------------------
@@ -150,7 +159,7 @@ class _Rewriter:
         else:
             return None
         result = self.bb.emit(self.bb.call_te(te_func, self.blocked(data, ib),
-                                              relax.const(np.ascontiguousarray(packed)), *options,
+                                              self.const(packed), *options,
                                               primfunc_name_hint=name))
         if kept == out_channels:
             return result, ob
@@ -176,7 +185,7 @@ class _Rewriter:
             return None
         depth, columns = w.shape
         packed = w.reshape(depth, columns // self.lanes, self.lanes).transpose(1, 0, 2)
-        result = self.bb.call_te(compute.dense_packed, self.plain(data), relax.const(np.ascontiguousarray(packed)),
+        result = self.bb.call_te(compute.dense_packed, self.plain(data), self.const(packed),
                                  primfunc_name_hint=compute.MATMUL)
         return self.bb.emit(result), None
 
@@ -222,15 +231,15 @@ class _Rewriter:
         return (square if float(value.reshape(())) == 2 else self.bb.emit(relax.op.multiply(square, new))), block
 
     def softmax(self, call):
-        """A softmax over the last axis (attention's scores) with TOPI's polynomial exp, max relative error ~1e-7:
-        LLVM has no vector exp, so relax's softmax calls libm's expf once per element, twice once the exp is inlined
-        into both the sum and the normalization. The schedule rule (schedules/softmax.py) computes it once per row."""
+        """A softmax over the last axis (attention's scores) with TOPI's polynomial exp, max relative error ~1e-7
+        (compute.softmax): LLVM has no vector exp, so relax's softmax calls libm's expf once per element, twice once
+        the exp is inlined into both the sum and the normalization. The schedule rule (schedules/softmax.py)
+        computes it once per row."""
         data = call.args[0]
         axis, ndim = int(call.attrs.axis), data.ty.ndim
         if call.ty.dtype != "float32" or ndim < 1 or axis not in (-1, ndim - 1):
             return None
-        return self.bb.emit(self.bb.call_te(topi.nn.fast_softmax, self.plain(data), -1,
-                                            primfunc_name_hint="softmax")), None
+        return self.bb.emit(self.bb.call_te(compute.softmax, self.plain(data), primfunc_name_hint="softmax")), None
 
     def binary(self, var, call):
         a, b = call.args
@@ -324,7 +333,7 @@ class _Rewriter:
             return
         folded = fold(value, _op_name(value), self.constant)
         if folded is not None:
-            self.env[var] = (relax.const(folded), None)
+            self.env[var] = (self.const(folded), None)
             return
         result = self.integer.rewrite(var) if _op_name(value) == "relax.quantize" else None
         result = result or self.rewrite(var, value)

@@ -101,8 +101,8 @@ class IntegerRewrites:
         if conv.groups > 1 and not depthwise:
             te_func = functools.partial(te_func, groups=conv.groups)
         bb = self.layout.bb
-        result = bb.emit(bb.call_te(te_func, self.layout.blocked(conv.data, in_block), relax.const(packed.weight),
-                                    relax.const(packed.bias), relax.const(packed.multiplier),
+        result = bb.emit(bb.call_te(te_func, self.layout.blocked(conv.data, in_block), self.layout.const(packed.weight),
+                                    self.layout.const(packed.bias), self.layout.const(packed.multiplier),
                                     primfunc_name_hint=integer.INT8_DEPTHWISE if depthwise else integer.INT8_CONV))
         return result, packed.out_block
 
@@ -114,8 +114,8 @@ class IntegerRewrites:
         rows = bb.emit(relax.op.reshape(self.layout.plain(conv.data), [math.prod(leading), depth]))
         te_func = functools.partial(integer.dense_int8_rows, input_zero=conv.input.zero_point, output=output,
                                     columns=int(columns))
-        result = bb.emit(bb.call_te(te_func, rows, relax.const(packed.weight), relax.const(packed.bias),
-                                    relax.const(packed.multiplier), primfunc_name_hint=integer.INT8_CONV))
+        result = bb.emit(bb.call_te(te_func, rows, self.layout.const(packed.weight), self.layout.const(packed.bias),
+                                    self.layout.const(packed.multiplier), primfunc_name_hint=integer.INT8_CONV))
         return bb.emit(relax.op.reshape(result, [*leading, columns]))
 
     def _pack(self, conv, isa: DotProduct) -> tuple[DotProduct, int, integer.PackedConv | str]:
@@ -138,8 +138,8 @@ class IntegerRewrites:
         bb = self.layout.bb
         te_func = functools.partial(integer.conv2d_winograd_int8, padding=conv.padding,
                                     input_zero=conv.input.zero_point, output=output)
-        result = bb.call_te(te_func, self.layout.blocked(conv.data, packed.in_block), relax.const(packed.weight),
-                            relax.const(packed.bias), relax.const(packed.multiplier),
+        result = bb.call_te(te_func, self.layout.blocked(conv.data, packed.in_block), self.layout.const(packed.weight),
+                            self.layout.const(packed.bias), self.layout.const(packed.multiplier),
                             primfunc_name_hint=integer.INT8_WINOGRAD)
         return bb.emit(result), packed.out_block
 
