@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 import kiln
 from kiln.cli import cli
-from kiln.compiler.frontends.options import sequence_shape
+from kiln.compiler.frontends.options import ImportOptions, sequence_shape
 from kiln.errors import InputError, UnsupportedOpError
 
 RNG = np.random.default_rng(0)
@@ -166,8 +166,12 @@ def test_cli_pins_a_sequence_and_records_it(cli_runner, tmp_path: Path):
         kiln.load(output).run({"seq": ELEMENTS[:2], "x": X})
 
 
-def test_sequence_shape_flag_parses_element_shapes():
+def test_sequence_shape_flag_and_table_parse_element_shapes():
     assert sequence_shape("seq:2x3,4x3") == ("seq", ((2, 3), (4, 3)))
     assert sequence_shape("seq:") == ("seq", ())
+    from kiln.settings import from_raw
+
+    read = from_raw(ImportOptions, {"sequence_shapes": {"seq": "2x3,4x3", "more": ["1x2", "1x2"]}})
+    assert read.sequence_shapes == {"seq": ((2, 3), (4, 3)), "more": ((1, 2), (1, 2))}
     with pytest.raises(ValueError, match="not NAME:DIMS,DIMS"):
         sequence_shape("seq:2x3,1-4x3")

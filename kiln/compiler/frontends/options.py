@@ -60,11 +60,13 @@ def sequence_shape(text: str) -> tuple[str, tuple[tuple[int, ...], ...]]:
 
 
 def _sequence_shapes(value: Any) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """--sequence-shape's (name, shapes) pairs, or kiln.toml's table of name -> "2x3,4x3"."""
+    """--sequence-shape's (name, shapes) pairs, or kiln.toml's table of name -> "2x3,4x3" (or ["2x3", "4x3"])."""
     if not isinstance(value, (dict, list, tuple)):
         raise ValueError('give a table of sequence input name -> element shapes, e.g. { seq = "2x3,4x3" }')
-    return dict(item if isinstance(item[1], tuple) else sequence_shape(f"{item[0]}:{item[1]}")
-                for item in (value.items() if isinstance(value, dict) else value))
+    pairs = value.items() if isinstance(value, dict) else value
+    return dict((name, shapes) if isinstance(shapes, tuple) else
+                sequence_shape(f"{name}:{shapes if isinstance(shapes, str) else ','.join(map(str, shapes))}")
+                for name, shapes in pairs)
 
 
 def frozen_values(value: Any) -> tuple[Any, ...]:
