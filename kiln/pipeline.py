@@ -25,6 +25,7 @@ from kiln.compiler.frontends import ImportOptions, SourceFormat, detect_format, 
 from kiln.compiler.batching import DEFAULT_RANGE, chunk_sizes, length_buckets, ranged
 from kiln.compiler.graph import DimRange, Graph, GraphKind, Provenance, TensorSpec
 from kiln.compiler.manifest import Backend, BuildRecord, IntegerKernels, Manifest, Precision, Verification
+from kiln.compiler.onnx_graph import SharedWeights
 from kiln.compiler.passes import run_passes
 from kiln.errors import InputError, SettingError, TargetError, UnsupportedOpError
 from kiln.progress import QUIET, Progress
@@ -190,19 +191,23 @@ def _compile_ranges(source: Graph, model: Path, batch: DimRange | None, length: 
     sizes, buckets = chunk_sizes(batch) if batch else (None,), length_buckets(length) if length else (None,)
     main_key = (sizes[-1], buckets[-1])
     with artifact.staging(options.output) as stage, tempfile.TemporaryDirectory(dir=stage) as scratch:
-        entries = {}
+        entries, shared = {}, SharedWeights(Path(scratch))
         for size, bucket in itertools.product(sizes, buckets):
             pinned = load_graph(model, _pinned(source, options.imports, size, bucket))
             graph = _prepared(pinned, options)
             if size is not None:
                 _check_batched_outputs(graph, size)
             function = _function(size, bucket, main_key)
-            folder = stage if function == MAIN else Path(scratch) / function  # the others' files serve checks only
-            folder.mkdir(exist_ok=True)
-            onnx.save_model(pinned.body, str(folder / "model.onnx"))
-            entry = _Entry(function, graph, folder / "model.onnx", folder)
-            entries[size, bucket] = entry if function == MAIN else entry.offloaded()
-            del pinned, graph, entry
+            if function == MAIN:
+                onnx.save_model(pinned.body, str(stage / "model.onnx"))
+                entries[size, bucket] = _Entry(function, graph, stage / "model.onnx", stage)
+            else:  # the others' files serve checks only; their models share one copy of the weights
+                folder = Path(scratch) / function
+                folder.mkdir()
+                shared.save(pinned.body, f"{function}.onnx")
+                entries[size, bucket] = _Entry(function, graph, shared.folder / f"{function}.onnx",
+                                               folder).offloaded(shared)
+            del pinned, graph
             gc.collect()  # the passes' models sit in reference cycles: freed now, not one per function at once
         progress.step("compiling " + ", ".join(filter(None, (
             batch and f"batch sizes {', '.join(map(str, sizes))} (of the range {batch})",
@@ -333,33 +338,22 @@ class _Entry:
     and the folder its INT8 files go to."""
 
     function: str
-    graph: Graph  # its weights in `folder` (ONNX external data) where `offloaded`
+    graph: Graph  # without its weights' data where they are `shared`
     reference: Path
     folder: Path
-    weights: str | None = None  # the external data file in `folder` of an offloaded entry
+    shared: SharedWeights | None = None
 
-    def offloaded(self) -> "_Entry":
-        """This entry with its graph's weights moved into a file in its folder: a range's functions, each holding
-        a copy of the model while the others are prepared, held one per function at once (BERT-base: 0.44 GB each)."""
-        import onnx
-
-        weights, path = "prepared.weights", self.folder / "prepared.onnx"
-        onnx.save_model(self.graph.body, str(path), save_as_external_data=True, location=weights)
-        # read back, not the saved proto: protobuf frees a message's memory only with the whole message
-        body = onnx.load_model(str(path), load_external_data=False)
-        return dataclasses.replace(self, graph=dataclasses.replace(self.graph, body=body), weights=weights)
+    def offloaded(self, shared: SharedWeights) -> "_Entry":
+        """This entry with its graph's weights in `shared`'s file: a range's functions, each holding a copy of the
+        model until the build, held one per function at once (BERT-base: 0.44 GB each)."""
+        body = shared.save(self.graph.body, f"{self.function}.prepared.onnx")
+        return dataclasses.replace(self, graph=dataclasses.replace(self.graph, body=body), shared=shared)
 
     def weighted(self) -> Graph:
-        """The graph with its weights (read back into a copy, for an offloaded entry)."""
-        import onnx
-        from onnx.external_data_helper import load_external_data_for_model
-
-        if self.weights is None:
+        """The graph with its weights (read back into a copy where they are shared)."""
+        if self.shared is None:
             return self.graph
-        body = onnx.ModelProto()
-        body.CopyFrom(self.graph.body)
-        load_external_data_for_model(body, str(self.folder))
-        return dataclasses.replace(self.graph, body=body)
+        return dataclasses.replace(self.graph, body=self.shared.loaded(self.graph.body))
 
 
 @dataclass(frozen=True)

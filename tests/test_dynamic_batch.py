@@ -60,6 +60,26 @@ def test_the_functions_of_a_range_share_their_weights(tmp_path):
     assert sizes["x:1x1024"] > weight.nbytes and sizes["x:1-16x1024"] < 1.25 * sizes["x:1x1024"], sizes
 
 
+def test_merged_entries_hold_one_object_per_equal_constant(tmp_path):
+    """While compiling too (not only in the library), the entries of a range share their weights: a merged
+    module's equal constants are one object (merge_entries once matched no constant: TVM 0.27 renamed the visitor)."""
+    from tvm import relax
+    from tvm.ir.expr import GenericConst
+
+    from kiln.compiler.backends.tvm.converters import import_onnx
+    from kiln.compiler.backends.tvm.rewrite.entries import merge_entries
+
+    b = GraphBuilder("dense", opset=17)
+    b.output(b.node("MatMul", [b.input("x", [2, 8]), b.const(np.eye(8, dtype=np.float32))], "y"), [2, 8])
+    module = merge_entries([("main", import_onnx(b.model())), ("main_b2", import_onnx(b.model()))])
+    found = []
+    for function in module.functions.values():
+        if isinstance(function, relax.Function):
+            relax.analysis.post_order_visit(function, lambda e: found.append(e) if isinstance(e, GenericConst)
+                                            and e.value.numpy().shape == (8, 8) else None)
+    assert len(found) == 2 and found[0].same_as(found[1])
+
+
 def test_the_manifest_records_the_range_and_a_function_per_chunk(digits):
     manifest = kiln.inspect(digits)
     assert manifest.inputs[0].shape == (DimRange(1, 20), 1, 8, 8)

@@ -6,6 +6,8 @@ import dataclasses
 from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     import onnx
 
@@ -154,3 +156,54 @@ def replace_nodes(model: "onnx.ModelProto", replace: "Callable[[onnx.NodeProto],
     model.graph.initializer.extend(numpy_helper.from_array(array, name) for name, array in constants.items())
     drop_unused_initializers(model)
     return True
+
+
+class SharedWeights:
+    """ONNX models saved into one folder whose initializers' data sit in one file, each distinct tensor once (ONNX
+    external data): the functions of a range, whose models differ in their shapes only, take one copy of the
+    weights on disk (BERT-base over twenty functions: 0.44 GB, where a file each took 17 GB)."""
+
+    FILE = "weights.bin"
+    MIN_BYTES = 1024  # smaller initializers stay in their model
+
+    def __init__(self, folder: "Path"):
+        self.folder = folder
+        self.stored: dict[tuple, tuple[int, int]] = {}  # (type, dims, digest) -> (offset, length) in FILE
+
+    def save(self, model: "onnx.ModelProto", name: str) -> "onnx.ModelProto":
+        """`model` saved as `name` in the folder, its initializers' data moved into FILE (in place); what was saved,
+        read back without that data (protobuf frees a message's memory only with the whole message)."""
+        import hashlib
+        import os
+
+        import onnx
+
+        with open(self.folder / self.FILE, "ab") as weights:
+            weights.seek(0, os.SEEK_END)
+            for tensor in model.graph.initializer:
+                if not tensor.HasField("raw_data") or len(tensor.raw_data) < self.MIN_BYTES:
+                    continue
+                key = (tensor.data_type, tuple(tensor.dims), hashlib.sha1(tensor.raw_data).digest())
+                if key not in self.stored:
+                    self.stored[key] = (weights.tell(), len(tensor.raw_data))
+                    weights.write(tensor.raw_data)
+                offset, length = self.stored[key]
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for key_name, value in (("location", self.FILE), ("offset", offset), ("length", length)):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key_name, str(value)
+        onnx.save_model(model, str(self.folder / name))
+        return onnx.load_model(str(self.folder / name), load_external_data=False)
+
+    def loaded(self, model: "onnx.ModelProto") -> "onnx.ModelProto":
+        """A copy of a model `save` returned, with its initializers' data."""
+        import onnx
+        from onnx.external_data_helper import load_external_data_for_model
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        load_external_data_for_model(copy, str(self.folder))
+        return copy
+

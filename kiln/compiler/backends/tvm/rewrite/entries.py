@@ -25,8 +25,8 @@ class _Merger(relax.PyExprMutator):
     def visit_global_var_(self, var):
         return self.renamed.get(var, var)
 
-    def visit_constant_(self, op):
-        return self.constants.setdefault(constant_key(op.data.numpy()), op)
+    def visit_generic_const_(self, op):  # TVM 0.27's relax constant (GenericConst: `value`, not `data`)
+        return self.constants.setdefault(constant_key(op.value.numpy()), op)
 
 
 def constant_key(array: np.ndarray) -> tuple:
