@@ -115,10 +115,19 @@ def copy_out(tensor):
 
 def load_vm(library: Path, on):
     """The Relax VM of a compiled library, initialized for device `on` (vm_of)."""
+    load_runtime()
+    found = library.stat()
+    return vm_of(_loaded(str(library.resolve()), (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)), on)
+
+
+@functools.lru_cache(maxsize=16)
+def _loaded(path: str, identity: tuple):
+    """A library file loaded once a process (`identity`: the file's, so a file rebuilt in its place loads anew).
+    TVM frees nothing of a loaded library (its constants included) for the life of the process: every load of a
+    BERT artifact took another copy of its weights."""
     import tvm_ffi
 
-    load_runtime()
-    return vm_of(tvm_ffi.load_module(str(library)), on)
+    return tvm_ffi.load_module(path)
 
 
 def vm_of(module, on):

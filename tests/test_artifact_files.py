@@ -43,6 +43,23 @@ def test_a_neural_artifact_rebuilt_in_place_reloads_the_new_model(tmp_path: Path
     np.testing.assert_array_equal(first.run({"x": x})["y"], 2 * x)  # the loaded model keeps its own code
 
 
+def test_an_artifact_loaded_again_reads_its_library_once(tmp_path: Path):
+    """TVM frees nothing of a loaded library for the life of the process: each kiln.load of a BERT artifact (and each
+    function of a length range checked at compile time) took another copy of its weights, until 24 GB ran out.
+    Loads of one library file share its module; each predictor still has its own VM."""
+    from kiln import tvm_runtime
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    output = compile_to(_scale_model(tmp_path / "two.onnx", 2.0), tmp_path / "model.kiln")
+    before = tvm_runtime._loaded.cache_info()
+    first, second = kiln.load(output), kiln.load(output)
+    after = tvm_runtime._loaded.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    np.testing.assert_array_equal(first.run({"x": x})["y"], 2 * x)
+    np.testing.assert_array_equal(second.run({"x": 2 * x})["y"], 4 * x)
+    np.testing.assert_array_equal(first.run({"x": x})["y"], 2 * x)
+
+
 def test_a_tree_artifact_rebuilt_in_place_reloads_the_new_model(tmp_path: Path):
     rows = np.load(TREE_MODELS / "heldout.npz")["regression"]
     expected = {}
