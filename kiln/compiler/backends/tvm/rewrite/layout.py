@@ -21,7 +21,7 @@ import tvm
 from tvm import relax, te, topi
 
 from kiln.compiler.backends.tvm.kernels import compute
-from kiln.compiler.backends.tvm.rewrite.entries import constant_key
+from kiln.compiler.backends.tvm.rewrite.entries import SharedConstants
 from kiln.compiler.backends.tvm.rewrite.fold import fold
 from kiln.compiler.backends.tvm.rewrite.quantized import IntegerRewrites
 from kiln.compiler.backends.tvm.schedules.common import CpuSpec
@@ -59,7 +59,7 @@ class _Rewriter:
         self.mod, self.spec, self.lanes, self.float_convs = mod, spec, spec.lanes, spec.float_convs
         self.winograd_work = spec.winograd_work
         self.bb = relax.BlockBuilder(mod)
-        self.constants: dict[tuple, relax.Constant] = {}  # by constant_key: see const()
+        self.constants = SharedConstants()  # see const()
         self.env: dict = {}  # original var -> (new expr, block size or None for NCHW)
         self.transforms: dict = {}
         self.integer: IntegerRewrites  # the function being rewritten's (run)
@@ -102,12 +102,12 @@ class _Rewriter:
         return self.env[expr][1] if expr in self.env else None
 
     def const(self, array: np.ndarray) -> relax.Constant:
-        """`array` as a constant, one object for equal arrays: the functions of a range hold the same weights
-        (rewrite/entries.py) and so pack and fold them alike, which held a copy per function while compiling."""
-        key = constant_key(array)
-        if key not in self.constants:
-            self.constants[key] = relax.const(np.ascontiguousarray(array))
-        return self.constants[key]
+        """`array` as a constant, one object with an equal one of another function: the functions of a range hold
+        the same weights (rewrite/entries.py) and so pack and fold them alike, which held a copy per function
+        while compiling."""
+        array = np.asarray(array)
+        contiguous = array if array.flags.c_contiguous else np.ascontiguousarray(array)  # which makes 0-d 1-d
+        return self.constants.share(contiguous, lambda: relax.const(contiguous))
 
     def constant(self, expr) -> np.ndarray | None:
         if not isinstance(expr, Const) and expr in self.env and self.env[expr][1] is None:
@@ -356,6 +356,7 @@ class _Rewriter:
         names = [gv.name_hint for gv, func in self.mod.functions.items() if isinstance(func, relax.Function)]
         for name in names:
             self.integer = IntegerRewrites(self, self.spec.int8, self.mod[name])
+            self.constants.next_function()
             self._rewrite_function(name)
             if name == "main":
                 self.report = self.integer.report
