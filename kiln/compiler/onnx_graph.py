@@ -39,10 +39,37 @@ def names_read(nodes: "Iterable[onnx.NodeProto]") -> set[str]:
     names: set[str] = set()
     for node in nodes:
         names.update(node.input)
-        for attribute in node.attribute:
-            for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                names |= names_read(body.node)
+        for body in subgraphs(node):
+            names |= names_read(body.node)
     return names
+
+
+def subgraphs(node: "onnx.NodeProto") -> list["onnx.GraphProto"]:
+    """The graphs `node`'s attributes hold: an If's branches, a Loop's or Scan's body."""
+    return [graph for attribute in node.attribute
+            for graph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)]
+
+
+def all_nodes(graph: "onnx.GraphProto") -> "Iterable[onnx.NodeProto]":
+    """`graph`'s nodes and, after each, the nodes of its subgraphs (recursively)."""
+    for node in graph.node:
+        yield node
+        for body in subgraphs(node):
+            yield from all_nodes(body)
+
+
+def node_attributes(node: "onnx.NodeProto") -> dict:
+    """`node`'s attributes by name, as Python values."""
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def node_attribute(node: "onnx.NodeProto", name: str, default=None):
+    """One of `node`'s attributes as a Python value, `default` where it is not given."""
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def output_channel_axis(node: "onnx.NodeProto", weight_rank: int) -> int | None:
@@ -206,4 +233,3 @@ class SharedWeights:
         copy.CopyFrom(model)
         load_external_data_for_model(copy, str(self.folder))
         return copy
-

@@ -235,8 +235,8 @@ def claimed_ops() -> frozenset[str]:
     functions = {schema.name for schema in onnx.defs.get_all_schemas()
                  if schema.domain == "" and (schema.has_function or schema.has_context_dependent_function)}
     return (onnx_importer_ops() | frozenset(functions) | RECURRENT_OPS | frozenset(CONVERTERS) | SEQUENCE_OPS
-            | {"Loop", "Scan", "CumProd", "QLinearMatMul", "LpNormalization", "Col2Im", "TensorScatter", "ReverseSequence",
-               "Det", "DFT", "STFT", "MelWeightMatrix", "TfIdfVectorizer",
+            | {"Loop", "Scan", "CumProd", "QLinearMatMul", "LpNormalization", "Col2Im", "TensorScatter",
+               "ReverseSequence", "Det", "DFT", "STFT", "MelWeightMatrix", "TfIdfVectorizer",
                "ai.onnx.ml.TreeEnsemble", "QLinearConv", "ConvInteger"})
 
 

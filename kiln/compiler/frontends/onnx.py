@@ -42,7 +42,7 @@ def load(path: Path, input_shapes: dict[str, tuple[int | str, ...]] | None = Non
     if input_shapes:
         pin_input_shapes(model, input_shapes)
     frozen = freeze_inputs(model, frozen_inputs) if frozen_inputs else ()
-    sequence_outputs = resolve_sequences(model) if uses_sequences(model) else ()
+    sequence_outputs = resolve_sequences(model, opset_of(model)) if uses_sequences(model) else ()
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError or plain RuntimeError from C++

@@ -21,7 +21,8 @@ import numpy as np
 
 from kiln.compiler.frontends.options import ImportOptions
 from kiln.compiler.graph import SequenceValue
-from kiln.compiler.onnx_graph import graph_inputs, infer_shapes, is_onnx_op, static_dims
+from kiln.compiler.onnx_graph import (all_nodes, graph_inputs, infer_shapes, is_onnx_op, node_attribute,
+                                     static_dims, subgraphs)
 from kiln.errors import SettingError, UnsupportedOpError
 
 if TYPE_CHECKING:
@@ -42,15 +43,7 @@ def uses_sequences(model: "onnx.ModelProto") -> bool:
     """Whether `model` has sequence or optional inputs or outputs, sequence or optional ops, or a Loop."""
     values = [*model.graph.input, *model.graph.output]
     return (any(v.type.WhichOneof("value") in ("sequence_type", "optional_type") for v in values)
-            or any(is_onnx_op(node, "Loop", *SEQUENCE_OPS) for node in _all_nodes(model.graph)))
-
-
-def _all_nodes(graph: "onnx.GraphProto"):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                yield from _all_nodes(body)
+            or any(is_onnx_op(node, "Loop", *SEQUENCE_OPS) for node in all_nodes(model.graph)))
 
 
 def take_sequence_inputs(model: "onnx.ModelProto", sequence_shapes: dict[str, tuple[tuple[int, ...], ...]],
@@ -90,10 +83,10 @@ def take_sequence_inputs(model: "onnx.ModelProto", sequence_shapes: dict[str, tu
     return tuple(taken)
 
 
-def resolve_sequences(model: "onnx.ModelProto") -> tuple[SequenceValue, ...]:
-    """Carry out `model`'s sequence and optional ops and Loops (in place, see the module's doc); the sequence
-    outputs it now gives as tensors. UnsupportedOpError listing what depends on run-time values."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+def resolve_sequences(model: "onnx.ModelProto", opset: int) -> tuple[SequenceValue, ...]:
+    """Carry out `model`'s sequence and optional ops and Loops (in place, see the module's doc; `opset`: its
+    default-domain opset); the sequence outputs it now gives as tensors. UnsupportedOpError listing what depends on
+    run-time values."""
     resolver = _Resolver(infer_shapes(model).graph, opset, {value.name for value in graph_inputs(model)
                                                             if value.type.WhichOneof("value") == "optional_type"})
     resolver.run(model.graph.node, ChainMap())
@@ -200,11 +193,11 @@ class _Resolver:
 
     def inline(self, body: "onnx.GraphProto", bound: list[str], scope: ChainMap) -> list[str]:
         """`body`'s nodes written out once, its inputs bound to the names in `bound`; the names of its outputs."""
+        from onnx import numpy_helper
+
         inner = scope.new_child(dict(zip((value.name for value in body.input), bound)))
         tag = self.tag()
         for tensor in body.initializer:
-            from onnx import numpy_helper
-
             inner[tensor.name] = self.constant(numpy_helper.to_array(tensor))
         self.run(body.node, inner, tag)
         return [inner.get(value.name, value.name) for value in body.output]
@@ -248,17 +241,10 @@ def _renamed(node: "onnx.NodeProto", inputs: list[str], outputs: list[str], scop
     copy.output.extend(outputs)
     if tag:
         copy.name = f"{node.name or node.output[0]}__{tag}"
-        for attribute in copy.attribute:
-            for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                for inner in _all_nodes(body):
-                    inner.input[:] = [scope.get(name, name) if name else "" for name in inner.input]
+        for body in subgraphs(copy):
+            for inner in all_nodes(body):
+                inner.input[:] = [scope.get(name, name) if name else "" for name in inner.input]
     return copy
-
-
-def _attribute(node: "onnx.NodeProto", name: str, default=None):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 # ---- one handler per op: (resolver, node, its inputs and outputs as resolved names, scope, tag) -------------------
@@ -274,8 +260,8 @@ def _empty(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
 def _position(r: _Resolver, node, inputs: list[str], length: int, default: int, extra: int = 0) -> int | None:
     """The position input (index 1 or 2) as a non-negative index into a sequence of `length` (+ `extra` for an
     insert), or None, with the node refused, where it is not constant or out of range."""
-    name = inputs[2 if node.op_type == "SequenceInsert" else 1] if len(inputs) > (
-        2 if node.op_type == "SequenceInsert" else 1) else ""
+    index = 2 if node.op_type == "SequenceInsert" else 1
+    name = inputs[index] if len(inputs) > index else ""
     position = default if not name else r.index(name)
     if position is None:
         r.refuse(node, f"{node.op_type} (position computed at run time)", (name,))
@@ -326,7 +312,7 @@ def _length(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
 
 def _split(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
     dims = r.dims.get(node.input[0]) if not tag else None
-    axis = _attribute(node, "axis", 0)
+    axis = node_attribute(node, "axis", 0)
     if dims is None:
         r.refuse(node, "SplitToSequence (of a tensor whose shape is not static)")
         return
@@ -343,7 +329,7 @@ def _split(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
         sizes = [int(s) for s in split]
     parts = [f"{outputs[0]}_part{index}" for index in range(len(sizes))]
     r.listed("Split", inputs[0], "split", sizes, parts, axis=axis)
-    if split is None and not _attribute(node, "keepdims", 1):
+    if split is None and not node_attribute(node, "keepdims", 1):
         squeezed = [f"{part}.squeezed" for part in parts]
         for part, name in zip(parts, squeezed):
             r.listed("Squeeze", part, "axes", [axis], [name])
@@ -357,8 +343,8 @@ def _concat(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
         if elements is not None:
             r.refuse(node, "ConcatFromSequence (of an empty sequence)")
         return
-    axis = _attribute(node, "axis")
-    if _attribute(node, "new_axis", 0):
+    axis = node_attribute(node, "axis")
+    if node_attribute(node, "new_axis", 0):
         unsqueezed = [f"{outputs[0]}_item{index}" for index in range(len(elements))]
         for element, name in zip(elements, unsqueezed):
             r.listed("Unsqueeze", element, "axes", [axis], [name])
@@ -412,7 +398,7 @@ def _identity(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
 
 
 def _sequence_map(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
-    body = _attribute(node, "body")
+    body = node_attribute(node, "body")
     lengths = {len(r.sequences[name]) for name in inputs if name in r.sequences}
     if inputs[0] not in r.sequences or len(lengths) != 1:
         r.refuse(node, "SequenceMap (of sequences not pinned, or of different lengths)")
@@ -427,7 +413,7 @@ def _sequence_map(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
 
 
 def _loop(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
-    body = _attribute(node, "body")
+    body = node_attribute(node, "body")
     trips = r.index(inputs[0]) if inputs[0] else None
     condition = r.index(inputs[1]) if len(inputs) > 1 and inputs[1] else 1
     if trips is None or condition is None:
@@ -463,7 +449,7 @@ def _loop(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
 
 
 def _if(r: _Resolver, node, inputs, outputs, scope, tag) -> None:
-    branches = {key: _attribute(node, key) for key in ("then_branch", "else_branch")}
+    branches = {key: node_attribute(node, key) for key in ("then_branch", "else_branch")}
     gives_values = any(value.type.WhichOneof("value") != "tensor_type"
                        for branch in branches.values() for value in branch.output)
     if not gives_values:  # TVM's importer takes an If of tensors

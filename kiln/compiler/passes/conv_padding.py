@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import drop_unused_initializers, is_onnx_op, static_shapes
+from kiln.compiler.onnx_graph import drop_unused_initializers, is_onnx_op, node_attribute, static_shapes
 
 
 def conv_padding(graph: Graph) -> Graph:
@@ -39,13 +39,13 @@ def _resolve_same(model) -> bool:
     shapes: dict[str, list[int]] | None = None  # inferred once a strided conv needs them
     changed = False
     for conv in model.graph.node:
-        mode = _attribute(conv, "auto_pad", b"NOTSET")
+        mode = node_attribute(conv, "auto_pad", b"NOTSET")
         if not _is_conv(conv) or mode not in (b"SAME_UPPER", b"SAME_LOWER"):
             continue
-        kernel = _attribute(conv, "kernel_shape", None)
-        if kernel is None or any(d != 1 for d in _attribute(conv, "dilations", [])):  # ONNX Runtime refuses those
+        kernel = node_attribute(conv, "kernel_shape", None)
+        if kernel is None or any(d != 1 for d in node_attribute(conv, "dilations", [])):  # ONNX Runtime refuses those
             continue
-        strides = _attribute(conv, "strides", [1] * len(kernel))
+        strides = node_attribute(conv, "strides", [1] * len(kernel))
         sizes = None
         if any(s != 1 for s in strides):
             shapes = _spatial_shapes(model) if shapes is None else shapes
@@ -80,7 +80,7 @@ def _fold_pads(model) -> bool:
         if not readers or not all(_takes_padding(node, pad.output[0], len(amounts) // 2) for node in readers):
             continue
         for conv in readers:
-            own = _attribute(conv, "pads", [0] * len(amounts))
+            own = node_attribute(conv, "pads", [0] * len(amounts))
             conv.input[0] = pad.input[0]
             _set(conv, "auto_pad", b"NOTSET")  # VALID: no padding of its own
             _set(conv, "pads", [a + b for a, b in zip(own, amounts)])
@@ -92,7 +92,7 @@ def _fold_pads(model) -> bool:
 
 def _spatial_pads(pad, constants: dict[str, np.ndarray]) -> list[int] | None:
     """The Pad's amounts on the spatial dims (begins, then ends) when it is a zero constant pad of those dims only."""
-    if _attribute(pad, "mode", b"constant") != b"constant":
+    if node_attribute(pad, "mode", b"constant") != b"constant":
         return None
     inputs = list(pad.input) + [""] * (4 - len(pad.input))
     if inputs[3]:  # axes: rare, left alone
@@ -102,8 +102,8 @@ def _spatial_pads(pad, constants: dict[str, np.ndarray]) -> list[int] | None:
             return None
         pads = [int(p) for p in constants[inputs[1]].ravel()]
     else:
-        pads = list(_attribute(pad, "pads", []))
-    value = constants.get(inputs[2]) if inputs[2] else np.array(_attribute(pad, "value", 0.0))
+        pads = list(node_attribute(pad, "pads", []))
+    value = constants.get(inputs[2]) if inputs[2] else np.array(node_attribute(pad, "value", 0.0))
     if value is None or value.size != 1 or float(value.ravel()[0]) != 0.0:
         return None
     rank = len(pads) // 2
@@ -115,8 +115,8 @@ def _spatial_pads(pad, constants: dict[str, np.ndarray]) -> list[int] | None:
 
 def _takes_padding(node, name: str, spatial: int) -> bool:
     return (_is_conv(node) and node.input[0] == name and name not in node.input[1:]
-            and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
-            and len(_attribute(node, "pads", [0] * 2 * spatial)) == 2 * spatial)
+            and node_attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+            and len(node_attribute(node, "pads", [0] * 2 * spatial)) == 2 * spatial)
 
 
 def _is_conv(node) -> bool:
@@ -129,13 +129,6 @@ def _spatial_shapes(model) -> dict[str, list[int]]:
 
     return {name: list(shape[2:]) for name, shape in
             static_shapes(onnx.shape_inference.infer_shapes(model).graph).items() if len(shape) > 2}
-
-
-def _attribute(node, name: str, default):
-    from onnx import helper
-
-    found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else helper.get_attribute_value(found)
 
 
 def _set(node, name: str, value) -> None:

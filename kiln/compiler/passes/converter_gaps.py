@@ -25,7 +25,7 @@ import numpy as np
 
 from kiln.compiler.frontends.onnx import UPGRADE_OPSET
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes, static_shapes
+from kiln.compiler.onnx_graph import element_types, is_onnx_op, node_attributes, rewrite_nodes, static_shapes
 
 if TYPE_CHECKING:
     import onnx
@@ -57,12 +57,6 @@ def converter_gaps(graph: Graph) -> Graph:
     return rewrite_nodes(graph, replace, default_opset=UPGRADE_OPSET)
 
 
-def _attributes(node: "onnx.NodeProto") -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _stem(node: "onnx.NodeProto") -> str:
     return node.name or node.output[0]
 
@@ -70,7 +64,7 @@ def _stem(node: "onnx.NodeProto") -> str:
 def _eyelike(node, known: _Known):
     from onnx import helper
 
-    attributes = _attributes(node)
+    attributes = node_attributes(node)
     source, dtype = known.types.get(node.input[0]), attributes.get("dtype")
     if not source or dtype is None or dtype == source:
         return None
@@ -82,7 +76,7 @@ def _eyelike(node, known: _Known):
 def _isinf(node, known: _Known):
     from onnx import helper
 
-    attributes = _attributes(node)
+    attributes = node_attributes(node)
     data, dtype = node.input[0], known.types.get(node.input[0])
     dropped = [compare for compare, detect in (("Less", "detect_positive"), ("Greater", "detect_negative"))
                if not attributes.get(detect, 1)]
@@ -118,7 +112,7 @@ def _split(node, known: _Known):
     shape, dtype = known.shapes.get(data), known.types.get(data)
     if not shape or not dtype:
         return None
-    attributes = _attributes(node)
+    attributes = node_attributes(node)
     axis = attributes.get("axis", 0)
     axis = axis + len(shape) if axis < 0 else axis
     given = node.input[1] if len(node.input) > 1 else ""
@@ -157,7 +151,7 @@ def _binarizer(node, known: _Known):
     if compared != dtype:
         nodes.append(helper.make_node("Cast", [data], [f"{stem}_double"], to=_DOUBLE))
         data = f"{stem}_double"
-    threshold = np.array(_attributes(node).get("threshold", 0.0), helper.tensor_dtype_to_np_dtype(compared))
+    threshold = np.array(node_attributes(node).get("threshold", 0.0), helper.tensor_dtype_to_np_dtype(compared))
     nodes += [helper.make_node("Greater", [data, f"{stem}_threshold"], [f"{stem}_above"]),
               helper.make_node("Cast", [f"{stem}_above"], [node.output[0]], name=node.name, to=dtype)]
     return nodes, {f"{stem}_threshold": threshold}

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import WIDE_FLOATS, infer_shapes, is_onnx_op
+from kiln.compiler.onnx_graph import WIDE_FLOATS, infer_shapes, is_onnx_op, subgraphs
 from kiln.dtypes import CARRIERS
 
 if TYPE_CHECKING:
@@ -148,11 +148,10 @@ def _narrow_attributes(graph: "onnx.GraphProto") -> bool:
 
 
 def _nested_narrow(node: "onnx.NodeProto") -> bool:
-    for attribute in node.attribute:
-        for body in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-            types = value_types(body)
-            if any(narrow_refusal(n, types, True) for n in body.node) or any(_nested_narrow(n) for n in body.node):
-                return True
+    for body in subgraphs(node):
+        types = value_types(body)
+        if any(narrow_refusal(n, types, True) for n in body.node) or any(_nested_narrow(n) for n in body.node):
+            return True
     return False
 
 

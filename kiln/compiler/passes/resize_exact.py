@@ -25,7 +25,7 @@ import numpy as np
 
 from kiln.compiler.frontends.onnx import opset_of
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes, static_dims
+from kiln.compiler.onnx_graph import element_types, is_onnx_op, node_attributes, rewrite_nodes, static_dims
 
 if TYPE_CHECKING:
     import onnx
@@ -71,7 +71,7 @@ def resize_exact(graph: Graph) -> Graph:
         plan = _plan(node, values, dims, types)
         if isinstance(plan, str):
             return None
-        attributes = _attributes(node)
+        attributes = node_attributes(node)
         source = types[node.input[0]]
         nearest = attributes.get("mode", b"nearest") == b"nearest"
         carrier = source if nearest else _WEIGHT_TYPES[source]
@@ -121,12 +121,6 @@ def _sum_taps(weighted: str, output: str, axis: int, axes_input: bool, constants
     return helper.make_node("ReduceSum", [weighted, f"{output}_axes"], [output], keepdims=0)
 
 
-def _attributes(node: "onnx.NodeProto") -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _plan(node, values: Mapping[str, "onnx.TensorProto"], dims: Mapping[str, Sequence[int | None]],
           types: Mapping[str, int]) -> "list[_Axis] | str":
     """The axes the Resize `node` changes, in order, with their weights; or why they cannot be computed here."""
@@ -142,7 +136,7 @@ def _plan(node, values: Mapping[str, "onnx.TensorProto"], dims: Mapping[str, Seq
     shape = dims.get(node.input[0])
     if shape is None or None in shape:
         return "input shape not static; pin the input shapes"
-    attributes = _attributes(node)
+    attributes = node_attributes(node)
     mode = attributes.get("mode", b"nearest").decode()
     transform = attributes.get("coordinate_transformation_mode", b"half_pixel").decode()
     if transform not in _TRANSFORMS:

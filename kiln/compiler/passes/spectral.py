@@ -24,7 +24,8 @@ import numpy as np
 
 from kiln.compiler.frontends.onnx import opset_of
 from kiln.compiler.graph import Graph
-from kiln.compiler.onnx_graph import element_types, is_onnx_op, rewrite_nodes, static_dims, static_shapes
+from kiln.compiler.onnx_graph import (element_types, is_onnx_op, node_attributes, rewrite_nodes, static_dims,
+                                     static_shapes)
 
 if TYPE_CHECKING:
     import onnx
@@ -151,12 +152,6 @@ def _plan(node, facts: _Facts, opset: int):
     return node.op_type.lower(), plans
 
 
-def _attributes(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _input(node, index: int) -> str:
     return node.input[index] if index < len(node.input) else ""
 
@@ -174,7 +169,7 @@ def _declared(node, facts: _Facts, candidates: list) -> list | str:
 
 
 def _dft_plans(node, shape: tuple[int, ...], facts: _Facts, opset: int):
-    attributes = _attributes(node)
+    attributes = node_attributes(node)
     inverse, onesided = bool(attributes.get("inverse", 0)), bool(attributes.get("onesided", 0))
     length_name = _input(node, 1)
     if length_name and length_name not in facts.values:
@@ -198,7 +193,7 @@ def _dft_plans(node, shape: tuple[int, ...], facts: _Facts, opset: int):
 
 def _stft_plans(node, shape: tuple[int, ...], facts: _Facts):
     signal = shape[-2]
-    onesided = bool(_attributes(node).get("onesided", 1))
+    onesided = bool(node_attributes(node).get("onesided", 1))
     step_name, window_name = _input(node, 1), _input(node, 2)
     window = facts.dims.get(window_name) if window_name else None
     if window_name and (window is None or len(window) != 1):
